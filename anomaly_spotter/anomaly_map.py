@@ -1,0 +1,65 @@
+"""Anomaly-map post-processing, the original's chain, one small function a step.
+
+residual (|x - x_hat| averaged over channels) -> Gaussian smoothing -> min-max -> Otsu -> binary mask.
+The smoothed, un-normalised map is the *raw map*: image scores come from it, because a per-image
+min-max erases the difference between a clean image and a defective one.
+Maps are float32 `(N, H, W)` or `(H, W)`; higher = more anomalous.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+IMAGE_SCORE_REDUCTIONS = ("max", "mean", "p99")
+
+
+def residual_map(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """|input - reconstruction| averaged over channels: `(N, C, H, W)` x2 -> `(N, H, W)`."""
+    return np.abs(images.astype(np.float32) - reconstructions.astype(np.float32)).mean(axis=1)
+
+
+def gaussian_smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each map `(N, H, W)` (or one `(H, W)`) with scipy's reflect border."""
+    if sigma <= 0:
+        return maps.astype(np.float32, copy=False)
+    sig = (0.0, sigma, sigma) if maps.ndim == 3 else (sigma, sigma)
+    return ndimage.gaussian_filter(maps.astype(np.float32, copy=False), sigma=sig, mode="reflect")
+
+
+def minmax_normalize(amap: np.ndarray) -> np.ndarray:
+    """Scale one map to [0, 1]; a constant map becomes all zeros."""
+    lo, hi = float(amap.min()), float(amap.max())
+    if hi - lo <= np.finfo(np.float32).eps:
+        return np.zeros_like(amap, dtype=np.float32)
+    return ((amap - lo) / (hi - lo)).astype(np.float32)
+
+
+def otsu_mask(normalized: np.ndarray) -> np.ndarray:
+    """Binary mask `(H, W)` bool: pixels above Otsu's threshold of a normalised map."""
+    if float(normalized.max()) == float(normalized.min()):
+        return np.zeros(normalized.shape, dtype=bool)
+    return normalized > threshold_otsu(normalized)
+
+
+def image_scores(maps: np.ndarray, reduction: str = "max") -> np.ndarray:
+    """One score per raw map `(N, H, W)` -> `(N,)`: max, mean or 99th percentile."""
+    flat = maps.reshape(len(maps), -1)
+    if reduction == "max":
+        return flat.max(axis=1)
+    if reduction == "mean":
+        return flat.mean(axis=1)
+    if reduction == "p99":
+        return np.percentile(flat, 99, axis=1)
+    raise ValueError(f"unknown image score reduction {reduction!r}; use one of {IMAGE_SCORE_REDUCTIONS}")
+
+
+def map_stats(raw: np.ndarray) -> dict[str, float]:
+    """The original's per-image stats of one raw map `(H, W)`: mean, max and % of pixels Otsu flags."""
+    mask = otsu_mask(minmax_normalize(raw))
+    return {
+        "mean_score": float(raw.mean()),
+        "max_score": float(raw.max()),
+        "anomaly_percentage": float(100.0 * mask.mean()),
+    }

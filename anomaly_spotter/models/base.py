@@ -1,0 +1,53 @@
+"""The one interface every detector implements; every stage after `train` is written against it.
+
+Sign convention, everywhere in this package: higher score = more anomalous.
+
+Images cross this interface as uint8 arrays `(N, H, W, 3)` (RGB, the cached size from `prepare`);
+each detector does its own normalisation. Raw anomaly maps come back as float32 `(N, H, W)` at the
+same H, W as the input images, smoothed but *not* min-max normalised, so maps of different images
+stay comparable.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+
+
+class Detector(ABC):
+    """A fitted-on-good-images anomaly detector (scikit-learn style: learned state ends in `_`)."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
+        """Learn normality from good images `(N, H, W, 3)` uint8; `val_images` for early stopping."""
+
+    @abstractmethod
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
+        """Raw anomaly maps `(N, H, W)` float32 for uint8 images `(N, H, W, 3)`."""
+
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The fitted torch module (what is logged to MLflow)."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the fitted detector: `{"kind", "config", "state_dict", ...}`."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        """Rebuild a fitted detector from `state()`."""
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray | None:
+        """uint8 reconstructions `(N, H, W, 3)` for detectors that reconstruct, else None."""
+        return None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state(), path)

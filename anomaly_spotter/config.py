@@ -1,0 +1,185 @@
+"""Typed parameters, read from params.yaml and validated with errors that name the key.
+
+params.yaml has one section per stage (plus `seed`, `data` and `model`); each stage reads only
+its own sections, and `dvc.yaml` declares exactly those as the stage's params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly_spotter.anomaly_map import IMAGE_SCORE_REDUCTIONS
+from anomaly_spotter.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+MODEL_NAMES = ("unet_ae", "patchcore")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    root: str = "data/builtin"
+    categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label"])
+    image_size: int = 128
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.categories:
+            raise ConfigError("data.categories is empty: list at least one category folder name")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class BuiltinParams:
+    image_size: int = 160
+    n_train: int = 60
+    n_test_good: int = 12
+    n_test_per_defect: int = 8
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 32
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_epochs: int = 100
+    patience: int = 10
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            raise ConfigError("train.batch_size, train.max_epochs and train.patience must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str = "unet_ae"
+    unet_ae: dict[str, Any] = field(default_factory=dict)
+    patchcore: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ConfigError(f"model.name is {self.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+    def options(self) -> dict[str, Any]:
+        """The selected detector's own section, e.g. `model.unet_ae`."""
+        return dict(getattr(self, self.name))
+
+
+@dataclass(frozen=True)
+class ProcessParams:
+    batch_size: int = 16
+    image_score: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.image_score not in IMAGE_SCORE_REDUCTIONS:
+            raise ConfigError(f"process.image_score is {self.image_score!r}; use one of {IMAGE_SCORE_REDUCTIONS}")
+
+
+@dataclass(frozen=True)
+class MetricsParams:
+    aupro_fpr_limit: float = 0.3
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    recall_target: float = 0.95
+    n_folds: int = 5
+    good_fpr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.recall_target <= 1.0:
+            raise ConfigError(f"thresholds.recall_target must be in (0, 1], got {self.recall_target}")
+        if not 0.0 <= self.good_fpr < 1.0:
+            raise ConfigError(f"thresholds.good_fpr must be in [0, 1), got {self.good_fpr}")
+
+
+@dataclass(frozen=True)
+class VisualizeParams:
+    max_per_defect: int = 3
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataParams = field(default_factory=DataParams)
+    builtin: BuiltinParams = field(default_factory=BuiltinParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    process: ProcessParams = field(default_factory=ProcessParams)
+    metrics: MetricsParams = field(default_factory=MetricsParams)
+    thresholds: ThresholdParams = field(default_factory=ThresholdParams)
+    visualize: VisualizeParams = field(default_factory=VisualizeParams)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'params'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'params'}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, path)
+        else:
+            kwargs[key] = _check_type(hint, value, path)
+    return cls(**kwargs)
+
+
+def _check_type(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint) or hint
+    if origin is types.UnionType:
+        return value
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (int, float, str, bool, list, dict) and not isinstance(value, origin):
+        raise ConfigError(f"{path} must be {origin.__name__}, got {value!r}")
+    if origin is int and isinstance(value, bool):
+        raise ConfigError(f"{path} must be int, got {value!r}")
+    return value
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    return _build(Params, raw, "")
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; a missing file or bad value raises ConfigError naming it."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: parameters file not found; run from the repository root") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return params_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a params dataclass/dict into `{"train.lr": 1e-4, ...}` for MLflow."""
+    raw = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

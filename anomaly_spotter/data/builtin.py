@@ -1,0 +1,708 @@
+"""The built-in synthetic dataset: MVTec AD layout, generated in seconds so a fresh clone needs no download.
+
+Categories (every image is RGB; good images vary in pose, lighting and noise):
+
+- ``fabric``: denim-like plain weave (indigo warp, pale weft) with jittered period, angle, phase,
+  contrast, per-thread thickness, uneven dye and sensor noise.
+  Defects: ``hole`` (dark backing shows through), ``stain`` (tinted blotch), ``thread`` (foreign fibre).
+- ``washer``: a keyed steel washer on a plain slate background; position, rotation (the inner key tab
+  shows it), size, light direction and brightness vary, with a soft cast shadow.
+  Defects: ``scratch`` (thin bright or dark line), ``chip`` (missing piece of an edge), ``rust`` (spot).
+- ``label``: a printed label (colour band, knocked-out name, two text lines, barcode, icon) on a dark
+  surface; the label's pose, the print's registration and the ink density vary.
+  Defects: ``misprint`` (missing, faded or doubled print), ``scratch`` (scuff line), ``stain`` (blotch).
+
+Defect size and contrast are drawn stratified over a severity in (0, 1), so every defect type ranges
+from small, faint ones to large, obvious ones. Masks are pixel-exact: a mask pixel is 255 exactly where
+the defect image differs from the same scene rendered without the defect.
+
+Determinism: each image's random stream is seeded from (seed, category, split/defect, index) through
+``np.random.SeedSequence`` (with CRC32 of the names, never ``hash()``), and PNGs are written by Pillow
+with fixed compression and no metadata, so a seed gives byte-identical files on one platform, and one
+category's files do not depend on which other categories are generated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from anomaly_spotter.errors import ConfigError
+
+BUILTIN_CATEGORIES: tuple[str, ...] = ("fabric", "washer", "label")
+
+MIN_IMAGE_SIZE = 32
+MIN_DELTA = 3  # every mask pixel differs from the defect-free scene by at least this much (uint8 levels)
+PNG_COMPRESS_LEVEL = 6
+SUBPIXEL_SHIFT = 4  # cv2 drawing: 4 fractional bits for sub-pixel vertex positions
+GOOD = "good"
+
+Rng = np.random.Generator
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """How much data to generate per category and at what (square) image size."""
+
+    image_size: int = 160
+    n_train: int = 60  # train/good per category
+    n_test_good: int = 12
+    n_test_per_defect: int = 8
+
+
+@dataclass
+class _Scene:
+    """A rendered defect-free image (float RGB, 0..255 scale) and the layers its defects need."""
+
+    image: np.ndarray
+    layers: dict[str, Any] = field(default_factory=dict)
+
+
+DefectFn = Callable[[_Scene, Rng, float, float], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class _Category:
+    design: Callable[[Rng, int], dict[str, Any]]
+    render: Callable[[Rng, int, dict[str, Any]], _Scene]
+    defects: dict[str, DefectFn]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _rng(seed: int, category: str, key: str, index: int) -> Rng:
+    """A generator seeded only by (seed, category, key, index); stable across processes and runs."""
+    entropy = [seed, zlib.crc32(category.encode()), zlib.crc32(key.encode()), index]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+@lru_cache(maxsize=8)
+def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates `(yy, xx)`, float32 `(s, s)`; read-only, cached."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
+
+
+def _smooth_noise(rng: Rng, s: int, cells: int) -> np.ndarray:
+    """Smooth zero-mean noise of roughly unit amplitude: a `cells`x`cells` grid upsampled bicubically."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(coarse, (s, s), interpolation=cv2.INTER_CUBIC)
+
+
+def _lighting(rng: Rng, s: int, gradient: float, unevenness: float) -> np.ndarray:
+    """Multiplicative illumination `(s, s)`: a random-direction linear ramp plus low-frequency variation."""
+    yy, xx = _grid(s)
+    phi = rng.uniform(0.0, 2.0 * np.pi)
+    amount = rng.uniform(0.0, gradient)
+    ramp = (np.cos(phi) * (xx - s / 2) + np.sin(phi) * (yy - s / 2)) * np.float32(2.0 * amount / s)
+    return (1.0 + ramp + unevenness * _smooth_noise(rng, s, 4)).astype(np.float32)
+
+
+def _sensor_noise(rng: Rng, s: int, sigma: float) -> np.ndarray:
+    """Gaussian noise `(s, s, 3)`: mostly luminance, with a little independent chroma."""
+    lum = rng.standard_normal((s, s, 1), dtype=np.float32)
+    chroma = rng.standard_normal((s, s, 3), dtype=np.float32)
+    return np.float32(sigma) * (0.85 * lum + 0.45 * chroma)
+
+
+def _to_u8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0.0, 255.0)).astype(np.uint8)
+
+
+def _poly_mask(
+    s: int, points: np.ndarray, closed: bool, thickness: int = 1, anchor: np.ndarray | None = None
+) -> np.ndarray:
+    """Rasterise a float polygon (filled when `closed`) or polyline into a bool `(s, s)` mask, no AA.
+
+    The pixel under `anchor` (default: the first point) is always set, so the mask is never empty.
+    """
+    canvas = np.zeros((s, s), np.uint8)
+    pts = np.rint(points * (1 << SUBPIXEL_SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+    if closed:
+        cv2.fillPoly(canvas, [pts], 255, cv2.LINE_8, SUBPIXEL_SHIFT)
+    else:
+        cv2.polylines(canvas, [pts], False, 255, thickness, cv2.LINE_8, SUBPIXEL_SHIFT)
+    x0, y0 = np.clip(np.floor(anchor if anchor is not None else points[0]).astype(int), 0, s - 1)
+    canvas[y0, x0] = 255  # never empty, even for a sub-pixel shape
+    return canvas > 0
+
+
+def _blob(rng: Rng, s: int, cx: float, cy: float, radius: float, rough: float = 0.35) -> np.ndarray:
+    """An irregular filled blob (few random harmonics on a circle) as a bool mask."""
+    theta = np.linspace(0.0, 2.0 * np.pi, 40, endpoint=False)
+    rad = np.ones_like(theta)
+    for harmonic in (2, 3, 5):
+        rad += rng.uniform(0.0, rough / harmonic * 2) * np.cos(harmonic * theta + rng.uniform(0, 2 * np.pi))
+    rad = radius * np.clip(rad, 0.35, None)
+    points = np.stack([cx + rad * np.cos(theta), cy + rad * np.sin(theta)], axis=1)
+    return _poly_mask(s, points, closed=True, anchor=np.array([cx, cy]))
+
+
+def _path(rng: Rng, s: int, x0: float, y0: float, length: float, wiggle: float, thickness: int) -> np.ndarray:
+    """A slightly curved stroke starting at (x0, y0) as a bool mask."""
+    n = max(2, int(length / 3.0))
+    heading = rng.uniform(0.0, 2.0 * np.pi) + np.cumsum(rng.normal(0.0, wiggle, n))
+    steps = np.stack([np.cos(heading), np.sin(heading)], axis=1) * (length / n)
+    points = np.vstack([[x0, y0], [x0, y0] + np.cumsum(steps, axis=0)])
+    return _poly_mask(s, points, closed=False, thickness=thickness)
+
+
+def _pick(rng: Rng, allowed: np.ndarray) -> tuple[float, float]:
+    """A random pixel centre `(x, y)` among the True pixels of `allowed`."""
+    idx = np.flatnonzero(allowed)
+    y, x = divmod(int(idx[rng.integers(len(idx))]), allowed.shape[1])
+    return float(x), float(y)
+
+
+def _stroke_width(s: int, q: float) -> int:
+    """1 px for most strokes; 2 px (3 at large sizes) for the most severe ones."""
+    return 1 if q < 0.7 else max(2, round(s / 96))
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    return a + (b - a) * t
+
+
+def _finalize(clean: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Paste `target` into `clean` (uint8) on `region` only, making every region pixel change.
+
+    Region pixels whose rounded change is under MIN_DELTA are pushed MIN_DELTA levels (in the defect's
+    direction, or away from saturation), so the defect-vs-clean difference is exactly `region`.
+    """
+    out = clean.copy()
+    out[region] = _to_u8(target[region])
+    diff = out.astype(np.int16) - clean.astype(np.int16)
+    weak = region & (np.abs(diff).max(axis=-1) < MIN_DELTA)
+    if weak.any():
+        total = diff[weak].sum(axis=-1)
+        away = np.where(clean[weak].mean(axis=-1) < 128, 1, -1)
+        sign = np.where(total > 0, 1, np.where(total < 0, -1, away)).astype(np.int16)
+        pushed = clean[weak].astype(np.int16) + sign[:, None] * MIN_DELTA
+        out[weak] = np.clip(pushed, 0, 255).astype(np.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# fabric: a woven texture
+
+
+def _fabric_design(rng: Rng, s: int) -> dict[str, Any]:
+    return {
+        "warp": np.array([46, 70, 128], np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32),
+        "weft": np.array([176, 178, 190], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32),
+        "period": s / 17.0 * rng.uniform(0.9, 1.1),
+        "angle": rng.uniform(-0.08, 0.08),
+    }
+
+
+def _fabric_render(rng: Rng, s: int, d: dict[str, Any]) -> _Scene:
+    yy, xx = _grid(s)
+    period = d["period"] * rng.uniform(0.96, 1.04)
+    angle = d["angle"] + rng.uniform(-0.035, 0.035)
+    ca, sa = np.float32(np.cos(angle) / period), np.float32(np.sin(angle) / period)
+    u = xx * ca + yy * sa + np.float32(rng.uniform(0, 2))
+    v = yy * ca - xx * sa + np.float32(rng.uniform(0, 2))
+    iu, iv = np.floor(u), np.floor(v)
+    ru, rv = u - iu, v - iv
+    iu, iv = iu.astype(np.int64), iv.astype(np.int64)
+    warp_on_top = ((iu + iv) & 1) == 0
+    across = np.where(warp_on_top, ru, rv)
+    along = np.where(warp_on_top, rv, ru)
+    shade = np.sin(np.float32(np.pi) * across) ** 0.7 * (0.75 + 0.25 * np.sin(np.float32(np.pi) * along))
+    # per-thread thickness/brightness variation and fibre streaks along each thread
+    thread_w = rng.normal(1.0, 0.05, 64).astype(np.float32)
+    thread_f = rng.normal(1.0, 0.05, 64).astype(np.float32)
+    per_thread = np.where(warp_on_top, thread_w[iu % 64], thread_f[iv % 64])
+    table = rng.standard_normal((64, 64)).astype(np.float32)
+    fib_w = cv2.remap(table, u * 5.0, v * 0.8, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    fib_f = cv2.remap(table, v * 5.0, u * 0.8, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    fibres = np.where(warp_on_top, fib_w, fib_f)
+    contrast = rng.uniform(0.85, 1.15)
+    lum = 1.0 - contrast * 0.55 * (1.0 - shade)
+    lum = lum * per_thread * (1.0 + 0.05 * fibres)
+    color = np.where(warp_on_top[..., None], d["warp"], d["weft"])
+    light = _lighting(rng, s, gradient=0.12, unevenness=0.025) * rng.uniform(0.9, 1.1)
+    image = color * (lum * light)[..., None] + _sensor_noise(rng, s, rng.uniform(2.0, 4.0))
+    return _Scene(image, {"light": light})
+
+
+def _fabric_hole(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    radius = s * _lerp(0.01, 0.075, q)
+    cx, cy = rng.uniform(radius, s - radius, 2)
+    region = _blob(rng, s, cx, cy, radius, rough=0.5)
+    backing = np.array([24, 24, 30], np.float32) * rng.uniform(0.7, 1.6)
+    depth = _lerp(0.55, 1.0, qc)  # small, shallow holes keep some of the fabric (a thin place)
+    target = (1 - depth) * scene.image + depth * backing * scene.layers["light"][..., None]
+    return target + _sensor_noise(rng, s, 2.5), region
+
+
+STAIN_TINTS = (
+    np.array([0.62, 0.46, 0.28], np.float32),  # coffee/brown
+    np.array([0.45, 0.45, 0.45], np.float32),  # oil/grease
+    np.array([0.95, 0.55, 0.25], np.float32),  # rust
+    np.array([1.45, 1.35, 1.2], np.float32),  # bleach
+)
+
+
+def _tint_stain(
+    scene: _Scene, rng: Rng, region: np.ndarray, strength: float, tints: Sequence[np.ndarray]
+) -> np.ndarray:
+    """The scene multiplied by a tint whose strength varies smoothly inside the stain."""
+    s = scene.image.shape[0]
+    tint = tints[rng.integers(len(tints))]
+    inner = np.clip(0.75 + 0.35 * _smooth_noise(rng, s, max(4, s // 10)), 0.3, 1.0)[..., None]
+    return scene.image * (1.0 + strength * inner * (tint - 1.0))
+
+
+def _fabric_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    radius = s * _lerp(0.02, 0.12, q)
+    cx, cy = rng.uniform(0, s, 2)
+    region = _blob(rng, s, cx, cy, radius)
+    return _tint_stain(scene, rng, region, _lerp(0.06, 0.5, qc), STAIN_TINTS), region
+
+
+THREAD_COLORS = (
+    np.array([236, 234, 226], np.float32),
+    np.array([178, 40, 38], np.float32),
+    np.array([22, 22, 26], np.float32),
+    np.array([214, 180, 60], np.float32),
+)
+
+
+def _fabric_thread(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    x0, y0 = rng.uniform(0, s, 2)
+    region = _path(rng, s, x0, y0, s * _lerp(0.06, 0.5, q), wiggle=0.25, thickness=_stroke_width(s, q))
+    color = THREAD_COLORS[rng.integers(len(THREAD_COLORS))] * scene.layers["light"][..., None]
+    alpha = _lerp(0.12, 0.9, qc)
+    return scene.image + alpha * (color - scene.image) + _sensor_noise(rng, s, 3.0), region
+
+
+# ----------------------------------------------------------------------------------------------------
+# washer: an object on a plain background
+
+
+def _washer_design(rng: Rng, s: int) -> dict[str, Any]:
+    return {
+        "background": np.array([86, 98, 108], np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32),
+        "metal": np.array([1.0, 1.0, 1.04], np.float32) * rng.uniform(0.97, 1.03, 3).astype(np.float32),
+        "radius": s * 0.33 * rng.uniform(0.95, 1.05),
+    }
+
+
+def _box_sdf(a: np.ndarray, b: np.ndarray, half_a: float, half_b: float) -> np.ndarray:
+    qa, qb = np.abs(a) - half_a, np.abs(b) - half_b
+    outside = np.hypot(np.maximum(qa, 0), np.maximum(qb, 0))
+    return outside + np.minimum(np.maximum(qa, qb), 0)
+
+
+def _washer_render(rng: Rng, s: int, d: dict[str, Any]) -> _Scene:
+    yy, xx = _grid(s)
+    cx, cy = s / 2 + rng.uniform(-0.08 * s, 0.08 * s, 2)
+    psi = rng.uniform(0, 2 * np.pi)  # rotation: where the key tab points
+    outer = d["radius"] * rng.uniform(0.98, 1.02)
+    inner = outer * 0.48
+    phi = rng.uniform(0, 2 * np.pi)  # light direction
+    brightness = rng.uniform(0.82, 1.15)
+    dx, dy = xx - np.float32(cx), yy - np.float32(cy)
+    r = np.hypot(dx, dy)
+    theta = np.arctan2(dy, dx)
+    # hole = circle minus the key tab pointing inward at angle psi
+    a = dx * np.float32(np.cos(psi)) + dy * np.float32(np.sin(psi))
+    b = dy * np.float32(np.cos(psi)) - dx * np.float32(np.sin(psi))
+    tab_sdf = _box_sdf(a - np.float32(inner * 0.92), b, inner * 0.2, outer * 0.09)
+    hole_sdf = np.maximum(r - inner, -tab_sdf)
+    disc_a = np.clip(outer + 0.5 - r, 0, 1)
+    hole_a = np.clip(0.5 - hole_sdf, 0, 1)
+    obj_a = disc_a * (1 - hole_a)
+    # background with a soft shadow offset away from the light, darker through the hole
+    off = 0.035 * s
+    sx, sy = dx + np.float32(off * np.cos(phi)), dy + np.float32(off * np.sin(phi))
+    shadow = np.clip((outer - np.hypot(sx, sy)) / (0.05 * s) + 0.5, 0, 1)
+    bg_light = _lighting(rng, s, gradient=0.15, unevenness=0.02) * brightness
+    background = d["background"] * (bg_light * (1 - 0.35 * shadow) * (1 - 0.4 * hole_a))[..., None]
+    background = background + _sensor_noise(rng, s, rng.uniform(1.5, 3.0))
+    # metal: flat face, rounded edges lit by direction, turning marks, specular highlight
+    edge_w = 0.06 * s
+    near_outer = np.clip(1 - (outer - r) / edge_w, 0, 1)
+    near_inner = np.clip(1 - hole_sdf / edge_w, 0, 1)
+    facing = np.cos(theta - np.float32(phi))
+    base = rng.uniform(150, 180)
+    face = 1 + 0.08 * (dx * np.float32(np.cos(phi)) + dy * np.float32(np.sin(phi))) / outer
+    edge = 1 + 0.35 * facing * near_outer**1.5 - 0.3 * facing * near_inner**1.5
+    rings = 1 + 0.025 * np.sin(r * np.float32(2 * np.pi / 1.7) + 1.5 * _smooth_noise(rng, s, 6))
+    hx, hy = cx + 0.35 * outer * np.cos(phi), cy + 0.35 * outer * np.sin(phi)
+    spec = rng.uniform(20, 55) * np.exp(-((xx - hx) ** 2 + (yy - hy) ** 2) / np.float32((0.3 * outer) ** 2))
+    metal_l = (base * face * edge * rings + spec) * brightness
+    metal = d["metal"] * metal_l[..., None] + _sensor_noise(rng, s, rng.uniform(1.5, 3.0))
+    image = background * (1 - obj_a)[..., None] + metal * obj_a[..., None]
+    return _Scene(image, {"background": background, "obj_a": obj_a, "light": metal_l / base})
+
+
+def _washer_scratch(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    solid = scene.layers["obj_a"] >= 0.999
+    x0, y0 = _pick(rng, solid)
+    stroke = _path(rng, s, x0, y0, s * _lerp(0.04, 0.32, q), wiggle=0.08, thickness=_stroke_width(s, q))
+    region = stroke & solid
+    sign = 1.0 if rng.uniform() < 0.7 else -1.0
+    amount = sign * _lerp(7, 70, qc) * (0.7 + 0.3 * rng.uniform(size=(s, s, 1)))
+    return scene.image + amount, region
+
+
+def _washer_chip(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    obj_a = scene.layers["obj_a"]
+    rim = (obj_a > 0.2) & (obj_a < 0.8)  # antialiased boundary pixels: outer edge, hole edge, key tab
+    x0, y0 = _pick(rng, rim)
+    region = _blob(rng, s, x0, y0, s * _lerp(0.015, 0.08, q), rough=0.6) & (obj_a > 0)
+    return scene.layers["background"], region
+
+
+RUST_COLORS = (
+    np.array([150, 72, 30], np.float32),
+    np.array([110, 60, 35], np.float32),
+    np.array([60, 52, 44], np.float32),  # grime
+)
+
+
+def _washer_rust(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    solid = scene.layers["obj_a"] >= 0.999
+    cx, cy = _pick(rng, solid)
+    region = _blob(rng, s, cx, cy, s * _lerp(0.01, 0.07, q), rough=0.6) & solid
+    color = RUST_COLORS[rng.integers(len(RUST_COLORS))] * scene.layers["light"][..., None]
+    speckle = np.clip(0.7 + 0.5 * _smooth_noise(rng, s, max(4, s // 6)), 0.2, 1.0)[..., None]
+    alpha = _lerp(0.12, 0.8, qc) * speckle
+    return scene.image + alpha * (color - scene.image) + _sensor_noise(rng, s, 3.0), region
+
+
+# ----------------------------------------------------------------------------------------------------
+# label: a part with printed marks
+
+BAND_COLORS = (
+    np.array([196, 46, 42], np.float32),
+    np.array([38, 92, 172], np.float32),
+    np.array([36, 138, 78], np.float32),
+)
+CONSONANTS = "BCDFGKLMNPRSTVZ"
+VOWELS = "AEIOU"
+LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
+LABEL_SUPERSAMPLE = 2
+
+
+def _text_layer(canvas: np.ndarray, text: str, x: float, baseline: float, height: float, width: float) -> None:
+    """Draw `text` (antialiased Hershey) into `canvas`, fitted to `height` and at most `width`."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (w1, h1), _ = cv2.getTextSize(text, font, 1.0, 1)
+    scale = min(height / h1, width / w1)
+    thickness = max(1, round(height / 9))
+    cv2.putText(canvas, text, (round(x), round(baseline)), font, scale, 255, thickness, cv2.LINE_AA)
+
+
+def _label_design(rng: Rng, s: int) -> dict[str, Any]:
+    """The print is fixed per (seed, spec): good labels only differ by pose, registration and ink density."""
+    k = LABEL_SUPERSAMPLE
+    c = k * s
+    w, h = 0.80 * s * k, 0.60 * s * k
+    left, top = (c - w) / 2, (c - h) / 2
+    label = np.zeros((c, c), np.uint8)
+    corner = round(0.04 * s * k)
+    cv2.rectangle(label, (round(left + corner), round(top)), (round(left + w - corner), round(top + h)), 255, -1)
+    cv2.rectangle(label, (round(left), round(top + corner)), (round(left + w), round(top + h - corner)), 255, -1)
+    for cxx in (left + corner, left + w - corner):
+        for cyy in (top + corner, top + h - corner):
+            cv2.circle(label, (round(cxx), round(cyy)), corner, 255, -1, cv2.LINE_AA)
+    band = np.zeros_like(label)
+    band[: round(top + 0.17 * s * k)] = label[: round(top + 0.17 * s * k)]
+    name = "".join(
+        rng.choice(list(CONSONANTS)) if i % 2 == 0 else rng.choice(list(VOWELS)) for i in range(6)
+    )
+    knockout = np.zeros_like(label)
+    _text_layer(knockout, name, left + 0.06 * s * k, top + 0.125 * s * k, 0.08 * s * k, 0.5 * s * k)
+    ink = np.zeros_like(label)
+    lot = f"LOT {rng.integers(1000, 10000)}-{rng.choice(list(LETTERS))}"
+    ref = f"REF {''.join(rng.choice(list(LETTERS), 2))}{rng.integers(100, 1000)}"
+    for line, base in ((lot, 0.29), (ref, 0.40)):
+        _text_layer(ink, line, left + 0.06 * s * k, top + base * s * k, 0.075 * s * k, 0.5 * s * k)
+    icon = (round(left + w - 0.13 * s * k), round(top + 0.33 * s * k))
+    cv2.circle(ink, icon, round(0.065 * s * k), 255, max(1, round(0.012 * s * k)), cv2.LINE_AA)
+    cv2.circle(ink, icon, round(0.025 * s * k), 255, -1, cv2.LINE_AA)
+    # barcode: random bar/space widths of 1..3 units between two guard bars
+    widths = np.concatenate([[1, 1, 1], rng.integers(1, 4, 40), [1, 1, 1]])
+    bar_left, bar_w = left + 0.07 * s * k, w - 0.14 * s * k
+    edges = bar_left + np.concatenate([[0], np.cumsum(widths)]) * (bar_w / widths.sum())
+    y0, y1 = top + 0.455 * s * k, top + 0.55 * s * k
+    for i in range(0, len(widths), 2):
+        pts = np.array([[edges[i], y0], [edges[i + 1], y0], [edges[i + 1], y1], [edges[i], y1]])
+        pts = np.rint(pts * (1 << SUBPIXEL_SHIFT)).astype(np.int32)
+        cv2.fillPoly(ink, [pts], 255, cv2.LINE_AA, SUBPIXEL_SHIFT)
+    to_f = np.float32(1 / 255)
+    return {
+        "paper_layers": np.stack([label, band], axis=-1).astype(np.float32) * to_f,
+        "print_layers": np.stack([ink, knockout], axis=-1).astype(np.float32) * to_f,
+        "paper": np.array([238, 233, 218], np.float32) * rng.uniform(0.96, 1.02, 3).astype(np.float32),
+        "band": BAND_COLORS[rng.integers(len(BAND_COLORS))] * rng.uniform(0.9, 1.1),
+        "ink": np.array([26, 30, 48], np.float32),
+        "surface": np.array([62, 64, 70], np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32),
+    }
+
+
+def _warp(layers: np.ndarray, s: int, angle_deg: float, shift: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+    """Rotate/translate supersampled layers, then area-downsample them to `(s, s, n)`."""
+    c = layers.shape[0]
+    mat = cv2.getRotationMatrix2D(center, angle_deg, 1.0)
+    mat[:, 2] += shift
+    warped = cv2.warpAffine(layers, mat, (c, c), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return cv2.resize(warped, (s, s), interpolation=cv2.INTER_AREA)
+
+
+def _label_compose(layers: dict[str, Any], ink_a: np.ndarray) -> np.ndarray:
+    """Composite the label scene from its layers with the given ink coverage."""
+    a = layers
+    img = a["surface_img"] * (1 - a["label_a"])[..., None] + a["paper_img"] * a["label_a"][..., None]
+    for color, alpha in ((a["band"], a["band_a"]), (a["white"], a["knock_a"]), (a["ink"], ink_a)):
+        img = img + alpha[..., None] * (color - img)
+    return img * a["light"][..., None] + a["noise"]
+
+
+def _label_render(rng: Rng, s: int, d: dict[str, Any]) -> _Scene:
+    k = LABEL_SUPERSAMPLE
+    c = k * s
+    angle = rng.uniform(-2.5, 2.5)
+    shift = rng.uniform(-0.03 * s, 0.03 * s, 2) * k
+    paper = _warp(d["paper_layers"], s, angle, shift, (c / 2, c / 2))
+    reg_angle = angle + rng.uniform(-0.7, 0.7)
+    reg_shift = shift + rng.uniform(-0.012 * s, 0.012 * s, 2) * k
+    printed = _warp(d["print_layers"], s, reg_angle, reg_shift, (c / 2, c / 2))
+    density = rng.uniform(0.8, 1.0)
+    grain = 1 + 0.05 * _smooth_noise(rng, s, max(4, s // 4))
+    layers = {
+        "label_a": paper[..., 0],
+        "band_a": paper[..., 1],
+        "ink_a": printed[..., 0] * density,
+        "knock_a": printed[..., 1] * paper[..., 1],
+        "surface_img": d["surface"] * grain[..., None],
+        "paper_img": d["paper"] * (1 + 0.015 * _smooth_noise(rng, s, 8))[..., None],
+        "band": d["band"],
+        "white": d["paper"],
+        "ink": d["ink"] * rng.uniform(0.8, 1.3),
+        "light": _lighting(rng, s, gradient=0.14, unevenness=0.02) * rng.uniform(0.88, 1.1),
+        "noise": _sensor_noise(rng, s, rng.uniform(1.5, 3.5)),
+    }
+    return _Scene(_label_compose(layers, layers["ink_a"]), layers)
+
+
+def _label_misprint(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    ink_a = scene.layers["ink_a"]
+    on_label = scene.layers["label_a"] >= 0.999
+    for _ in range(50):
+        cx, cy = _pick(rng, (ink_a > 0.5) & on_label)
+        half = s * _lerp(0.012, 0.09, q) * rng.uniform(0.6, 1.4, 2)
+        box = np.array([[cx - half[0], cy - half[1]], [cx + half[0], cy - half[1]]])
+        box = np.vstack([box, [[cx + half[0], cy + half[1]], [cx - half[0], cy + half[1]]]])
+        roi = _poly_mask(s, box, closed=True) & on_label
+        if rng.uniform() < 0.6:  # missing or faded print
+            new_ink = ink_a * np.float32(_lerp(0.55, 0.0, qc))
+        else:  # doubled / smeared print: a shifted ghost copy
+            dx, dy = rng.integers(-3, 4, 2) * max(1, round(s / 160))
+            ghost = np.roll(ink_a, (int(dy), int(dx)), axis=(0, 1)) * np.float32(_lerp(0.3, 0.9, qc))
+            new_ink = np.maximum(ink_a, ghost)
+        new_ink = np.where(roi, new_ink, ink_a)
+        region = roi & (np.abs(new_ink - ink_a) > 0.04)
+        if region.any():
+            return _label_compose(scene.layers, new_ink), region
+    raise AssertionError("misprint: no ink to alter")  # unreachable: the roi is centred on ink
+
+
+def _label_scratch(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    on_label = scene.layers["label_a"] >= 0.999
+    x0, y0 = _pick(rng, on_label)
+    stroke = _path(rng, s, x0, y0, s * _lerp(0.05, 0.45, q), wiggle=0.06, thickness=_stroke_width(s, q))
+    alpha = _lerp(0.15, 0.85, qc)
+    light = scene.layers["light"][..., None]
+    if rng.uniform() < 0.5:  # scraped: print and paper go bright
+        target = scene.image + alpha * (np.float32(252) * light - scene.image)
+    else:  # scuffed: a dark line
+        target = scene.image * (1 - 0.6 * alpha)
+    return target, stroke & on_label
+
+
+LABEL_STAINS = (
+    np.array([0.72, 0.55, 0.38], np.float32),  # coffee
+    np.array([0.55, 0.62, 0.95], np.float32),  # blue ink
+    np.array([0.7, 0.7, 0.66], np.float32),  # grease
+)
+
+
+def _label_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
+    s = scene.image.shape[0]
+    on_label = scene.layers["label_a"] >= 0.999
+    cx, cy = _pick(rng, on_label)
+    region = _blob(rng, s, cx, cy, s * _lerp(0.015, 0.11, q)) & on_label
+    return _tint_stain(scene, rng, region, _lerp(0.1, 0.85, qc), LABEL_STAINS), region
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry and generation
+
+_CATEGORIES: dict[str, _Category] = {
+    "fabric": _Category(
+        _fabric_design, _fabric_render, {"hole": _fabric_hole, "stain": _fabric_stain, "thread": _fabric_thread}
+    ),
+    "washer": _Category(
+        _washer_design, _washer_render, {"scratch": _washer_scratch, "chip": _washer_chip, "rust": _washer_rust}
+    ),
+    "label": _Category(
+        _label_design,
+        _label_render,
+        {"misprint": _label_misprint, "scratch": _label_scratch, "stain": _label_stain},
+    ),
+}
+assert tuple(_CATEGORIES) == BUILTIN_CATEGORIES
+
+
+def _check(category: str) -> _Category:
+    if category not in _CATEGORIES:
+        raise ConfigError(
+            f"unknown builtin category {category!r}; choose from {', '.join(BUILTIN_CATEGORIES)}"
+        )
+    return _CATEGORIES[category]
+
+
+def _check_spec(spec: BuiltinSpec, seed: int) -> None:
+    if spec.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"builtin.image_size must be >= {MIN_IMAGE_SIZE}, got {spec.image_size}")
+    for name in ("n_train", "n_test_good", "n_test_per_defect"):
+        if getattr(spec, name) < 1:
+            raise ConfigError(f"builtin.{name} must be >= 1, got {getattr(spec, name)}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0 for the builtin dataset, got {seed}")
+
+
+def _severities(rng: Rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified size severities `q` (one per 1/n bin, shuffled) and correlated contrast severities."""
+    q = (np.arange(n) + rng.uniform(0.05, 0.95, n)) / n
+    q = q[rng.permutation(n)]
+    qc = np.clip(q + rng.uniform(-0.3, 0.3, n), 0.0, 1.0)
+    return q, qc
+
+
+def _render_sample(
+    category: str, spec: BuiltinSpec, seed: int, split: str, defect: str, index: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """One image: `(image_u8, mask_bool or None, clean_u8)`; `clean` is the scene before its defect."""
+    cat = _check(category)
+    s = spec.image_size
+    design = cat.design(_rng(seed, category, "design", 0), s)
+    return _render_with(cat, design, category, spec, seed, split, defect, index)
+
+
+def _render_with(
+    cat: _Category,
+    design: dict[str, Any],
+    category: str,
+    spec: BuiltinSpec,
+    seed: int,
+    split: str,
+    defect: str,
+    index: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    rng = _rng(seed, category, f"{split}/{defect}", index)
+    scene = cat.render(rng, spec.image_size, design)
+    clean = _to_u8(scene.image)
+    if defect == GOOD:
+        return clean, None, clean
+    q, qc = _severities(_rng(seed, category, f"severity/{defect}", 0), spec.n_test_per_defect)
+    target, region = cat.defects[defect](scene, rng, float(q[index]), float(qc[index]))
+    return _finalize(clean, target, region), region, clean
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _jobs(cat: _Category, spec: BuiltinSpec) -> list[tuple[str, str, int]]:
+    jobs = [("train", GOOD, i) for i in range(spec.n_train)]
+    jobs += [("test", GOOD, i) for i in range(spec.n_test_good)]
+    jobs += [("test", d, i) for d in cat.defects for i in range(spec.n_test_per_defect)]
+    return jobs
+
+
+def _write_category(root: Path, category: str, spec: BuiltinSpec, seed: int, bar: tqdm | None) -> None:
+    cat = _check(category)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / category
+    for stale in root.glob(f".{category}.*.tmp"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.", suffix=".tmp", dir=root))
+    try:
+        design = cat.design(_rng(seed, category, "design", 0), spec.image_size)
+        for split, defect, index in _jobs(cat, spec):
+            image, mask, _ = _render_with(cat, design, category, spec, seed, split, defect, index)
+            out_dir = tmp / split / defect
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _save_png(out_dir / f"{index:03d}.png", image)
+            if mask is not None:
+                gt_dir = tmp / "ground_truth" / defect
+                gt_dir.mkdir(parents=True, exist_ok=True)
+                _save_png(gt_dir / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
+            if bar is not None:
+                bar.update(1)
+        old = None
+        if final.exists() or final.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{category}.", suffix=".tmp", dir=root)) / "old"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def generate_category(root: Path, category: str, spec: BuiltinSpec, seed: int) -> None:
+    """Write (replacing atomically) `<root>/<category>` in the MVTec AD layout."""
+    _check_spec(spec, seed)
+    _write_category(Path(root), category, spec, seed, bar=None)
+
+
+def generate_dataset(
+    root: Path,
+    categories: Sequence[str] = BUILTIN_CATEGORIES,
+    spec: BuiltinSpec = BuiltinSpec(),  # noqa: B008 (frozen dataclass: safe as a default)
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Write each category under `root`, deleting and rewriting `<root>/<category>` one at a time.
+
+    Raises ConfigError for an unknown category (before writing anything) or an invalid spec/seed.
+    """
+    if isinstance(categories, str):
+        categories = (categories,)
+    cats = [_check(c) for c in categories]
+    _check_spec(spec, seed)
+    total = sum(len(_jobs(cat, spec)) for cat in cats)
+    with tqdm(total=total, unit="img", disable=not progress, desc="builtin dataset") as bar:
+        for category in categories:
+            bar.set_description(f"builtin {category}")
+            _write_category(Path(root), category, spec, seed, bar)

@@ -1,0 +1,82 @@
+"""The original prototype's U-Net autoencoder: a module and its config, nothing else.
+
+Input `(B, 3, S, S)` in [-1, 1] -> reconstruction `(B, 3, S, S)` in [-1, 1] (Tanh).
+Encoder: one block per width in `encoder_channels`, each followed by 2x2 MaxPool; bottleneck block at
+S / 2**levels; decoder: bilinear x2 upsampling, concatenation with the encoder skip, block.
+A block is `convs_per_block` x (3x3 conv + ReLU).
+
+ORIGINAL is the prototype's configuration: 128x128 input, widths 64-128-256, a 512-channel
+bottleneck at 16x16, one conv per block: 3.87 M parameters, 15.5 MB of float32 weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    encoder_channels: tuple[int, ...] = (16, 32, 64)
+    bottleneck_channels: int = 128
+    convs_per_block: int = 1
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_channels", tuple(int(c) for c in self.encoder_channels))
+        if not self.encoder_channels or min(self.encoder_channels) < 1 or self.bottleneck_channels < 1:
+            raise ValueError(f"UNetConfig widths must be positive, got {self}")
+        if self.convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be >= 1, got {self.convs_per_block}")
+
+    @property
+    def downsampling(self) -> int:
+        """The input side must be a multiple of this."""
+        return 2 ** len(self.encoder_channels)
+
+
+ORIGINAL = UNetConfig(encoder_channels=(64, 128, 256), bottleneck_channels=512, convs_per_block=1)
+
+
+def _block(c_in: int, c_out: int, n_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UNetAutoencoder(nn.Module):
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        config = config or UNetConfig()
+        self.config = config
+        widths = config.encoder_channels
+        n = config.convs_per_block
+        self.encoders = nn.ModuleList()
+        c_in = config.in_channels
+        for width in widths:
+            self.encoders.append(_block(c_in, width, n))
+            c_in = width
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _block(c_in, config.bottleneck_channels, n)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.decoders = nn.ModuleList()
+        c_in = config.bottleneck_channels
+        for width in reversed(widths):
+            self.decoders.append(_block(c_in + width, width, n))
+            c_in = width
+        self.head = nn.Conv2d(c_in, config.in_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, S, S)` -> `(B, 3, S, S)`, S a multiple of `config.downsampling`."""
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
+            x = decoder(torch.cat([self.up(x), skip], dim=1))
+        return torch.tanh(self.head(x))

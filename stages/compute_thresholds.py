@@ -1,0 +1,44 @@
+"""Stage `compute_thresholds`: recall-target thresholds (out-of-fold figures) and good-only calibration.
+
+Also writes the pipeline summary run (all parameters + headline metrics) to the MLflow experiment
+`anomaly-spotter-pipelines`, for side-by-side comparison of pipeline runs.
+"""
+
+import json
+
+from anomaly_spotter import paths, tracking
+from anomaly_spotter.config import flatten
+from anomaly_spotter.pipeline import run_compute_thresholds
+from anomaly_spotter.stage import main, parse_args, stage_outputs
+
+
+def run() -> None:
+    params, _ = parse_args(__doc__, per_category=False)
+    outs = (paths.THRESHOLDS_CSV, paths.THRESHOLDS_JSON, paths.THRESHOLD_METRICS_JSON)
+    with stage_outputs(*outs):
+        result = run_compute_thresholds(params)
+        models = {c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE) for c in params.data.categories}
+        tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
+        logged = {"seed": params.seed, **flatten(params.thresholds, "thresholds.")}
+        with tracking.stage_run("compute_thresholds", None, logged, tags) as run:
+            tracking.log_metrics(result["overall"])
+            for category, values in result["categories"].items():
+                tracking.log_metrics({f"{category}.{k}": v for k, v in values.items()})
+            tracking.log_artifacts(list(outs))
+            for model in models.values():
+                tracking.tag_model_version(model, "compute_thresholds", run.info.run_id)
+            thresholds_run = run.info.run_id
+        # One row per pipeline result: every parameter and the headline metrics, for "Compare" in the UI.
+        image_metrics = json.loads(paths.METRICS_JSON.read_text())
+        summary = {**image_metrics["overall"], **result["overall"]}
+        for category in params.data.categories:
+            summary |= {f"{category}.{k}": v for k, v in image_metrics["categories"][category].items()}
+            summary |= {f"{category}.{k}": v for k, v in result["categories"][category].items()}
+        with tracking.stage_run("pipeline", None, flatten(params), {**tags, "compute_thresholds_run_id": thresholds_run},
+                                experiment=tracking.PIPELINES_EXPERIMENT):
+            tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+            tracking.log_artifacts([paths.METRICS_JSON, paths.THRESHOLDS_CSV])
+
+
+if __name__ == "__main__":
+    main("compute_thresholds", run)

@@ -1,0 +1,27 @@
+"""Stage `extract_metrics`: per-image map stats; image/pixel AUROC, AUPRO, F1-max per category and overall."""
+
+from anomaly_spotter import paths, tracking
+from anomaly_spotter.config import flatten
+from anomaly_spotter.pipeline import run_extract_metrics
+from anomaly_spotter.stage import main, parse_args, stage_outputs
+
+
+def run() -> None:
+    params, _ = parse_args(__doc__, per_category=False)
+    with stage_outputs(paths.PER_IMAGE_CSV, paths.METRICS_JSON):
+        result = run_extract_metrics(params)
+        models = {c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE) for c in params.data.categories}
+        tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
+        with tracking.stage_run("extract_metrics", None, flatten(params.metrics, "metrics."), tags) as run:
+            tracking.log_metrics(result["overall"])
+            for category, values in result["categories"].items():
+                tracking.log_metrics({f"{category}.{k}": v for k, v in values.items()})
+            tracking.log_artifacts([paths.PER_IMAGE_CSV, paths.METRICS_JSON])
+            for model in models.values():
+                tracking.tag_model_version(model, "extract_metrics", run.info.run_id)
+    for category, values in result["categories"].items():
+        print(f"{category}: image AUROC {values['image_auroc']:.4f}  pixel AUROC {values['pixel_auroc']:.4f}")
+
+
+if __name__ == "__main__":
+    main("extract_metrics", run)

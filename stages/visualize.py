@@ -1,0 +1,23 @@
+"""Stage `visualize`: example panels, ROC / PR curves and score distributions for one category."""
+
+from anomaly_spotter import paths, tracking
+from anomaly_spotter.config import flatten
+from anomaly_spotter.pipeline import run_visualize
+from anomaly_spotter.stage import main, parse_args, stage_outputs
+
+
+def run() -> None:
+    params, category = parse_args(__doc__, per_category=True)
+    out = paths.plots_dir(category)
+    with stage_outputs(out):
+        metrics = run_visualize(params, category)
+        model = tracking.read_run_info(paths.model_dir(category) / tracking.RUN_INFO_FILE)
+        with tracking.stage_run("visualize", category, flatten(params.visualize, "visualize."),
+                                tracking.model_tags(model)) as run:
+            tracking.log_metrics(metrics)
+            tracking.log_artifacts([out], artifact_path="plots")
+            tracking.tag_model_version(model, "visualize", run.info.run_id)
+
+
+if __name__ == "__main__":
+    main("visualize", run)

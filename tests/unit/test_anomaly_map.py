@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import exposure, filters
+
+from anomaly_spotter.anomaly_map import (
+    gaussian_smooth,
+    image_scores,
+    map_stats,
+    minmax_normalize,
+    otsu_mask,
+    residual_map,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def test_residual_is_channel_mean_absolute_difference() -> None:
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    y = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    expected = (np.abs(x[:, 0] - y[:, 0]) + np.abs(x[:, 1] - y[:, 1]) + np.abs(x[:, 2] - y[:, 2])) / 3
+    np.testing.assert_allclose(residual_map(x, y), expected, rtol=1e-6)
+
+
+def test_gaussian_matches_scipy_and_skimage_per_image() -> None:
+    maps = RNG.random((3, 16, 16)).astype(np.float32)
+    out = gaussian_smooth(maps, 1.0)
+    for i in range(3):
+        np.testing.assert_allclose(out[i], ndimage.gaussian_filter(maps[i], 1.0), rtol=1e-5, atol=1e-6)
+        ref = filters.gaussian(maps[i].astype(np.float64), sigma=1.0, mode="reflect", preserve_range=True)
+        np.testing.assert_allclose(out[i], ref, atol=1e-5)
+    # smoothing does not leak across images in a batch
+    assert np.allclose(gaussian_smooth(maps[:1], 1.0), out[:1])
+
+
+def test_minmax_matches_skimage_rescale_and_handles_constant_maps() -> None:
+    amap = RNG.random((10, 10)).astype(np.float32) * 5 + 2
+    ref = exposure.rescale_intensity(amap, in_range="image", out_range=(0.0, 1.0))
+    np.testing.assert_allclose(minmax_normalize(amap), ref, rtol=1e-6)
+    assert not minmax_normalize(np.full((4, 4), 3.0)).any()
+
+
+def test_otsu_matches_skimage_and_splits_a_bimodal_map() -> None:
+    amap = np.zeros((20, 20), np.float32)
+    amap[5:10, 5:10] = 1.0
+    amap += RNG.normal(scale=0.01, size=amap.shape).astype(np.float32)
+    norm = minmax_normalize(amap)
+    mask = otsu_mask(norm)
+    assert np.array_equal(mask, norm > filters.threshold_otsu(norm))
+    assert mask.sum() == 25 and mask[5:10, 5:10].all()
+    assert not otsu_mask(np.zeros((4, 4), np.float32)).any()
+
+
+def test_image_scores_and_stats_on_known_map() -> None:
+    maps = np.zeros((2, 10, 10), np.float32)
+    maps[1, :1, :] = 2.0  # 10 of 100 pixels
+    np.testing.assert_allclose(image_scores(maps, "max"), [0.0, 2.0])
+    np.testing.assert_allclose(image_scores(maps, "mean"), [0.0, 0.2])
+    assert map_stats(maps[1]) == {"mean_score": pytest.approx(0.2), "max_score": 2.0, "anomaly_percentage": 10.0}
+    with pytest.raises(ValueError, match="unknown image score"):
+        image_scores(maps, "median")

@@ -36,6 +36,9 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     """Fit the configured detector on the category's train split (val split for early stopping)."""
     from anomaly_spotter.plots import plot_training_history
 
+    import torch
+
+    torch.set_num_threads(params.train.num_threads)
     data = load_prepared(paths.prepared_dir(category))
     train, val = data.split("train"), data.split("val")
     detector = build_detector(params)
@@ -45,7 +48,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     out = paths.model_dir(category)
     out.mkdir(parents=True, exist_ok=True)
     detector.save(out / paths.MODEL_FILE)
-    history = detector.history_
+    history = training_history(detector)
     history.to_csv(out / paths.HISTORY_CSV, index=False)
     plot_training_history(history, out / paths.HISTORY_PNG)
     metrics = {
@@ -59,6 +62,12 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
         metrics |= {"epochs_run": len(history), "best_epoch": int(best["epoch"]),
                     "best_val_loss": float(best["val_loss"])}
     return detector, metrics
+
+
+def training_history(detector: Detector) -> pd.DataFrame:
+    """Per-epoch losses; an empty table for detectors with no training loop (patchcore)."""
+    history = getattr(detector, "history_", None)
+    return history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
 
 
 def run_process(params: Params, category: str, progress: bool = True) -> dict[str, float]:
@@ -137,7 +146,7 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
             },
             "per_defect": {
                 r.defect_type: {"threshold": r.threshold, "precision": r.precision, "recall": r.recall,
-                                "f1": r.f1, "detected": f"{r.detected}/{r.n_defective}"}
+                                "f1": r.f1, "detected": _k_of_n(r.detected, r.n_defective), "method": r.method}
                 for r in cat_rows[cat_rows["defect_type"] != "all"].itertuples()
             },
             "good_only": {"threshold": good_t, "target_fpr": tp.good_fpr, **{k: _py(v) for k, v in good_eval.items()}},
@@ -192,7 +201,14 @@ def run_visualize(params: Params, category: str) -> dict[str, float]:
     return {"n_examples": len(shown)}
 
 
+def _k_of_n(k: Any, n: int) -> str:
+    """The original's "defects detected k/n"; "-" when it could not be measured out-of-fold."""
+    return f"{int(k)}/{int(n)}" if not pd.isna(k) else f"-/{int(n)}"
+
+
 def _py(value: Any) -> Any:
+    if value is pd.NA:
+        return None
     return value.item() if isinstance(value, np.generic) else value
 
 

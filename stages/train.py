@@ -6,7 +6,7 @@ from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
 from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.pipeline import run_train
+from anomaly_spotter.pipeline import run_train, training_history
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
@@ -21,9 +21,9 @@ def run() -> None:
                   **flatten(params.train, "train.")}
         with tracking.stage_run("train", category, logged, {"prepare_run_id": prepared["run_id"]}) as run:
             tracking.log_metrics(metrics)
-            tracking.log_history(detector.history_)
+            tracking.log_history(training_history(detector))
             tracking.log_artifacts([out / paths.HISTORY_CSV, out / paths.HISTORY_PNG])
-            example = to_tensor_normalized(np.asarray(load_prepared(paths.prepared_dir(category)).images[:1]))
+            example = to_tensor_normalized(np.asarray(load_prepared(paths.prepared_dir(category)).images[:2]))
             version = tracking.log_pytorch_model(
                 detector.module(), category, example,
                 tags={"category": category, "detector": detector.kind, "run.prepare": prepared["run_id"],

@@ -2,7 +2,7 @@
 
 Categories (every image is RGB; good images vary in pose, lighting and noise):
 
-- ``fabric``: denim-like plain weave (indigo warp, pale weft) with jittered period, angle, phase,
+- ``fabric``: denim-like 2/1 twill (indigo warp, pale weft) with jittered period, angle, phase,
   contrast, per-thread thickness, uneven dye and sensor noise.
   Defects: ``hole`` (dark backing shows through), ``stain`` (tinted blotch), ``thread`` (foreign fibre).
 - ``washer``: a keyed steel washer on a plain slate background; position, rotation (the inner key tab
@@ -44,7 +44,7 @@ BUILTIN_CATEGORIES: tuple[str, ...] = ("fabric", "washer", "label")
 
 MIN_IMAGE_SIZE = 32
 MIN_DELTA = 3  # every mask pixel differs from the defect-free scene by at least this much (uint8 levels)
-PNG_COMPRESS_LEVEL = 6
+PNG_COMPRESS_LEVEL = 1
 SUBPIXEL_SHIFT = 4  # cv2 drawing: 4 fractional bits for sub-pixel vertex positions
 GOOD = "good"
 
@@ -200,6 +200,8 @@ def _finalize(clean: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.n
 # ----------------------------------------------------------------------------------------------------
 # fabric: a woven texture
 
+FABRIC_SUPERSAMPLE = 2
+
 
 def _fabric_design(rng: Rng, s: int) -> dict[str, Any]:
     return {
@@ -211,33 +213,35 @@ def _fabric_design(rng: Rng, s: int) -> dict[str, Any]:
 
 
 def _fabric_render(rng: Rng, s: int, d: dict[str, Any]) -> _Scene:
-    yy, xx = _grid(s)
-    period = d["period"] * rng.uniform(0.96, 1.04)
+    k = FABRIC_SUPERSAMPLE
+    yy, xx = _grid(k * s)
+    period = d["period"] * k * rng.uniform(0.96, 1.04)
     angle = d["angle"] + rng.uniform(-0.035, 0.035)
     ca, sa = np.float32(np.cos(angle) / period), np.float32(np.sin(angle) / period)
-    u = xx * ca + yy * sa + np.float32(rng.uniform(0, 2))
-    v = yy * ca - xx * sa + np.float32(rng.uniform(0, 2))
+    u = xx * ca + yy * sa + np.float32(rng.uniform(0, 3))
+    v = yy * ca - xx * sa + np.float32(rng.uniform(0, 3))
     iu, iv = np.floor(u), np.floor(v)
     ru, rv = u - iu, v - iv
     iu, iv = iu.astype(np.int64), iv.astype(np.int64)
-    warp_on_top = ((iu + iv) & 1) == 0
+    warp_on_top = (iu + iv) % 3 != 0  # 2/1 twill: diagonal ribs, warp-faced like denim
     across = np.where(warp_on_top, ru, rv)
     along = np.where(warp_on_top, rv, ru)
-    shade = np.sin(np.float32(np.pi) * across) ** 0.7 * (0.75 + 0.25 * np.sin(np.float32(np.pi) * along))
+    pi = np.float32(np.pi)
+    shade = np.sin(pi * across) ** 0.6 * (0.7 + 0.3 * np.sin(pi * along) ** 0.5)
     # per-thread thickness/brightness variation and fibre streaks along each thread
-    thread_w = rng.normal(1.0, 0.05, 64).astype(np.float32)
-    thread_f = rng.normal(1.0, 0.05, 64).astype(np.float32)
+    thread_w = rng.normal(1.0, 0.06, 64).astype(np.float32)
+    thread_f = rng.normal(1.0, 0.06, 64).astype(np.float32)
     per_thread = np.where(warp_on_top, thread_w[iu % 64], thread_f[iv % 64])
     table = rng.standard_normal((64, 64)).astype(np.float32)
-    fib_w = cv2.remap(table, u * 5.0, v * 0.8, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-    fib_f = cv2.remap(table, v * 5.0, u * 0.8, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    fib_w = cv2.remap(table, u * 6.0, v * 0.7, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    fib_f = cv2.remap(table, v * 6.0, u * 0.7, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
     fibres = np.where(warp_on_top, fib_w, fib_f)
     contrast = rng.uniform(0.85, 1.15)
-    lum = 1.0 - contrast * 0.55 * (1.0 - shade)
-    lum = lum * per_thread * (1.0 + 0.05 * fibres)
+    lum = (1.0 - contrast * 0.6 * (1.0 - shade)) * per_thread * (1.0 + 0.06 * fibres)
     color = np.where(warp_on_top[..., None], d["warp"], d["weft"])
+    texture = cv2.resize(color * lum[..., None], (s, s), interpolation=cv2.INTER_AREA)
     light = _lighting(rng, s, gradient=0.12, unevenness=0.025) * rng.uniform(0.9, 1.1)
-    image = color * (lum * light)[..., None] + _sensor_noise(rng, s, rng.uniform(2.0, 4.0))
+    image = texture * light[..., None] + _sensor_noise(rng, s, rng.uniform(2.0, 4.0))
     return _Scene(image, {"light": light})
 
 
@@ -252,22 +256,12 @@ def _fabric_hole(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarr
     return target + _sensor_noise(rng, s, 2.5), region
 
 
-STAIN_TINTS = (
-    np.array([0.62, 0.46, 0.28], np.float32),  # coffee/brown
-    np.array([0.45, 0.45, 0.45], np.float32),  # oil/grease
-    np.array([0.95, 0.55, 0.25], np.float32),  # rust
-    np.array([1.45, 1.35, 1.2], np.float32),  # bleach
+FABRIC_STAINS = (
+    np.array([112, 78, 46], np.float32),  # coffee/brown
+    np.array([36, 36, 40], np.float32),  # oil/grease
+    np.array([160, 84, 40], np.float32),  # rust
+    np.array([196, 200, 212], np.float32),  # bleach
 )
-
-
-def _tint_stain(
-    scene: _Scene, rng: Rng, region: np.ndarray, strength: float, tints: Sequence[np.ndarray]
-) -> np.ndarray:
-    """The scene multiplied by a tint whose strength varies smoothly inside the stain."""
-    s = scene.image.shape[0]
-    tint = tints[rng.integers(len(tints))]
-    inner = np.clip(0.75 + 0.35 * _smooth_noise(rng, s, max(4, s // 10)), 0.3, 1.0)[..., None]
-    return scene.image * (1.0 + strength * inner * (tint - 1.0))
 
 
 def _fabric_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +269,10 @@ def _fabric_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndar
     radius = s * _lerp(0.02, 0.12, q)
     cx, cy = rng.uniform(0, s, 2)
     region = _blob(rng, s, cx, cy, radius)
-    return _tint_stain(scene, rng, region, _lerp(0.06, 0.5, qc), STAIN_TINTS), region
+    color = FABRIC_STAINS[rng.integers(len(FABRIC_STAINS))] * scene.layers["light"][..., None]
+    inner = np.clip(0.75 + 0.35 * _smooth_noise(rng, s, max(4, s // 10)), 0.3, 1.0)[..., None]
+    alpha = _lerp(0.1, 0.75, qc) * inner  # the weave stays visible through the stain
+    return scene.image + alpha * (color - scene.image), region
 
 
 THREAD_COLORS = (
@@ -344,7 +341,7 @@ def _washer_render(rng: Rng, s: int, d: dict[str, Any]) -> _Scene:
     near_outer = np.clip(1 - (outer - r) / edge_w, 0, 1)
     near_inner = np.clip(1 - hole_sdf / edge_w, 0, 1)
     facing = np.cos(theta - np.float32(phi))
-    base = rng.uniform(150, 180)
+    base = rng.uniform(128, 165)
     face = 1 + 0.08 * (dx * np.float32(np.cos(phi)) + dy * np.float32(np.sin(phi))) / outer
     edge = 1 + 0.35 * facing * near_outer**1.5 - 0.3 * facing * near_inner**1.5
     rings = 1 + 0.025 * np.sin(r * np.float32(2 * np.pi / 1.7) + 1.5 * _smooth_noise(rng, s, 6))
@@ -360,7 +357,7 @@ def _washer_scratch(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.nd
     s = scene.image.shape[0]
     solid = scene.layers["obj_a"] >= 0.999
     x0, y0 = _pick(rng, solid)
-    stroke = _path(rng, s, x0, y0, s * _lerp(0.04, 0.32, q), wiggle=0.08, thickness=_stroke_width(s, q))
+    stroke = _path(rng, s, x0, y0, s * _lerp(0.06, 0.35, q), wiggle=0.08, thickness=_stroke_width(s, q))
     region = stroke & solid
     sign = 1.0 if rng.uniform() < 0.7 else -1.0
     amount = sign * _lerp(7, 70, qc) * (0.7 + 0.3 * rng.uniform(size=(s, s, 1)))
@@ -408,7 +405,9 @@ LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
 LABEL_SUPERSAMPLE = 2
 
 
-def _text_layer(canvas: np.ndarray, text: str, x: float, baseline: float, height: float, width: float) -> None:
+def _text_layer(
+    canvas: np.ndarray, text: str, x: float, baseline: float, height: float, width: float
+) -> None:
     """Draw `text` (antialiased Hershey) into `canvas`, fitted to `height` and at most `width`."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     (w1, h1), _ = cv2.getTextSize(text, font, 1.0, 1)
@@ -425,16 +424,18 @@ def _label_design(rng: Rng, s: int) -> dict[str, Any]:
     left, top = (c - w) / 2, (c - h) / 2
     label = np.zeros((c, c), np.uint8)
     corner = round(0.04 * s * k)
-    cv2.rectangle(label, (round(left + corner), round(top)), (round(left + w - corner), round(top + h)), 255, -1)
-    cv2.rectangle(label, (round(left), round(top + corner)), (round(left + w), round(top + h - corner)), 255, -1)
+    cv2.rectangle(
+        label, (round(left + corner), round(top)), (round(left + w - corner), round(top + h)), 255, -1
+    )
+    cv2.rectangle(
+        label, (round(left), round(top + corner)), (round(left + w), round(top + h - corner)), 255, -1
+    )
     for cxx in (left + corner, left + w - corner):
         for cyy in (top + corner, top + h - corner):
             cv2.circle(label, (round(cxx), round(cyy)), corner, 255, -1, cv2.LINE_AA)
     band = np.zeros_like(label)
     band[: round(top + 0.17 * s * k)] = label[: round(top + 0.17 * s * k)]
-    name = "".join(
-        rng.choice(list(CONSONANTS)) if i % 2 == 0 else rng.choice(list(VOWELS)) for i in range(6)
-    )
+    name = "".join(rng.choice(list(CONSONANTS)) if i % 2 == 0 else rng.choice(list(VOWELS)) for i in range(6))
     knockout = np.zeros_like(label)
     _text_layer(knockout, name, left + 0.06 * s * k, top + 0.125 * s * k, 0.08 * s * k, 0.5 * s * k)
     ink = np.zeros_like(label)
@@ -465,7 +466,9 @@ def _label_design(rng: Rng, s: int) -> dict[str, Any]:
     }
 
 
-def _warp(layers: np.ndarray, s: int, angle_deg: float, shift: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+def _warp(
+    layers: np.ndarray, s: int, angle_deg: float, shift: np.ndarray, center: tuple[float, float]
+) -> np.ndarray:
     """Rotate/translate supersampled layers, then area-downsample them to `(s, s, n)`."""
     c = layers.shape[0]
     mat = cv2.getRotationMatrix2D(center, angle_deg, 1.0)
@@ -519,7 +522,7 @@ def _label_misprint(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.nd
         half = s * _lerp(0.012, 0.09, q) * rng.uniform(0.6, 1.4, 2)
         box = np.array([[cx - half[0], cy - half[1]], [cx + half[0], cy - half[1]]])
         box = np.vstack([box, [[cx + half[0], cy + half[1]], [cx - half[0], cy + half[1]]]])
-        roi = _poly_mask(s, box, closed=True) & on_label
+        roi = _poly_mask(s, box, closed=True, anchor=np.array([cx, cy])) & on_label
         if rng.uniform() < 0.6:  # missing or faded print
             new_ink = ink_a * np.float32(_lerp(0.55, 0.0, qc))
         else:  # doubled / smeared print: a shifted ghost copy
@@ -547,6 +550,14 @@ def _label_scratch(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.nda
     return target, stroke & on_label
 
 
+def _tint_stain(scene: _Scene, rng: Rng, strength: float, tints: Sequence[np.ndarray]) -> np.ndarray:
+    """The scene multiplied by a tint whose strength varies smoothly inside the stain."""
+    s = scene.image.shape[0]
+    tint = tints[rng.integers(len(tints))]
+    inner = np.clip(0.75 + 0.35 * _smooth_noise(rng, s, max(4, s // 10)), 0.3, 1.0)[..., None]
+    return scene.image * (1.0 + strength * inner * (tint - 1.0))
+
+
 LABEL_STAINS = (
     np.array([0.72, 0.55, 0.38], np.float32),  # coffee
     np.array([0.55, 0.62, 0.95], np.float32),  # blue ink
@@ -559,7 +570,7 @@ def _label_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarr
     on_label = scene.layers["label_a"] >= 0.999
     cx, cy = _pick(rng, on_label)
     region = _blob(rng, s, cx, cy, s * _lerp(0.015, 0.11, q)) & on_label
-    return _tint_stain(scene, rng, region, _lerp(0.1, 0.85, qc), LABEL_STAINS), region
+    return _tint_stain(scene, rng, _lerp(0.1, 0.85, qc), LABEL_STAINS), region
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -567,10 +578,14 @@ def _label_stain(scene: _Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarr
 
 _CATEGORIES: dict[str, _Category] = {
     "fabric": _Category(
-        _fabric_design, _fabric_render, {"hole": _fabric_hole, "stain": _fabric_stain, "thread": _fabric_thread}
+        _fabric_design,
+        _fabric_render,
+        {"hole": _fabric_hole, "stain": _fabric_stain, "thread": _fabric_thread},
     ),
     "washer": _Category(
-        _washer_design, _washer_render, {"scratch": _washer_scratch, "chip": _washer_chip, "rust": _washer_rust}
+        _washer_design,
+        _washer_render,
+        {"scratch": _washer_scratch, "chip": _washer_chip, "rust": _washer_rust},
     ),
     "label": _Category(
         _label_design,

@@ -37,7 +37,13 @@ def tracking_uri() -> str:
 
 
 def registered_model_name(category: str) -> str:
+    """The served pyfunc model of a category (what `promote` moves `champion` on)."""
     return f"{MODEL_NAME_PREFIX}-{category}"
+
+
+def network_model_name(category: str) -> str:
+    """The raw torch network `train` registers (the service model is built from it)."""
+    return f"{MODEL_NAME_PREFIX}-{category}-network"
 
 
 def connect() -> str:
@@ -198,3 +204,89 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow")]
+
+
+# --------------------------------------------------------------------------------------------------
+# registry: service model versions, aliases, promotion records
+# --------------------------------------------------------------------------------------------------
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def data_dvc_hash(lock_path: Path, category: str) -> str:
+    """The md5 of data/prepared/<category> recorded in dvc.lock (stage `prepare@<category>`), or "unknown"."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load(Path(lock_path).read_text()) or {}
+        outs = lock["stages"][f"prepare@{category}"]["outs"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "unknown"
+    for out in outs:
+        if str(out.get("path", "")).rstrip("/") == f"data/prepared/{category}":
+            return str(out.get("md5", "unknown"))
+    return "unknown"
+
+
+def model_version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def set_model_version_description(name: str, version: str, description: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().update_model_version(name, str(version), description=description)
+
+
+def latest_model_version(name: str) -> Any:
+    """The newest (highest-numbered) version of registered model `name`; TrackingError if none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        raise TrackingError(f"cannot list versions of {name!r} in {tracking_uri()}: {err.message}") from err
+    if not versions:
+        raise TrackingError(
+            f"no registered model {name!r} in {tracking_uri()}; run the register stage first (dvc repro)"
+        )
+    return max(versions, key=lambda v: int(v.version))
+
+
+def model_version_by_alias(name: str, alias: str) -> Any | None:
+    """The version holding `alias`, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass

@@ -120,15 +120,29 @@ class SameConv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride, kernel // 2 if symmetric else 0, groups=groups, bias=False)
         self._dynamic = not symmetric
 
+    def same_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad `(N, C, H, W)` for TF "SAME" when the conv cannot do it itself (stride > 1)."""
+        if not self._dynamic:
+            return x
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        return F.pad(x, (left, right, top, bottom))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._dynamic:
-            pads = []
-            for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
-                total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-                pads.append((total // 2, total - total // 2))
-            (top, bottom), (left, right) = pads
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
+        return super().forward(self.same_pad(x))
+
+
+def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`bn(conv(x))`; in eval mode the batch norm is folded into the conv weights (one pass, not three)."""
+    if bn.training or bn.running_var is None:
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    return F.conv2d(conv.same_pad(x), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class MBConvBlock(nn.Module):
@@ -150,10 +164,10 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if self.has_expand:
-            h = F.relu6(self._bn0(self._expand_conv(h)))
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))  # linear bottleneck: no activation
-        return h + x if self.residual else h
+            h = F.relu6(conv_bn(self._expand_conv, self._bn0, h), inplace=True)
+        h = F.relu6(conv_bn(self._depthwise_conv, self._bn1, h), inplace=True)
+        h = conv_bn(self._project_conv, self._bn2, h)  # linear bottleneck: no activation
+        return h.add_(x) if self.residual else h
 
 
 class EfficientNetLite(nn.Module):
@@ -205,7 +219,8 @@ class EfficientNetLite(nn.Module):
         if bad:
             raise ConfigError(f"backbone block indices {bad} out of range; use 0..{len(self._blocks) - 1}")
         out: dict[int, torch.Tensor] = {}
-        h = F.relu6(self._bn0(self._conv_stem(x)))
+        x = x.contiguous(memory_format=torch.channels_last)  # much faster depthwise convs on CPU
+        h = F.relu6(conv_bn(self._conv_stem, self._bn0, x), inplace=True)
         for i, block in enumerate(self._blocks):
             h = block(h)
             if i in wanted:
@@ -222,10 +237,11 @@ class EfficientNetLite(nn.Module):
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Head features before pooling: `(N, 3, H, W)` -> `(N, 1280, H/32, W/32)`."""
-        h = F.relu6(self._bn0(self._conv_stem(x)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = F.relu6(conv_bn(self._conv_stem, self._bn0, x), inplace=True)
         for block in self._blocks:
             h = block(h)
-        return F.relu6(self._bn1(self._conv_head(h)))
+        return F.relu6(conv_bn(self._conv_head, self._bn1, h), inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits `(N, 1000)` for normalised images `(N, 3, H, W)`."""

@@ -122,13 +122,13 @@ def test_mlflow_has_every_stage_and_a_registered_model_per_category(project: Pat
         assert train.data.params["train.max_epochs"] == "2"
         assert train.data.params["model.unet_ae.encoder_channels"] == "[4, 8, 8]"
         assert "fit_seconds" in train.data.metrics and len(client.get_metric_history(train.info.run_id, "train_loss")) == 2
-        version = client.get_latest_versions(f"anomaly-spotter-{category}")[0]
+        (version,) = client.search_model_versions(f"name = 'anomaly-spotter-{category}'")
         assert version.run_id == train.info.run_id
         # from the model version to every stage run that produced or evaluated it
         for stage in STAGES:
             run_id = version.tags[f"run.{stage}"]
             assert client.get_run(run_id).data.tags["stage"] == stage
-        assert by_name[f"process_all@{category}"].data.tags["model_version"] == version.version
+        assert by_name[f"process_all@{category}"].data.tags["model_version"] == str(version.version)
     metrics_run = by_name["extract_metrics"]
     assert 0.0 <= metrics_run.data.metrics["image_auroc"] <= 1.0
     assert metrics_run.data.params["metrics.aupro_fpr_limit"] == "0.3"

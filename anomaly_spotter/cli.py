@@ -1,0 +1,299 @@
+"""`anomaly-spotter`: score new images with a registered model, and promote registered versions.
+
+    anomaly-spotter predict photos/ extra.png --model models:/anomaly-spotter-fabric@champion --out results/
+    anomaly-spotter promote --category fabric
+    anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
+
+MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from anomaly_spotter.errors import AnomalySpotterError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+CSV_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage")
+PREDICTIONS_CSV = "predictions.csv"
+PREDICT_CHUNK = 16
+PROGRESS_MIN_IMAGES = 2
+
+PREDICT_EPILOG = """examples:
+  anomaly-spotter predict part.png --model models:/anomaly-spotter-fabric@champion
+  anomaly-spotter predict photos/ --model models:/anomaly-spotter-fabric/3 --out results/
+  anomaly-spotter predict a.jpg b.jpg --model ./exported_model --csv scores.csv
+
+--model takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/service_model or a local
+pyfunc model folder. The CSV (columns: path, score, verdict, threshold, anomaly_percentage) goes to
+--csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold.
+Exit status 1 when any image could not be read (each is named on stderr; the others are still scored).
+"""
+
+PROMOTE_EPILOG = """examples:
+  anomaly-spotter promote --category fabric
+  anomaly-spotter promote --category fabric --force --reason "approved by QA, ticket 123"
+
+Compares the newest version of anomaly-spotter-<category> with the version holding the `champion`
+alias on registry.promote_metric (params.yaml; default image_auroc, ties broken by pixel_auroc).
+`champion` moves only when the newest is at least as good; otherwise the newest gets `challenger`.
+Serve or load the result as models:/anomaly-spotter-<category>@champion.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-spotter", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,promote}")
+
+    p = sub.add_parser("predict", help="score image files and folders with a registered model",
+                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    q = sub.add_parser("promote", help="move the champion alias to the newest version if it is as good",
+                       epilog=PROMOTE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--category", required=True, help="category whose model anomaly-spotter-<category> to promote")
+    q.add_argument("--force", action="store_true", help="promote regardless of metrics (needs --reason)")
+    q.add_argument("--reason", help="why (recorded as the promotion_reason tag)")
+    q.add_argument("--by", default=None, help="who asks (default: the current user)")
+    q.add_argument("--metric", help="metric to compare (default: registry.promote_metric)")
+    q.add_argument("--tiebreak", help="tie-break metric (default: registry.tiebreak_metric)")
+    q.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (registry section)")
+    q.set_defaults(func=cmd_promote)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AnomalySpotterError as err:
+        print(f"anomaly-spotter {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------------
+
+
+def collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders searched recursively for image suffixes; (files, errors for missing paths)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _connect_for(uri: str) -> None:
+    import mlflow
+
+    from anomaly_spotter import tracking
+
+    if uri.startswith(("models:", "runs:")):
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    name = f"{path.stem}_overlay.png"
+    i = 1
+    while name in used:
+        name, i = f"{path.stem}_{i}_overlay.png", i + 1
+    used.add(name)
+    return name
+
+
+def write_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None:
+    """Heatmap of the raw map on the original image, with the predicted (Otsu) mask outlined."""
+    import cv2
+    from PIL import Image
+
+    from anomaly_spotter.anomaly_map import minmax_normalize, otsu_mask
+    from anomaly_spotter.plots import overlay_heatmap
+
+    height, width = image.shape[:2]
+    mask = otsu_mask(minmax_normalize(anomaly_map)).astype(np.uint8)
+    big_map = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    big_mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay_heatmap(image, big_map, big_mask)).save(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from anomaly_spotter.inference import ImageInputError, read_image
+    from anomaly_spotter.serving import load_service_model
+
+    files, errors = collect_images(args.paths)
+    for message in errors:
+        print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
+    _connect_for(args.model)
+    model = load_service_model(args.model)
+    csv_path = args.csv or (args.out / PREDICTIONS_CSV if args.out else Path("-"))
+    used: set[str] = set()
+    n_failed, n_scored = len(errors), 0
+    handle: TextIO = sys.stdout if str(csv_path) == "-" else _open_csv(csv_path)
+    try:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        show = not args.no_progress and len(files) >= PROGRESS_MIN_IMAGES
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
+        for chunk in _chunks(files, PREDICT_CHUNK):
+            ok: list[tuple[Path, np.ndarray]] = []
+            for path in chunk:
+                try:
+                    ok.append((path, read_image(path)))
+                except ImageInputError as err:
+                    n_failed += 1
+                    tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)
+            rows = model.score([img for _, img in ok], return_map=args.out is not None)
+            n_scored += len(rows)
+            for (path, image), row in zip(ok, rows, strict=True):
+                writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
+                if args.out is not None:
+                    write_overlay(image, row["anomaly_map"], args.out / _overlay_name(path, used))
+            handle.flush()
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if n_failed:
+        print(f"anomaly-spotter predict: {n_failed} input(s) could not be read (named above); "
+              f"{n_scored} scored", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _open_csv(path: Path) -> TextIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", newline="")
+
+
+# --------------------------------------------------------------------------------------------------
+# promote
+# --------------------------------------------------------------------------------------------------
+
+
+def _registry_defaults(params_path: Path) -> Any:
+    from anomaly_spotter.serving import RegistryParams, registry_params
+
+    if not params_path.is_file():
+        return RegistryParams()
+    from anomaly_spotter.config import load_params
+
+    return registry_params(load_params(params_path))
+
+
+def _fmt(value: str | None) -> str:
+    if value is None:
+        return "-"
+    try:
+        return f"{float(value):.4f}"
+    except ValueError:
+        return value
+
+
+def metrics_table(
+    new: tuple[str, dict[str, str]], champion: tuple[str, dict[str, str]] | None, metrics: Sequence[str]
+) -> str:
+    """A small text table: one row per metric, one column per version."""
+    headers = ["metric", f"new v{new[0]}"] + ([f"champion v{champion[0]}"] if champion else [])
+    rows = [[m, _fmt(new[1].get(m))] + ([_fmt(champion[1].get(m))] if champion else []) for m in metrics]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from anomaly_spotter import tracking
+    from anomaly_spotter.serving import decide_promotion
+
+    if args.force and not args.reason:
+        raise AnomalySpotterError("--force needs --reason \"...\" (it is recorded on the model version)")
+    reg = _registry_defaults(args.params)
+    metric, tiebreak = args.metric or reg.promote_metric, args.tiebreak or reg.tiebreak_metric
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    name = tracking.registered_model_name(args.category)
+    newest = tracking.latest_model_version(name)
+    new_tags = dict(newest.tags)
+    champ = tracking.model_version_by_alias(name, tracking.CHAMPION)
+    champ_tags = dict(champ.tags) if champ is not None else None
+    shown = list(dict.fromkeys([metric, tiebreak, "image_auroc", "pixel_auroc", "aupro", "f1"]))
+    print(f"{name}: newest version {newest.version}; champion: "
+          f"{'none' if champ is None else 'version ' + str(champ.version)}")
+    print(metrics_table((newest.version, new_tags), (champ.version, champ_tags) if champ else None, shown))
+    if champ is not None and str(champ.version) == str(newest.version) and not args.force:
+        print(f"version {newest.version} already holds champion; nothing to do")
+        return 0
+    decision = decide_promotion(new_tags, champ_tags if champ is not None else None, metric, tiebreak)
+    who = args.by or _user()
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if decision.promote or args.force:
+        reason = f"forced: {args.reason} (metrics: {decision.reason})" if args.force else (
+            args.reason or decision.reason)
+        tracking.set_alias(name, tracking.CHAMPION, newest.version)
+        challenger = tracking.model_version_by_alias(name, tracking.CHALLENGER)
+        if challenger is not None and str(challenger.version) == str(newest.version):
+            tracking.delete_alias(name, tracking.CHALLENGER)
+        tracking.set_model_version_tags(name, newest.version, {
+            "promoted_by": who, "promotion_reason": reason, "promoted_at": now,
+            "promotion_forced": str(bool(args.force)).lower(),
+            "previous_champion": "none" if champ is None else str(champ.version),
+        })
+        print(f"promoted version {newest.version} to champion: {reason}")
+        print(f"load or serve it as models:/{name}@{tracking.CHAMPION}")
+    else:
+        tracking.set_alias(name, tracking.CHALLENGER, newest.version)
+        tracking.set_model_version_tags(name, newest.version, {
+            "challenger_reason": decision.reason, "challenger_since": now, "challenger_set_by": who,
+        })
+        print(f"version {newest.version} is now challenger, champion stays version {champ.version}: "
+              f"{decision.reason}. Use --force --reason \"...\" to promote anyway.")
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

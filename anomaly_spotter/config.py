@@ -82,7 +82,9 @@ class ProcessParams:
 
     def __post_init__(self) -> None:
         if self.image_score not in IMAGE_SCORE_REDUCTIONS:
-            raise ConfigError(f"process.image_score is {self.image_score!r}; use one of {IMAGE_SCORE_REDUCTIONS}")
+            raise ConfigError(
+                f"process.image_score is {self.image_score!r}; use one of {IMAGE_SCORE_REDUCTIONS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,22 @@ class VisualizeParams:
     max_per_defect: int = 3
 
 
+THRESHOLD_METHODS = ("recall_target", "good_only")
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    """Read by `register` and `anomaly-spotter promote`."""
+
+    threshold: str = "recall_target"  # which calibrated threshold the served model applies
+    promote_metric: str = "image_auroc"  # higher is better; champion moves only if the new version is >=
+    tiebreak_metric: str = "pixel_auroc"
+
+    def __post_init__(self) -> None:
+        if self.threshold not in THRESHOLD_METHODS:
+            raise ConfigError(f"registry.threshold is {self.threshold!r}; use one of {THRESHOLD_METHODS}")
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
@@ -119,6 +137,7 @@ class Params:
     metrics: MetricsParams = field(default_factory=MetricsParams)
     thresholds: ThresholdParams = field(default_factory=ThresholdParams)
     visualize: VisualizeParams = field(default_factory=VisualizeParams)
+    registry: RegistryParams = field(default_factory=RegistryParams)
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

@@ -51,9 +51,9 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         if self.reduction not in IMAGE_SCORE_REDUCTIONS:
-            raise ConfigError(f"image score reduction {self.reduction!r}: use one of {IMAGE_SCORE_REDUCTIONS}")
+            raise ConfigError(f"image score {self.reduction!r}: use one of {IMAGE_SCORE_REDUCTIONS}")
         if self.image_size < 1 or self.batch_size < 1:
-            raise ConfigError(f"image_size and batch_size must be >= 1, got {self.image_size}, {self.batch_size}")
+            raise ConfigError(f"image_size, batch_size must be >= 1: {self.image_size}, {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +72,7 @@ def check_array(image: Any, name: str = "image") -> np.ndarray:
     """
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise ImageInputError(f"{name}: pixel type must be uint8 (0-255), got {arr.dtype}; convert the image first")
+        raise ImageInputError(f"{name}: pixels must be uint8 (0-255), got {arr.dtype}; convert the image")
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
         arr = arr[..., :3] if arr.shape[2] != 1 else arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
@@ -127,7 +127,7 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     except UnidentifiedImageError as err:
         raise ImageInputError(f"{name}: not a recognised image format; send PNG or JPEG bytes") from err
     except (OSError, SyntaxError, ValueError, TypeError, MemoryError) as err:
-        raise ImageInputError(f"{name}: cannot decode image ({err}); the file may be truncated or corrupt") from err
+        raise ImageInputError(f"{name}: cannot decode image ({err}); re-export or replace the file") from err
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -151,7 +151,10 @@ def preprocess(images: Sequence[np.ndarray], image_size: int) -> np.ndarray:
 
 
 def score_images(
-    detector: Detector, images: Sequence[np.ndarray], config: InferenceConfig, return_map: bool = False,
+    detector: Detector,
+    images: Sequence[np.ndarray],
+    config: InferenceConfig,
+    return_map: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per image: score, verdict, threshold, anomaly_percentage (and `anomaly_map` if asked).
 

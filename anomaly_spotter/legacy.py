@@ -58,7 +58,7 @@ def load_autoencoder(path: str | Path, config: UNetConfig | None = None) -> UNet
         raise AnomalySpotterError(f"{path}: not a PyTorch weights file ({err})") from err
     if isinstance(state, dict) and "state_dict" in state and "kind" in state:
         if state["kind"] != "unet_ae":
-            raise AnomalySpotterError(f"{path}: holds a {state['kind']!r} detector, not the U-Net autoencoder")
+            raise AnomalySpotterError(f"{path}: holds a {state['kind']!r} detector, not the U-Net AE")
         config = config or UNetConfig(**state["config"])
         state = state["state_dict"]
     model = UNetAutoencoder(config or ORIGINAL)
@@ -83,8 +83,11 @@ def anomaly_map(model: torch.nn.Module, x: torch.Tensor, sigma: float = 1.0) -> 
 
 
 def generate_overlay(
-    image_path: str | Path, model: torch.nn.Module, transform: Transform | None = None,
-    save_path: str | Path | None = None, sigma: float = 1.0,
+    image_path: str | Path,
+    model: torch.nn.Module,
+    transform: Transform | None = None,
+    save_path: str | Path | None = None,
+    sigma: float = 1.0,
 ) -> dict[str, Any]:
     """The original helper: heatmap of the reconstruction error over the (resized) image, saved as PNG.
 

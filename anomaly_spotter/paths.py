@@ -10,6 +10,7 @@ MODELS_ROOT = Path("models")
 OUTPUTS_ROOT = Path("outputs")
 METRICS_ROOT = Path("metrics")
 PLOTS_ROOT = Path("plots")
+REGISTRY_ROOT = Path("registry")
 
 MODEL_FILE = "model.pt"
 HISTORY_CSV = "history.csv"
@@ -36,3 +37,8 @@ def outputs_dir(category: str) -> Path:
 
 def plots_dir(category: str) -> Path:
     return PLOTS_ROOT / category
+
+
+def registered_file(category: str) -> Path:
+    """What `register` recorded: the service model's registered name, version and URI."""
+    return REGISTRY_ROOT / f"{category}.json"

@@ -28,15 +28,21 @@ HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 def run_prepare(params: Params, category: str, progress: bool = True) -> dict[str, int]:
     d = params.data
     return prepare_category(
-        Path(d.root), category, paths.prepared_dir(category), d.image_size, d.val_fraction, params.seed, progress
+        Path(d.root),
+        category,
+        paths.prepared_dir(category),
+        d.image_size,
+        d.val_fraction,
+        params.seed,
+        progress,
     )
 
 
 def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]]:
     """Fit the configured detector on the category's train split (val split for early stopping)."""
-    from anomaly_spotter.plots import plot_training_history
-
     import torch
+
+    from anomaly_spotter.plots import plot_training_history
 
     torch.set_num_threads(params.train.num_threads)
     data = load_prepared(paths.prepared_dir(category))
@@ -59,8 +65,11 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     }
     if len(history) and history["val_loss"].notna().any():
         best = history.loc[history["val_loss"].idxmin()]
-        metrics |= {"epochs_run": len(history), "best_epoch": int(best["epoch"]),
-                    "best_val_loss": float(best["val_loss"])}
+        metrics |= {
+            "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]),
+            "best_val_loss": float(best["val_loss"]),
+        }
     return detector, metrics
 
 
@@ -76,7 +85,12 @@ def run_process(params: Params, category: str, progress: bool = True) -> dict[st
     detector = load_detector(paths.model_dir(category) / paths.MODEL_FILE)
     start = time.perf_counter()
     maps, scores = score_batches(
-        detector, data.images, params.process.batch_size, params.process.image_score, progress, f"score {category}"
+        detector,
+        data.images,
+        params.process.batch_size,
+        params.process.image_score,
+        progress,
+        f"score {category}",
     )
     seconds = time.perf_counter() - start
     out = paths.outputs_dir(category)
@@ -142,22 +156,47 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
         summary[category] = {
             "recall_target": {
                 k: _py(overall_row[k])
-                for k in ("threshold", "precision", "recall", "f1", "detected", "n_defective", "false_positives", "n_good")
+                for k in (
+                    "threshold",
+                    "precision",
+                    "recall",
+                    "f1",
+                    "detected",
+                    "n_defective",
+                    "false_positives",
+                    "n_good",
+                )
             },
             "per_defect": {
-                r.defect_type: {"threshold": r.threshold, "precision": r.precision, "recall": r.recall,
-                                "f1": r.f1, "detected": _k_of_n(r.detected, r.n_defective), "method": r.method}
+                r.defect_type: {
+                    "threshold": r.threshold,
+                    "precision": r.precision,
+                    "recall": r.recall,
+                    "f1": r.f1,
+                    "detected": _k_of_n(r.detected, r.n_defective),
+                    "method": r.method,
+                }
                 for r in cat_rows[cat_rows["defect_type"] != "all"].itertuples()
             },
-            "good_only": {"threshold": good_t, "target_fpr": tp.good_fpr, **{k: _py(v) for k, v in good_eval.items()}},
+            "good_only": {
+                "threshold": good_t,
+                "target_fpr": tp.good_fpr,
+                **{k: _py(v) for k, v in good_eval.items()},
+            },
             "method": str(overall_row["method"]),
         }
     headline = {
-        c: {"f1": s["recall_target"]["f1"], "precision": s["recall_target"]["precision"],
-            "recall": s["recall_target"]["recall"], "good_only_f1": s["good_only"]["f1"]}
+        c: {
+            "f1": s["recall_target"]["f1"],
+            "precision": s["recall_target"]["precision"],
+            "recall": s["recall_target"]["recall"],
+            "good_only_f1": s["good_only"]["f1"],
+        }
         for c, s in summary.items()
     }
-    headline_overall = {k: float(np.mean([h[k] for h in headline.values()])) for k in ("f1", "precision", "recall")}
+    headline_overall = {
+        k: float(np.mean([h[k] for h in headline.values()])) for k in ("f1", "precision", "recall")
+    }
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)
     frame.to_csv(paths.THRESHOLDS_CSV, index=False)
     paths.THRESHOLDS_JSON.write_text(json.dumps(_rounded(summary), indent=2) + "\n")
@@ -168,7 +207,14 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
 
 def run_visualize(params: Params, category: str) -> dict[str, float]:
     """Example panels (capped per defect type), ROC / PR curves and score distributions."""
-    from anomaly_spotter.plots import plot_example, plot_pr, plot_roc, plot_score_distribution, pr_points, roc_points
+    from anomaly_spotter.plots import (
+        plot_example,
+        plot_pr,
+        plot_roc,
+        plot_score_distribution,
+        pr_points,
+        roc_points,
+    )
 
     out = paths.plots_dir(category)
     examples = out / "examples"
@@ -182,7 +228,9 @@ def run_visualize(params: Params, category: str) -> dict[str, float]:
     pr_points(labels, scores).to_csv(out / "pr.csv", index=False)
     plot_roc(labels, scores, out / "roc.png", f"{category}: image-level ROC")
     plot_pr(labels, scores, out / "pr.png", f"{category}: image-level precision-recall")
-    plot_score_distribution(labels, scores, out / "score_distribution.png", f"{category}: image scores", threshold)
+    plot_score_distribution(
+        labels, scores, out / "score_distribution.png", f"{category}: image scores", threshold
+    )
 
     shown = test.groupby("defect_type", sort=True).head(params.visualize.max_per_defect)
     prepared = load_prepared(paths.prepared_dir(category))
@@ -194,8 +242,12 @@ def run_visualize(params: Params, category: str) -> dict[str, float]:
     for i, row in enumerate(shown.itertuples()):
         verdict = "DEFECTIVE" if row.score > threshold else "good"
         plot_example(
-            images[i], None if recon is None else recon[i], maps[i], otsu_mask(minmax_normalize(maps[i])),
-            gt[i] if row.label else None, examples / f"{row.defect_type}_{Path(row.image_path).stem}.png",
+            images[i],
+            None if recon is None else recon[i],
+            maps[i],
+            otsu_mask(minmax_normalize(maps[i])),
+            gt[i] if row.label else None,
+            examples / f"{row.defect_type}_{Path(row.image_path).stem}.png",
             f"{category}/{row.defect_type}/{Path(row.image_path).name}: score {row.score:.4f} -> {verdict}",
         )
     return {"n_examples": len(shown)}

@@ -18,14 +18,20 @@ MAPS_DIR = "maps"
 
 
 def score_batches(
-    detector: Detector, images: np.ndarray, batch_size: int, reduction: str, progress: bool = True,
+    detector: Detector,
+    images: np.ndarray,
+    batch_size: int,
+    reduction: str,
+    progress: bool = True,
     desc: str = "score",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw maps `(N, H, W)` float32 and image scores `(N,)` for uint8 images `(N, H, W, 3)`."""
     maps = np.empty(images.shape[:3], dtype=np.float32)
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        maps[start : start + batch_size] = detector.anomaly_maps(np.asarray(images[start : start + batch_size]))
+        maps[start : start + batch_size] = detector.anomaly_maps(
+            np.asarray(images[start : start + batch_size])
+        )
     return maps, image_scores(maps, reduction)
 
 
@@ -51,9 +57,9 @@ def write_scores(out_dir: Path, index: pd.DataFrame, maps: np.ndarray, scores: n
 
 
 def stats_json(table: pd.DataFrame) -> dict[str, dict[str, list[dict[str, float | str]]]]:
-    """The original's shape: `{category: {defect_type: [{image, mean_score, max_score, anomaly_percentage}]}}`.
+    """Per-image stats in the original's shape, test images only (as the original reported them):
 
-    Test images only, as the original reported them.
+    `{category: {defect_type: [{image, mean_score, max_score, anomaly_percentage}]}}`.
     """
     out: dict[str, dict[str, list[dict[str, float | str]]]] = {}
     for row in table[table["split"] == "test"].itertuples():

@@ -25,6 +25,7 @@ import binascii
 import io
 import json
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
+from anomaly_spotter.config import THRESHOLD_METHODS
 from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.inference import ImageInputError, InferenceConfig, check_array, decode_image, score_images
+from anomaly_spotter.inference import (
+    ImageInputError,
+    InferenceConfig,
+    check_array,
+    decode_image,
+    score_images,
+)
 
 IMAGE_COLUMN = "image"
 CONFIG_ARTIFACT = "config"
@@ -55,32 +63,6 @@ from anomaly_spotter.serving import ServiceModel
 mlflow.models.set_model(ServiceModel())
 """
 PACKAGE_DIR = Path(__file__).resolve().parent
-THRESHOLD_METHODS = ("recall_target", "good_only")
-
-
-@dataclass(frozen=True)
-class RegistryParams:
-    """params.yaml `registry:` (read by register and promote); defaults until config.py has the section."""
-
-    threshold: str = "recall_target"  # recall_target | good_only: which calibrated threshold is served
-    promote_metric: str = "image_auroc"  # compared by `anomaly-spotter promote`; higher is better
-    tiebreak_metric: str = "pixel_auroc"
-
-    def __post_init__(self) -> None:
-        if self.threshold not in THRESHOLD_METHODS:
-            raise AnomalySpotterError(f"registry.threshold is {self.threshold!r}; use one of {THRESHOLD_METHODS}")
-
-
-def registry_params(params: Any) -> RegistryParams:
-    """`params.registry` when config.py defines it, else the defaults."""
-    raw = getattr(params, "registry", None)
-    if raw is None:
-        return RegistryParams()
-    if isinstance(raw, RegistryParams):
-        return raw
-    fields = ("threshold", "promote_metric", "tiebreak_metric")
-    values = raw if isinstance(raw, Mapping) else {k: getattr(raw, k) for k in fields if hasattr(raw, k)}
-    return RegistryParams(**{k: values[k] for k in fields if k in values})
 
 
 class ServiceModel(mlflow.pyfunc.PythonModel):
@@ -89,7 +71,8 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from anomaly_spotter.detectors import load_detector
 
-        self.config = InferenceConfig.from_dict(json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text()))
+        raw = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
+        self.config = InferenceConfig.from_dict(raw)
         self.detector = load_detector(Path(context.artifacts[DETECTOR_ARTIFACT]))
 
     def score(self, images: Sequence[np.ndarray], return_map: bool = False) -> list[dict[str, Any]]:
@@ -183,10 +166,14 @@ def signature() -> Any:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("binary", IMAGE_COLUMN)])
-    outputs = Schema([
-        ColSpec("double", "score"), ColSpec("string", "verdict"), ColSpec("double", "threshold"),
-        ColSpec("double", "anomaly_percentage"),
-    ])
+    outputs = Schema(
+        [
+            ColSpec("double", "score"),
+            ColSpec("string", "verdict"),
+            ColSpec("double", "threshold"),
+            ColSpec("double", "anomaly_percentage"),
+        ]
+    )
     params = ParamSchema([ParamSpec("return_map", "boolean", False)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -220,12 +207,15 @@ def threshold_from(thresholds: Mapping[str, Any], category: str, method: str) ->
         return float(thresholds[category][method]["threshold"])
     except (KeyError, TypeError) as err:
         raise AnomalySpotterError(
-            f"metrics/thresholds.json has no {category}.{method}.threshold; run compute_thresholds (dvc repro)"
+            f"metrics/thresholds.json has no {category}.{method}.threshold; run `dvc repro`"
         ) from err
 
 
 def log_service_model(
-    detector_path: Path, config: InferenceConfig, registered_name: str | None, detector_kind: str,
+    detector_path: Path,
+    config: InferenceConfig,
+    registered_name: str | None,
+    detector_kind: str,
 ) -> dict[str, Any]:
     """Log the pyfunc (in the active run) with `code_paths` for the package and register it.
 
@@ -257,7 +247,9 @@ def log_service_model(
 def load_service_model(uri: str) -> ServiceModel:
     """Load a served model (`models:/name@alias`, `models:/name/version`, `runs:/...` or a local folder)."""
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+            loaded = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # noqa: BLE001 - any load failure is reported with the URI
         raise AnomalySpotterError(f"cannot load model {uri!r}: {err}") from err
     try:
@@ -288,7 +280,10 @@ def _metric(tags: Mapping[str, str], name: str) -> float:
 
 
 def decide_promotion(
-    candidate: Mapping[str, str], champion: Mapping[str, str] | None, metric: str, tiebreak: str,
+    candidate: Mapping[str, str],
+    champion: Mapping[str, str] | None,
+    metric: str,
+    tiebreak: str,
 ) -> PromotionDecision:
     """Promote iff the candidate is at least as good as the champion on `metric` (higher is better),
     ties broken by `tiebreak` (equal on both also promotes: the newer version wins)."""
@@ -306,4 +301,6 @@ def decide_promotion(
         return PromotionDecision(
             False, f"{metric} tied at {cand:.4f} and {tiebreak} {cand_t:.4f} < champion's {champ_t:.4f}"
         )
-    return PromotionDecision(True, f"{metric} tied at {cand:.4f}; {tiebreak} {cand_t:.4f} >= champion's {champ_t:.4f}")
+    return PromotionDecision(
+        True, f"{metric} tied at {cand:.4f}; {tiebreak} {cand_t:.4f} >= champion's {champ_t:.4f}"
+    )

@@ -26,6 +26,7 @@ EXPERIMENT = "anomaly-spotter"
 PIPELINES_EXPERIMENT = "anomaly-spotter-pipelines"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_NAME_PREFIX = "anomaly-spotter"
+NETWORK_SUFFIX = "-network"
 RUN_INFO_FILE = "mlflow_run.json"
 HEALTH_TIMEOUT_S = 5
 MAX_PARAM_LENGTH = 6000
@@ -43,7 +44,7 @@ def registered_model_name(category: str) -> str:
 
 def network_model_name(category: str) -> str:
     """The raw torch network `train` registers (the service model is built from it)."""
-    return f"{MODEL_NAME_PREFIX}-{category}-network"
+    return f"{MODEL_NAME_PREFIX}-{category}{NETWORK_SUFFIX}"
 
 
 def connect() -> str:
@@ -79,7 +80,10 @@ def git_commit() -> tuple[str, bool]:
         dirty = bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, check=True, timeout=10,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
             ).stdout.strip()
         )
         return commit, dirty
@@ -93,7 +97,10 @@ def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 @contextmanager
 def stage_run(
-    stage: str, category: str | None, params: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+    stage: str,
+    category: str | None,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
     experiment: str = EXPERIMENT,
 ) -> Iterator[Any]:
     """An MLflow run for one stage execution, tagged with stage, category and git commit."""
@@ -138,7 +145,9 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name)
+            mlflow.log_artifacts(
+                str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name
+            )
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
@@ -146,6 +155,7 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
 def write_run_info(path: Path, run: Any, **extra: Any) -> dict[str, Any]:
     """Record the run (and a registered model version) beside a stage's outputs for downstream stages."""
     info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -166,12 +176,23 @@ def model_tags(info: Mapping[str, Any]) -> dict[str, str]:
 
 
 def tag_model_version(info: Mapping[str, Any], stage: str, run_id: str) -> None:
-    """Point the model version at a stage run that used it (`run.<stage>` tag)."""
+    """Point the network version, and the service versions built from it, at a stage run (`run.<stage>`).
+
+    `register` copies the network's `run.*` tags when it builds a service version; a stage that runs
+    after it (DVC may order `visualize` and `register` either way) tags the service version here.
+    """
     from mlflow import MlflowClient
 
-    MlflowClient().set_model_version_tag(
-        info["registered_model"], str(info["model_version"]), f"run.{stage}", run_id
-    )
+    client = MlflowClient()
+    name, version = info["registered_model"], str(info["model_version"])
+    client.set_model_version_tag(name, version, f"run.{stage}", run_id)
+    service = name.removesuffix(NETWORK_SUFFIX)
+    if service != name:
+        wrapping = client.search_model_versions(
+            f"name = '{service}' and tags.network_version = '{name}/{version}'"
+        )
+        for mv in wrapping:
+            client.set_model_version_tag(service, mv.version, f"run.{stage}", run_id)
 
 
 def log_pytorch_model(
@@ -184,7 +205,7 @@ def log_pytorch_model(
     import mlflow
     from mlflow import MlflowClient
 
-    name = registered_model_name(category)
+    name = network_model_name(category)
     info = mlflow.pytorch.log_model(
         module,
         name="model",
@@ -203,7 +224,9 @@ def pip_requirements() -> list[str]:
     """Pinned requirements for logged models (explicit, so MLflow need not infer them)."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow")]
+    return [
+        f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow")
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,8 +17,13 @@ def run() -> None:
     outs = (paths.THRESHOLDS_CSV, paths.THRESHOLDS_JSON, paths.THRESHOLD_METRICS_JSON)
     with stage_outputs(*outs):
         result = run_compute_thresholds(params)
-        models = {c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE) for c in params.data.categories}
-        tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
+        models = {
+            c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE)
+            for c in params.data.categories
+        }
+        tags = {
+            f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()
+        }
         logged = {"seed": params.seed, **flatten(params.thresholds, "thresholds.")}
         with tracking.stage_run("compute_thresholds", None, logged, tags) as run:
             tracking.log_metrics(result["overall"])
@@ -34,8 +39,13 @@ def run() -> None:
         for category in params.data.categories:
             summary |= {f"{category}.{k}": v for k, v in image_metrics["categories"][category].items()}
             summary |= {f"{category}.{k}": v for k, v in result["categories"][category].items()}
-        with tracking.stage_run("pipeline", None, flatten(params), {**tags, "compute_thresholds_run_id": thresholds_run},
-                                experiment=tracking.PIPELINES_EXPERIMENT):
+        with tracking.stage_run(
+            "pipeline",
+            None,
+            flatten(params),
+            {**tags, "compute_thresholds_run_id": thresholds_run},
+            experiment=tracking.PIPELINES_EXPERIMENT,
+        ):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
             tracking.log_artifacts([paths.METRICS_JSON, paths.THRESHOLDS_CSV])
 

@@ -13,7 +13,9 @@ def run() -> None:
     spec = BuiltinSpec(**asdict(params.builtin))
     with stage_outputs(paths.BUILTIN_ROOT):
         generate_dataset(paths.BUILTIN_ROOT, BUILTIN_CATEGORIES, spec, params.seed, progress_enabled())
-        with tracking.stage_run("generate", None, {"seed": params.seed, **flatten(params.builtin, "builtin.")}):
+        with tracking.stage_run(
+            "generate", None, {"seed": params.seed, **flatten(params.builtin, "builtin.")}
+        ):
             pass
 
 

@@ -11,7 +11,9 @@ def run() -> None:
     out = paths.prepared_dir(category)
     with stage_outputs(out):
         counts = run_prepare(params, category, progress_enabled())
-        with tracking.stage_run("prepare", category, {"seed": params.seed, **flatten(params.data, "data.")}) as run:
+        with tracking.stage_run(
+            "prepare", category, {"seed": params.seed, **flatten(params.data, "data.")}
+        ) as run:
             tracking.log_metrics(counts)
             tracking.log_artifacts([out / "index.csv", out / "summary.json"])
             tracking.write_run_info(out / tracking.RUN_INFO_FILE, run)

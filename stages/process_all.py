@@ -13,8 +13,9 @@ def run() -> None:
     with stage_outputs(out):
         metrics = run_process(params, category, progress_enabled())
         model = tracking.read_run_info(paths.model_dir(category) / tracking.RUN_INFO_FILE)
-        with tracking.stage_run("process_all", category, flatten(params.process, "process."),
-                                tracking.model_tags(model)) as run:
+        with tracking.stage_run(
+            "process_all", category, flatten(params.process, "process."), tracking.model_tags(model)
+        ) as run:
             tracking.log_metrics(metrics)
             tracking.log_artifacts([out / SCORES_FILE, out / STATS_FILE])
             tracking.tag_model_version(model, "process_all", run.info.run_id)

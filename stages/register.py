@@ -12,26 +12,31 @@ from pathlib import Path
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.serving import log_service_model, registry_params, threshold_from
+from anomaly_spotter.serving import log_service_model, threshold_from
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
-REGISTERED_JSON = "registered.json"
 DVC_LOCK = Path("dvc.lock")
 
 
 def run() -> None:
     params, category = parse_args(__doc__, per_category=True)
-    reg = registry_params(params)
+    reg = params.registry
     model_dir = paths.model_dir(category)
-    out = model_dir / REGISTERED_JSON
+    out = paths.registered_file(category)
     with stage_outputs(out):
         network = tracking.read_run_info(model_dir / tracking.RUN_INFO_FILE)
         image_metrics = json.loads(paths.METRICS_JSON.read_text())["categories"][category]
         thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())
         threshold = threshold_from(thresholds, category, reg.threshold)
         kind = load_detector(model_dir / paths.MODEL_FILE).kind
-        config = InferenceConfig(category, params.data.image_size, threshold, reg.threshold,
-                                 params.process.image_score, params.process.batch_size)
+        config = InferenceConfig(
+            category,
+            params.data.image_size,
+            threshold,
+            reg.threshold,
+            params.process.image_score,
+            params.process.batch_size,
+        )
         headline = {k: image_metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
         headline["f1"] = thresholds[category]["recall_target"].get("f1")
         data_hash = tracking.data_dvc_hash(DVC_LOCK, category)
@@ -41,29 +46,55 @@ def run() -> None:
             tracking.log_metrics(headline)
             name = tracking.registered_model_name(category)
             version = log_service_model(model_dir / paths.MODEL_FILE, config, name, kind)
-            lineage = {k: v for k, v in tracking.model_version_tags(network["registered_model"],
-                                                                   network["model_version"]).items()
-                       if k.startswith("run.")}
+            lineage = {
+                k: v
+                for k, v in tracking.model_version_tags(
+                    network["registered_model"], network["model_version"]
+                ).items()
+                if k.startswith("run.")
+            }
             network_ref = f"{network['registered_model']}/{network['model_version']}"
-            tags = {**lineage, "run.register": run.info.run_id, "category": category, "detector": kind,
-                    "data_dvc_hash": data_hash, "git_commit": commit, "git_dirty": str(dirty).lower(),
-                    "network_version": network_ref, "threshold": threshold, "threshold_method": reg.threshold,
-                    "image_score": config.reduction, "image_size": config.image_size,
-                    **{k: v for k, v in headline.items() if v is not None}}
+            tags = {
+                **lineage,
+                "run.register": run.info.run_id,
+                "category": category,
+                "detector": kind,
+                "data_dvc_hash": data_hash,
+                "git_commit": commit,
+                "git_dirty": str(dirty).lower(),
+                "network_version": network_ref,
+                "threshold": threshold,
+                "threshold_method": reg.threshold,
+                "image_score": config.reduction,
+                "image_size": config.image_size,
+                **{k: v for k, v in headline.items() if v is not None},
+            }
             tracking.set_model_version_tags(name, version["model_version"], tags)
             metrics_text = ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None)
             tracking.set_model_version_description(
-                name, version["model_version"],
+                name,
+                version["model_version"],
                 f"Anomaly Spotter service model for category '{category}' ({kind} detector, network "
                 f"{network_ref}), trained on data/prepared/{category} (DVC md5 {data_hash}) at git commit "
-                f"{commit}{' (dirty)' if dirty else ''}. Threshold {threshold:.6g} ({reg.threshold}), image score "
-                f"{config.reduction} of the raw map at {config.image_size}px. Test metrics: {metrics_text}.",
+                f"{commit}{' (dirty)' if dirty else ''}. Threshold {threshold:.6g} ({reg.threshold}), "
+                f"image score {config.reduction} of the raw map at {config.image_size}px. "
+                f"Test metrics: {metrics_text}.",
             )
             tracking.tag_model_version(network, "register", run.info.run_id)
-            tracking.write_run_info(out, run, **version, network_version=network_ref, threshold=threshold,
-                                    threshold_method=reg.threshold, data_dvc_hash=data_hash, **headline)
-        print(f"register {category}: {name} version {version['model_version']} "
-              f"(promote with: anomaly-spotter promote --category {category})")
+            tracking.write_run_info(
+                out,
+                run,
+                **version,
+                network_version=network_ref,
+                threshold=threshold,
+                threshold_method=reg.threshold,
+                data_dvc_hash=data_hash,
+                **headline,
+            )
+        print(
+            f"register {category}: {name} version {version['model_version']} "
+            f"(promote with: anomaly-spotter promote --category {category})"
+        )
 
 
 if __name__ == "__main__":

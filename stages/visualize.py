@@ -12,8 +12,9 @@ def run() -> None:
     with stage_outputs(out):
         metrics = run_visualize(params, category)
         model = tracking.read_run_info(paths.model_dir(category) / tracking.RUN_INFO_FILE)
-        with tracking.stage_run("visualize", category, flatten(params.visualize, "visualize."),
-                                tracking.model_tags(model)) as run:
+        with tracking.stage_run(
+            "visualize", category, flatten(params.visualize, "visualize."), tracking.model_tags(model)
+        ) as run:
             tracking.log_metrics(metrics)
             tracking.log_artifacts([out], artifact_path="plots")
             tracking.tag_model_version(model, "visualize", run.info.run_id)

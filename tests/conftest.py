@@ -23,8 +23,14 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 def make_mvtec_category(
-    root: Path, category: str = "widget", n_train: int = 5, n_test_good: int = 2,
-    defects: dict[str, int] | None = None, size: int = 32, seed: int = 0, gray: bool = False,
+    root: Path,
+    category: str = "widget",
+    n_train: int = 5,
+    n_test_good: int = 2,
+    defects: dict[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+    gray: bool = False,
 ) -> Path:
     """Write a small random category in the MVTec AD layout; returns the category folder."""
     rng = np.random.default_rng(seed)

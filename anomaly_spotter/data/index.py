@@ -53,7 +53,9 @@ def make_category_index(root: Path, category: str) -> pd.DataFrame:
     if not cat_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         hint = f"categories found there: {found}" if found else f"{root} does not exist or holds no folders"
-        raise DatasetError(f"{cat_dir}: category folder not found ({hint}); check data.root and data.categories")
+        raise DatasetError(
+            f"{cat_dir}: category folder not found ({hint}); check data.root and data.categories"
+        )
     train_dir, test_dir, gt_dir = cat_dir / "train", cat_dir / "test", cat_dir / "ground_truth"
     for required in (train_dir / GOOD, test_dir):
         if not required.is_dir():
@@ -82,12 +84,15 @@ def make_category_index(root: Path, category: str) -> pd.DataFrame:
             rows += [_row(category, "test", GOOD, p, None) for p in files]
             continue
         mask_dir = gt_dir / type_dir.name
-        masks = {p.stem.removesuffix(MASK_SUFFIX): p for p in _image_files(mask_dir)} if mask_dir.is_dir() else {}
+        masks = (
+            {p.stem.removesuffix(MASK_SUFFIX): p for p in _image_files(mask_dir)} if mask_dir.is_dir() else {}
+        )
         for path in files:
             mask = masks.pop(path.stem, None)
             if mask is None:
                 raise DatasetError(
-                    f"{path}: defect image has no mask; expected {mask_dir / (path.stem + MASK_SUFFIX + '.png')}"
+                    f"{path}: defect image has no mask; "
+                    f"expected {mask_dir / (path.stem + MASK_SUFFIX + '.png')}"
                 )
             rows.append(_row(category, "test", type_dir.name, path, mask))
         if masks:
@@ -99,7 +104,9 @@ def make_category_index(root: Path, category: str) -> pd.DataFrame:
             if mask_dir.name not in test_types:
                 orphans = _image_files(mask_dir)
                 first = orphans[0] if orphans else mask_dir
-                raise DatasetError(f"{first}: mask has no matching image (no folder {test_dir / mask_dir.name})")
+                raise DatasetError(
+                    f"{first}: mask has no matching image (no folder {test_dir / mask_dir.name})"
+                )
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
 
 

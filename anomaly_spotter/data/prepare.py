@@ -44,7 +44,12 @@ class PreparedCategory:
 
 
 def prepare_category(
-    root: Path, category: str, out_dir: Path, image_size: int, val_fraction: float, seed: int,
+    root: Path,
+    category: str,
+    out_dir: Path,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
     progress: bool = True,
 ) -> dict[str, int]:
     """Index, validate, resize and cache one category into `out_dir`; returns split counts."""
@@ -60,7 +65,8 @@ def prepare_category(
             mask = read_mask(Path(row.mask_path))
             if mask.shape != image.shape[:2]:
                 raise DatasetError(
-                    f"{row.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {row.image_path} "
+                    f"{row.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} "
+                    f"but its image {row.image_path} "
                     f"is {image.shape[1]}x{image.shape[0]}; masks must match their image's size"
                 )
             masks[i] = resize_mask(mask, image_size)

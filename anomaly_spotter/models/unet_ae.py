@@ -43,7 +43,10 @@ ORIGINAL = UNetConfig(encoder_channels=(64, 128, 256), bottleneck_channels=512, 
 def _block(c_in: int, c_out: int, n_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n_convs):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 

@@ -1,4 +1,4 @@
-"""The real pipeline on a tiny built-in dataset: real DVC, real stage scripts, a temporary SQLite MLflow store.
+"""The real pipeline on a tiny built-in dataset: real DVC and stages, a temporary SQLite MLflow store.
 
 Checks what the README promises: `dvc repro` builds everything and logs every stage to MLflow with a
 registered model per category; a second `dvc repro` runs nothing; a visualize parameter reruns only
@@ -33,7 +33,7 @@ TINY = {
     "thresholds": {"n_folds": 2},
     "visualize": {"max_per_defect": 1},
 }
-STAGES = ("prepare", "train", "process_all", "extract_metrics", "compute_thresholds", "visualize")
+STAGES = ("prepare", "train", "process_all", "extract_metrics", "compute_thresholds", "visualize", "register")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -58,7 +58,9 @@ def _env(project: Path) -> dict[str, str]:
 def _run(cmd: list[str], project: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, cwd=project, env=_env(project), capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -77,8 +79,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (project / "anomaly_spotter").symlink_to(REPO / "anomaly_spotter")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"],
+    ):
         _run(cmd, project)
     first = _run(["dvc", "repro"], project)
     (project / "first_repro.log").write_text(first.stdout + first.stderr)
@@ -87,7 +93,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_builds_every_output(project: Path) -> None:
     log = (project / "first_repro.log").read_text()
-    expected = {"generate"} | {f"{s}@{c}" for s in ("prepare", "train", "process_all", "visualize") for c in CATEGORIES}
+    per_category = ("prepare", "train", "process_all", "visualize", "register")
+    expected = {"generate"} | {f"{s}@{c}" for s in per_category for c in CATEGORIES}
     assert expected | {"extract_metrics", "compute_thresholds"} <= _ran(log)
     metrics = json.loads((project / "metrics/metrics.json").read_text())
     for category in CATEGORIES:
@@ -121,14 +128,20 @@ def test_mlflow_has_every_stage_and_a_registered_model_per_category(project: Pat
         train = by_name[f"train@{category}"]
         assert train.data.params["train.max_epochs"] == "2"
         assert train.data.params["model.unet_ae.encoder_channels"] == "[4, 8, 8]"
-        assert "fit_seconds" in train.data.metrics and len(client.get_metric_history(train.info.run_id, "train_loss")) == 2
+        assert (
+            "fit_seconds" in train.data.metrics
+            and len(client.get_metric_history(train.info.run_id, "train_loss")) == 2
+        )
+        (network,) = client.search_model_versions(f"name = 'anomaly-spotter-{category}-network'")
+        assert network.run_id == train.info.run_id
         (version,) = client.search_model_versions(f"name = 'anomaly-spotter-{category}'")
-        assert version.run_id == train.info.run_id
+        assert version.run_id == by_name[f"register@{category}"].info.run_id
+        assert version.tags["category"] == category and version.tags["data_dvc_hash"].endswith(".dir")
         # from the model version to every stage run that produced or evaluated it
         for stage in STAGES:
             run_id = version.tags[f"run.{stage}"]
             assert client.get_run(run_id).data.tags["stage"] == stage
-        assert by_name[f"process_all@{category}"].data.tags["model_version"] == str(version.version)
+        assert by_name[f"process_all@{category}"].data.tags["model_version"] == str(network.version)
     metrics_run = by_name["extract_metrics"]
     assert 0.0 <= metrics_run.data.metrics["image_auroc"] <= 1.0
     assert metrics_run.data.params["metrics.aupro_fpr_limit"] == "0.3"
@@ -159,7 +172,7 @@ def test_visualize_param_reruns_only_visualize(project: Path) -> None:
 def test_train_param_reruns_train_and_after_not_prepare(project: Path) -> None:
     _set_param(project, "train", "lr", 0.002)
     ran = _ran(_run(["dvc", "repro"], project).stdout)
-    after_train = {f"{s}@{c}" for s in ("train", "process_all", "visualize") for c in CATEGORIES}
+    after_train = {f"{s}@{c}" for s in ("train", "process_all", "visualize", "register") for c in CATEGORIES}
     assert after_train | {"extract_metrics", "compute_thresholds"} == ran
 
 
@@ -170,8 +183,14 @@ def test_unreachable_tracking_server_fails_cleanly(project: Path) -> None:
     uri = f"http://127.0.0.1:{port}"
     env = {**_env(project), "MLFLOW_TRACKING_URI": uri}
     shutil.rmtree(project / "data/prepared/fabric")
-    result = subprocess.run([sys.executable, "stages/prepare.py", "fabric"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "stages/prepare.py", "fabric"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert uri in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr

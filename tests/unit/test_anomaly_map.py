@@ -56,6 +56,10 @@ def test_image_scores_and_stats_on_known_map() -> None:
     maps[1, :1, :] = 2.0  # 10 of 100 pixels
     np.testing.assert_allclose(image_scores(maps, "max"), [0.0, 2.0])
     np.testing.assert_allclose(image_scores(maps, "mean"), [0.0, 0.2])
-    assert map_stats(maps[1]) == {"mean_score": pytest.approx(0.2), "max_score": 2.0, "anomaly_percentage": 10.0}
+    assert map_stats(maps[1]) == {
+        "mean_score": pytest.approx(0.2),
+        "max_score": 2.0,
+        "anomaly_percentage": 10.0,
+    }
     with pytest.raises(ValueError, match="unknown image score"):
         image_scores(maps, "median")

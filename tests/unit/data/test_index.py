@@ -16,7 +16,10 @@ def test_index_has_one_row_per_image_with_fixed_columns(tiny_mvtec: Path) -> Non
     assert (index.loc[index["split"] == "train", "defect_type"] == "good").all()
     defects = index[index["label"] == 1]
     assert sorted(defects["defect_type"].unique()) == ["hole", "scratch"]
-    assert all(Path(p).stem == Path(i).stem + "_mask" for p, i in zip(defects["mask_path"], defects["image_path"]))
+    assert all(
+        Path(p).stem == Path(i).stem + "_mask"
+        for p, i in zip(defects["mask_path"], defects["image_path"], strict=True)
+    )
     assert (index.loc[index["label"] == 0, "mask_path"] == "").all()
 
 

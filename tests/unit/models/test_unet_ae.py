@@ -11,7 +11,9 @@ from anomaly_spotter.models.unet_ae import ORIGINAL, UNetAutoencoder, UNetConfig
 
 def _activations(model: UNetAutoencoder, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [model.bottleneck.register_forward_hook(lambda m, i, o: shapes.__setitem__("bottleneck", o.shape))]
+    hooks = [
+        model.bottleneck.register_forward_hook(lambda m, i, o: shapes.__setitem__("bottleneck", o.shape))
+    ]
     for k, enc in enumerate(model.encoders):
         hooks.append(enc.register_forward_hook(lambda m, i, o, k=k: shapes.__setitem__(f"enc{k}", o.shape)))
     out = model(x)

@@ -1,0 +1,186 @@
+"""`mlflow models serve -m models:/anomaly-spotter-<cat>@champion --env-manager local` on loopback.
+
+Real PNGs posted as base64 in JSON score as `anomaly-spotter predict` scores them; malformed requests
+answer 4xx with a message (never 500) and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_spotter import cli
+from anomaly_spotter.serving import png_bytes
+from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
+from tests.unit.test_inference import png_header
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, str]:
+    headers = {"Content-Type": content_type} if body is not None else {}
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _log(store: ServiceStore) -> str:
+    return (store.root / "server.log").read_text()
+
+
+def _split(images: list[bytes]) -> bytes:
+    data = [[base64.b64encode(b).decode()] for b in images]
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": data}}).encode()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStore]:
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    store = build_store(tmp_path_factory.mktemp("serving"))
+    assert cli.main(["promote", "--category", "widget", "--params", str(store.root / "none.yaml")]) == 0
+    yield store
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def server(store: ServiceStore) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store.uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = (store.root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        cwd=store.root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited ({proc.returncode}):\n{_log(store)}")
+            try:
+                if _request(f"{url}/ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not up in {START_TIMEOUT_S}s:\n{_log(store)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        # mlflow starts uvicorn as a child: stop the whole process group we started
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_served_scores_equal_predict_cli(store: ServiceStore, server: str, tmp_path: Path) -> None:
+    csv_path = tmp_path / "pred.csv"
+    assert (
+        cli.main(
+            [
+                "predict",
+                *map(str, store.image_paths),
+                "--model",
+                f"models:/{NAME}@champion",
+                "--csv",
+                str(csv_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    expected = read_csv(csv_path)
+    status, body = _request(f"{server}/invocations", _split([p.read_bytes() for p in store.image_paths]))
+    assert status == 200, body
+    predictions = json.loads(body)["predictions"]
+    assert len(predictions) == len(store.image_paths)
+    for path, pred in zip(store.image_paths, predictions, strict=True):
+        row = expected[str(path)]
+        assert pred["score"] == pytest.approx(float(row["score"]), rel=1e-6)
+        assert pred["verdict"] == row["verdict"]
+        assert pred["threshold"] == pytest.approx(float(row["threshold"]))
+        assert pred["anomaly_percentage"] == pytest.approx(float(row["anomaly_percentage"]))
+    # the records format with the anomaly map, and the `inputs` format
+    b64 = base64.b64encode(store.image_paths[0].read_bytes()).decode()
+    body = json.dumps({"dataframe_records": [{"image": b64}], "params": {"return_map": True}}).encode()
+    status, text = _request(f"{server}/invocations", body)
+    assert status == 200, text
+    pred = json.loads(text)["predictions"][0]
+    assert np.asarray(pred["anomaly_map"]).shape == (32, 32)
+    assert pred["score"] == pytest.approx(float(expected[str(store.image_paths[0])]["score"]), rel=1e-6)
+    status, text = _request(f"{server}/invocations", json.dumps({"inputs": {"image": [b64]}}).encode())
+    assert status == 200, text
+    assert json.loads(text)["predictions"][0]["score"] == pytest.approx(pred["score"], rel=1e-6)
+
+
+MALFORMED = {
+    "not an image": _split([b"this is not an image"]),
+    "empty body": b"",
+    "zero pixels": _split([png_header(0, 0)]),
+    "20000 px header": _split([png_header(20000, 20000)]),
+    "20000x1 png": _split([png_bytes(np.zeros((1, 20000), np.uint8))]),
+    "wrong json": b'{"dataframe_split": ',
+    "wrong key": json.dumps({"images": ["abc"]}).encode(),
+    "not base64": json.dumps({"dataframe_split": {"columns": ["image"], "data": [["!!!"]]}}).encode(),
+    "no images": json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_requests_are_4xx(server: str, case: str) -> None:
+    status, body = _request(f"{server}/invocations", MALFORMED[case])
+    assert 400 <= status < 500, (status, body)
+    assert json.loads(body)["message"]
+    assert _request(f"{server}/ping")[0] == 200

@@ -1,0 +1,257 @@
+"""The registered service model, `anomaly-spotter predict` and `anomaly-spotter promote` on a temporary
+SQLite MLflow store with a tiny fitted detector.
+
+`ServiceStore` (also used by tests/integration/test_serving.py) builds the store: an MVTec-layout
+category of 40x40 PNGs, prepared at 32x32 exactly as the pipeline does, a tiny detector fitted on it,
+and the pyfunc logged + registered as anomaly-spotter-widget with metric tags.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_spotter import cli, tracking
+from anomaly_spotter.data.prepare import load_prepared, prepare_category
+from anomaly_spotter.inference import InferenceConfig
+from anomaly_spotter.scoring import score_batches
+from anomaly_spotter.serving import decide_promotion, log_service_model
+from tests.conftest import make_mvtec_category
+from tests.unit.test_inference import tiny_detector
+
+CATEGORY = "widget"
+NAME = f"anomaly-spotter-{CATEGORY}"
+IMAGE_SIZE = 32
+
+
+@dataclass
+class ServiceStore:
+    root: Path
+    uri: str
+    image_paths: list[Path]
+    pipeline_scores: dict[str, float]  # image path -> process_all-style score
+    threshold: float
+    model_uri: str
+
+    def register_copy(self, **metrics: float) -> str:
+        """A new version of the same logged model with these metric tags; returns its version."""
+        import mlflow
+
+        version = mlflow.register_model(self.model_uri, NAME).version
+        tracking.set_model_version_tags(NAME, version, {"category": CATEGORY, **metrics})
+        return str(version)
+
+
+def build_store(root: Path) -> ServiceStore:
+    """Data -> prepare -> fit -> log + register version 1 (image_auroc 0.8, pixel_auroc 0.7)."""
+    import mlflow
+
+    data_root = root / "data"
+    make_mvtec_category(data_root, CATEGORY, n_train=6, n_test_good=3, size=40, seed=4)
+    prepared_dir = root / "prepared"
+    prepare_category(data_root, CATEGORY, prepared_dir, IMAGE_SIZE, 0.2, 0, progress=False)
+    prepared = load_prepared(prepared_dir)
+    detector = tiny_detector(np.asarray(prepared.split("train").images))
+    detector.save(root / "model.pt")
+    test = prepared.split("val", "test")
+    _, scores = score_batches(detector, np.asarray(test.images), 16, "max", progress=False)
+    threshold = float(np.median(scores))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    tracking.connect()
+    with mlflow.start_run():
+        info = log_service_model(
+            root / "model.pt", InferenceConfig(CATEGORY, IMAGE_SIZE, threshold), NAME, detector.kind
+        )
+    tracking.set_model_version_tags(
+        NAME, info["model_version"], {"category": CATEGORY, "image_auroc": 0.8, "pixel_auroc": 0.7}
+    )
+    paths = [Path(p) for p in test.index["image_path"]]
+    return ServiceStore(
+        root,
+        uri,
+        paths,
+        dict(zip(map(str, paths), map(float, scores), strict=True)),
+        threshold,
+        info["model_uri"],
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStore]:
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    yield build_store(tmp_path_factory.mktemp("store"))
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def test_pyfunc_scores_equal_process_all(store: ServiceStore) -> None:
+    """The registered model on the original PNG files == score_batches on the prepared arrays."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    frame = pd.DataFrame({"image": [p.read_bytes() for p in store.image_paths]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["score", "verdict", "threshold", "anomaly_percentage"]
+    expected = [store.pipeline_scores[str(p)] for p in store.image_paths]
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-6)
+    assert set(out["verdict"]) == {"good", "defective"}
+    assert (out["verdict"].eq("defective") == (out["score"] > store.threshold)).all()
+    with_map = model.predict(frame.head(1), params={"return_map": True})
+    assert np.asarray(with_map["anomaly_map"][0]).shape == (IMAGE_SIZE, IMAGE_SIZE)
+    # a batch of arrays, via the unwrapped model
+    arrays = [np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in store.image_paths[:2]]
+    rows = model.unwrap_python_model().predict(None, arrays)
+    np.testing.assert_allclose(rows["score"], expected[:2], rtol=1e-6)
+
+
+def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in store.image_paths:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = cli.main(
+        [
+            "predict",
+            str(folder),
+            str(tmp_path / "missing.png"),
+            "--model",
+            f"models:/{NAME}/1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "missing.png" in err
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == len(store.image_paths)
+    for p in store.image_paths:
+        row = rows[str(folder / f"{p.parent.name}_{p.name}")]
+        assert float(row["score"]) == pytest.approx(store.pipeline_scores[str(p)], rel=1e-6)
+        assert row["verdict"] == ("defective" if float(row["score"]) > store.threshold else "good")
+        assert float(row["threshold"]) == pytest.approx(store.threshold)
+        assert 0 <= float(row["anomaly_percentage"]) <= 100
+    overlays = sorted(out.glob("*_overlay.png"))
+    assert len(overlays) == len(store.image_paths)
+    from PIL import Image
+
+    with Image.open(overlays[0]) as img:
+        assert img.size == (40, 40) and img.mode == "RGB"
+
+
+def test_predict_cli_local_model_dir_and_stdout(
+    store: ServiceStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "model"))
+    image = store.image_paths[0]
+    assert cli.main(["predict", str(image), "--model", local, "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,score,verdict,threshold,anomaly_percentage"
+    assert float(lines[1].split(",")[1]) == pytest.approx(store.pipeline_scores[str(image)], rel=1e-6)
+
+
+def test_predict_cli_bad_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    assert cli.main(["predict", str(image), "--model", str(tmp_path / "no-model")]) == 1
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("predict", "promote"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([command, "--help"])
+        assert info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_decide_promotion() -> None:
+    champ = {"image_auroc": "0.8", "pixel_auroc": "0.7"}
+    assert decide_promotion({"image_auroc": "0.9"}, None, "image_auroc", "pixel_auroc").promote
+    metrics = ("image_auroc", "pixel_auroc")
+    assert decide_promotion({"image_auroc": "0.81", "pixel_auroc": "0.1"}, champ, *metrics).promote
+    worse = decide_promotion({"image_auroc": "0.79"}, champ, "image_auroc", "pixel_auroc")
+    assert not worse.promote and "0.7900 < champion's 0.8000" in worse.reason
+    assert not decide_promotion(
+        {"image_auroc": "0.8", "pixel_auroc": "0.6"}, champ, "image_auroc", "pixel_auroc"
+    ).promote
+    assert decide_promotion({"image_auroc": "0.8", "pixel_auroc": "0.7"}, champ, *metrics).promote
+    assert not decide_promotion({}, champ, "image_auroc", "pixel_auroc").promote
+
+
+def _aliases() -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return {k: str(v) for k, v in MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def test_promote_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    params = ["--params", str(tmp_path / "none.yaml")]  # registry defaults
+    assert cli.main(["promote", "--category", CATEGORY, *params]) == 0
+    out = capsys.readouterr().out
+    assert "no champion yet" in out and _aliases()["champion"] == "1"
+    assert f"models:/{NAME}@champion" in out
+
+    worse = store.register_copy(image_auroc=0.7, pixel_auroc=0.9)
+    assert cli.main(["promote", "--category", CATEGORY, *params]) == 0
+    out = capsys.readouterr().out
+    assert _aliases() == {"champion": "1", "challenger": worse}
+    assert "image_auroc 0.7000 < champion's 0.8000" in out
+    assert "image_auroc" in out and "0.9000" in out  # the metrics table shows both versions
+    assert MlflowClient().get_model_version(NAME, worse).tags["challenger_reason"].startswith("image_auroc")
+
+    store.register_copy(image_auroc=0.8, pixel_auroc=0.6)
+    cli.main(["promote", "--category", CATEGORY, *params])
+    assert "pixel_auroc 0.6000 < champion's 0.7000" in capsys.readouterr().out
+    assert _aliases()["champion"] == "1"
+    tie_better = store.register_copy(image_auroc=0.8, pixel_auroc=0.75)
+    cli.main(["promote", "--category", CATEGORY, *params])
+    capsys.readouterr()
+    assert _aliases()["champion"] == tie_better
+
+    forced = store.register_copy(image_auroc=0.5, pixel_auroc=0.5)
+    assert cli.main(["promote", "--category", CATEGORY, "--force", *params]) == 1
+    assert "--reason" in capsys.readouterr().err
+    assert (
+        cli.main(
+            [
+                "promote",
+                "--category",
+                CATEGORY,
+                "--force",
+                "--reason",
+                "QA sign-off",
+                "--by",
+                "alice",
+                *params,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert _aliases() == {"champion": forced}
+    tags = MlflowClient().get_model_version(NAME, forced).tags
+    assert tags["promoted_by"] == "alice" and "QA sign-off" in tags["promotion_reason"]
+    assert tags["promotion_forced"] == "true" and tags["previous_champion"] == tie_better

@@ -1,0 +1,150 @@
+"""inference: decoding and validation of new images, and scoring equal to the pipeline's."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly_spotter.config import TrainParams
+from anomaly_spotter.data.images import read_rgb, resize_rgb
+from anomaly_spotter.detectors.unet_ae import UNetAEDetector
+from anomaly_spotter.errors import AnomalySpotterError
+from anomaly_spotter.inference import (
+    MAX_SIDE,
+    ImageInputError,
+    InferenceConfig,
+    check_array,
+    decode_image,
+    read_image,
+    score_images,
+)
+from anomaly_spotter.models.unet_ae import UNetConfig
+from anomaly_spotter.scoring import score_batches
+
+TINY = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+
+
+def tiny_detector(images: np.ndarray | None = None, seed: int = 0, epochs: int = 1) -> UNetAEDetector:
+    """A fitted 2-level U-Net AE on 32x32 images (a second on CPU)."""
+    if images is None:
+        rng = np.random.default_rng(seed)
+        images = (100 + rng.integers(0, 40, (8, 32, 32, 3))).astype(np.uint8)
+    train = TrainParams(max_epochs=epochs, batch_size=4, lr=1e-3)
+    return UNetAEDetector(TINY, train=train, seed=seed, progress=False).fit(np.asarray(images))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` (pixel data truncated): cheap to build, huge to decode."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+TRUNCATED = encode(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))[:400]
+
+
+@pytest.fixture(scope="module")
+def detector() -> UNetAEDetector:
+    return tiny_detector()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "suffix"),
+    [("RGB", "PNG", ".png"), ("L", "PNG", ".png"), ("RGBA", "PNG", ".png"), ("RGB", "JPEG", ".jpg")],
+)
+def test_decode_equals_read_rgb(tmp_path: Path, mode: str, fmt: str, suffix: str) -> None:
+    rng = np.random.default_rng(1)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    arr = rng.integers(0, 256, (21, 17, channels), dtype=np.uint8)
+    if mode == "RGBA":
+        arr[..., 3] = 255
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode).save(path, format=fmt)
+    decoded = decode_image(path.read_bytes(), str(path))
+    assert decoded.shape == (21, 17, 3) and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, read_rgb(path))
+    np.testing.assert_array_equal(read_image(path), read_rgb(path))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not a recognised image"),
+        (png_header(0, 10), "image"),
+        (png_header(20000, 20000), str(MAX_SIDE)),
+        (png_header(MAX_SIDE + 1, 2), str(MAX_SIDE)),
+        (encode(np.zeros((1, 20000), np.uint8)), str(MAX_SIDE)),
+        (TRUNCATED, "truncated"),
+    ],
+    ids=["empty", "garbage", "zero-width", "20000-header", "over-limit", "20000x1", "truncated"],
+)
+def test_decode_rejects_bad_input(data: bytes, message: str) -> None:
+    with pytest.raises(ImageInputError, match=message) as info:
+        decode_image(data, "upload.png")
+    assert "upload.png" in str(info.value)
+    assert isinstance(info.value, AnomalySpotterError)
+
+
+def test_decode_npy_and_check_array() -> None:
+    arr = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), arr)
+    gray = check_array(arr[..., 0])
+    assert gray.shape == (5, 6, 3) and (gray[..., 2] == arr[..., 0]).all()
+    with pytest.raises(ImageInputError, match="uint8"):
+        check_array(arr.astype(np.float32))
+    with pytest.raises(ImageInputError, match="no pixels"):
+        check_array(np.zeros((0, 4, 3), np.uint8))
+    with pytest.raises(ImageInputError, match="shape"):
+        check_array(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_read_image_names_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageInputError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_score_images_equals_pipeline_scoring(detector: UNetAEDetector) -> None:
+    """Same resize, same detector, same reduction as process_all: identical scores."""
+    rng = np.random.default_rng(3)
+    originals = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
+    originals.append(rng.integers(0, 256, (32, 32), dtype=np.uint8))  # grayscale, no resize
+    prepared = np.stack([resize_rgb(check_array(im), 32) for im in originals])
+    for reduction in ("max", "p99"):
+        _, expected = score_batches(detector, prepared, 16, reduction, progress=False)
+        config = InferenceConfig("widget", 32, threshold=float(np.median(expected)), reduction=reduction)
+        rows = score_images(detector, originals, config, return_map=True)
+        np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-6)
+        for row in rows:
+            assert row["verdict"] == ("defective" if row["score"] > config.threshold else "good")
+            assert row["threshold"] == config.threshold
+            assert 0.0 <= row["anomaly_percentage"] <= 100.0
+            assert row["anomaly_map"].shape == (32, 32)
+
+
+def test_verdict_is_strict(detector: UNetAEDetector) -> None:
+    image = np.full((32, 32, 3), 120, np.uint8)
+    score = score_images(detector, [image], InferenceConfig("w", 32, 0.0))[0]["score"]
+    assert score_images(detector, [image], InferenceConfig("w", 32, score))[0]["verdict"] == "good"
+    below = InferenceConfig("w", 32, score - 1e-6)
+    assert score_images(detector, [image], below)[0]["verdict"] == "defective"
+    assert score_images(detector, [], InferenceConfig("w", 32, 0.0)) == []

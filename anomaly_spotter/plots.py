@@ -12,6 +12,7 @@ Images are RGB uint8 `(H, W, 3)`; maps and masks are `(H, W)`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -223,15 +224,15 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str) -> 
     else:
         auroc = image_auroc(labels, scores)
         ax.plot(points["fpr"], points["tpr"], drawstyle="default", linewidth=2, label=f"AUROC = {auroc:.3f}")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false positive rate (good images flagged)")
-    ax.set_ylabel("true positive rate (defects detected)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
+    _finish_unit_square(
+        fig,
+        ax,
+        "false positive rate (good images flagged)",
+        "true positive rate (defects detected)",
+        title,
+        "lower right",
+        path,
+    )
 
 
 def plot_pr(labels: np.ndarray, scores: np.ndarray, path: Path, title: str) -> None:
@@ -247,13 +248,20 @@ def plot_pr(labels: np.ndarray, scores: np.ndarray, path: Path, title: str) -> N
         ax.axhline(prevalence, color="gray", linestyle=":", linewidth=1, label=f"chance = {prevalence:.3f}")
         ap = float(average_precision_score(labels_checked, scores_checked))
         ax.step(points["recall"], points["precision"], where="pre", linewidth=2, label=f"AP = {ap:.3f}")
+    _finish_unit_square(fig, ax, "recall (defects detected)", "precision", title, "lower left", path)
+
+
+def _finish_unit_square(
+    fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str, path: Path
+) -> None:
+    """Axes in [0, 1] x [0, 1] with labels, grid and legend; save and close."""
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("recall (defects detected)")
-    ax.set_ylabel("precision")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc=legend_loc)
     fig.tight_layout()
     _save(fig, path)
 

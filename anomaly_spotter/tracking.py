@@ -175,6 +175,13 @@ def model_tags(info: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def category_models(categories: list[str], model_dirs: Mapping[str, Path]) -> tuple[dict, dict[str, str]]:
+    """The network version `train` registered per category, and run tags naming them all."""
+    models = {c: read_run_info(model_dirs[c] / RUN_INFO_FILE) for c in categories}
+    tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
+    return models, tags
+
+
 def tag_model_version(info: Mapping[str, Any], stage: str, run_id: str) -> None:
     """Point the network version, and the service versions built from it, at a stage run (`run.<stage>`).
 

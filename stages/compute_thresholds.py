@@ -17,13 +17,8 @@ def run() -> None:
     outs = (paths.THRESHOLDS_CSV, paths.THRESHOLDS_JSON, paths.THRESHOLD_METRICS_JSON)
     with stage_outputs(*outs):
         result = run_compute_thresholds(params)
-        models = {
-            c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE)
-            for c in params.data.categories
-        }
-        tags = {
-            f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()
-        }
+        categories = params.data.categories
+        models, tags = tracking.category_models(categories, {c: paths.model_dir(c) for c in categories})
         logged = {"seed": params.seed, **flatten(params.thresholds, "thresholds.")}
         with tracking.stage_run("compute_thresholds", None, logged, tags) as run:
             tracking.log_metrics(result["overall"])

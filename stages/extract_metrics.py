@@ -10,13 +10,8 @@ def run() -> None:
     params, _ = parse_args(__doc__, per_category=False)
     with stage_outputs(paths.PER_IMAGE_CSV, paths.METRICS_JSON):
         result = run_extract_metrics(params)
-        models = {
-            c: tracking.read_run_info(paths.model_dir(c) / tracking.RUN_INFO_FILE)
-            for c in params.data.categories
-        }
-        tags = {
-            f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()
-        }
+        categories = params.data.categories
+        models, tags = tracking.category_models(categories, {c: paths.model_dir(c) for c in categories})
         with tracking.stage_run("extract_metrics", None, flatten(params.metrics, "metrics."), tags) as run:
             tracking.log_metrics(result["overall"])
             for category, values in result["categories"].items():

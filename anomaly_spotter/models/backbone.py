@@ -37,7 +37,7 @@ HEAD_CHANNELS = 1280
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, which the ported running stats were computed with
 DEPTH_DIVISOR = 8
 
-# name -> (width_coefficient, depth_coefficient, native resolution, dropout), from efficientnet_lite_builder.py
+# name -> (width_coefficient, depth_coefficient, native resolution, dropout); efficientnet_lite_builder.py
 LITE_PARAMS: dict[str, tuple[float, float, int, float]] = {
     "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
     "efficientnet_lite1": (1.0, 1.1, 240, 0.2),

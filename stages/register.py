@@ -12,7 +12,7 @@ from pathlib import Path
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.serving import log_service_model, threshold_from
+from anomaly_spotter.serving import log_service_model, service_version_metadata, threshold_from
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 DVC_LOCK = Path("dvc.lock")
@@ -54,32 +54,12 @@ def run() -> None:
                 if k.startswith("run.")
             }
             network_ref = f"{network['registered_model']}/{network['model_version']}"
-            tags = {
-                **lineage,
-                "run.register": run.info.run_id,
-                "category": category,
-                "detector": kind,
-                "data_dvc_hash": data_hash,
-                "git_commit": commit,
-                "git_dirty": str(dirty).lower(),
-                "network_version": network_ref,
-                "threshold": threshold,
-                "threshold_method": reg.threshold,
-                "image_score": config.reduction,
-                "image_size": config.image_size,
-                **{k: v for k, v in headline.items() if v is not None},
-            }
-            tracking.set_model_version_tags(name, version["model_version"], tags)
-            metrics_text = ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None)
-            tracking.set_model_version_description(
-                name,
-                version["model_version"],
-                f"Anomaly Spotter service model for category '{category}' ({kind} detector, network "
-                f"{network_ref}), trained on data/prepared/{category} (DVC md5 {data_hash}) at git commit "
-                f"{commit}{' (dirty)' if dirty else ''}. Threshold {threshold:.6g} ({reg.threshold}), "
-                f"image score {config.reduction} of the raw map at {config.image_size}px. "
-                f"Test metrics: {metrics_text}.",
+            tags, description = service_version_metadata(
+                config, kind, network_ref, data_hash, commit, dirty, headline
             )
+            tags |= {**lineage, "run.register": run.info.run_id}
+            tracking.set_model_version_tags(name, version["model_version"], tags)
+            tracking.set_model_version_description(name, version["model_version"], description)
             tracking.tag_model_version(network, "register", run.info.run_id)
             tracking.write_run_info(
                 out,

@@ -14,7 +14,8 @@ def test_workflow_passes_actionlint() -> None:
     actionlint = shutil.which("actionlint")
     if actionlint is None:
         pytest.fail("actionlint is not installed; it comes with pip install -e '.[dev]'")
-    result = subprocess.run([actionlint, ".github/workflows/ci.yml"], cwd=REPO, capture_output=True, text=True)
+    workflow = ".github/workflows/ci.yml"
+    result = subprocess.run([actionlint, workflow], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -8,11 +8,14 @@ Maps are float32 `(N, H, W)` or `(H, W)`; higher = more anomalous.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-IMAGE_SCORE_REDUCTIONS = ("max", "mean", "p99")
+IMAGE_SCORE_REDUCTIONS = ("max", "mean", "p<q>", "top<q>")  # p99: 99th percentile; top1: top-1 % mean
+_REDUCTION = re.compile(r"^(max|mean|p|top)(\d+(?:\.\d+)?)?$")
 
 
 def residual_map(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
@@ -43,16 +46,36 @@ def otsu_mask(normalized: np.ndarray) -> np.ndarray:
     return normalized > threshold_otsu(normalized)
 
 
+def check_reduction(reduction: str) -> tuple[str, float]:
+    """Parse an image-score reduction: `max`, `mean`, `p<q>` (q-th percentile, 0 < q <= 100) or
+    `top<q>` (mean of the highest q % of pixels, 0 < q <= 100) -> (kind, q); ValueError otherwise."""
+    match = _REDUCTION.match(str(reduction))
+    kind, q = (match.group(1), match.group(2)) if match else (None, None)
+    ok = match is not None and (kind in ("max", "mean")) == (q is None) and (q is None or 0 < float(q) <= 100)
+    if not ok:
+        raise ValueError(
+            f"unknown image score reduction {reduction!r}; use max, mean, p<q> (percentile, e.g. p99) or "
+            f"top<q> (mean of the top q % of pixels, e.g. top1)"
+        )
+    return str(kind), float(q or 0)
+
+
 def image_scores(maps: np.ndarray, reduction: str = "max") -> np.ndarray:
-    """One score per raw map `(N, H, W)` -> `(N,)`: max, mean or 99th percentile."""
+    """One score per raw map `(N, H, W)` -> `(N,)`; `reduction` as in `check_reduction`."""
+    kind, q = check_reduction(reduction)
     flat = maps.reshape(len(maps), -1)
-    if reduction == "max":
+    if kind == "max":
         return flat.max(axis=1)
-    if reduction == "mean":
+    if kind == "mean":
         return flat.mean(axis=1)
-    if reduction == "p99":
-        return np.percentile(flat, 99, axis=1)
-    raise ValueError(f"unknown image score reduction {reduction!r}; use one of {IMAGE_SCORE_REDUCTIONS}")
+    if kind == "p":
+        return np.percentile(flat, q, axis=1)
+    k = max(1, int(round(q / 100 * flat.shape[1])))
+    return (
+        np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:]
+        .mean(axis=1, dtype=np.float64)
+        .astype(flat.dtype)
+    )
 
 
 def map_stats(raw: np.ndarray) -> dict[str, float]:

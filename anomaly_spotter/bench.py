@@ -4,15 +4,23 @@
         --variant unet_ae --variant patchcore --out benchmarks/results.md
 
 A variant is `DETECTOR[:key=value,...]`: the detector's section of params.yaml with those keys
-overridden (`train.<key>` overrides the train section), plus two keys of its own: `image_size` (the
-prepared size, default 128 for unet_ae and 256 for patchcore) and `label` (the row name). Each
-(variant, category) runs in a fresh subprocess so its peak memory (max RSS) is its own. Metrics are
-on the category's test split; nothing is tuned on it here.
+overridden (`train.<key>` overrides the train section, `process.<key>` the process section), plus two
+keys of its own: `image_size` (the prepared size, default 128 for unet_ae and 256 for patchcore) and
+`label` (the row name). Each (variant, category) runs in a fresh subprocess so its peak memory (max
+RSS) is its own. Metrics are on the category's test split; nothing is tuned on it here.
+
+`--builtin fabric washer ...` adds built-in categories, generated at `--builtin-size` px with the
+`builtin` section and seed of the params file. `--loco` chooses defaults by leave-one-category-out:
+for each category, the variant with the best mean image AUROC over the *other* categories (ties: the
+best worst case) is picked, and its score on the held-out category is reported, so no category's
+number comes from a choice that looked at it. `--cache FILE` keeps finished (variant, category) rows
+in a JSON-lines file, so an interrupted or extended run recomputes only what is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import resource
@@ -41,7 +49,7 @@ COLUMNS = (
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """`patchcore:input_size=320,stages=[3]` -> ("patchcore", {"input_size": 320, "stages": [3]})."""
+    """`patchcore:input_size=320,members=[[3]]` -> ("patchcore", {"input_size": 320, "members": [[3]]})."""
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, _split_top_level(rest)):
@@ -83,12 +91,14 @@ def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str
     label = str(options.pop("label", spec))
     image_size = int(options.pop("image_size", DEFAULT_IMAGE_SIZE.get(name, 128)))
     train = {k.removeprefix("train."): options.pop(k) for k in list(options) if k.startswith("train.")}
+    process = {k.removeprefix("process."): options.pop(k) for k in list(options) if k.startswith("process.")}
     params = load_params(params_path)
     section = {**getattr(params.model, name), **options}
     params = replace(
         params,
         model=replace(params.model, name=name, **{name: section}),
         train=replace(params.train, **train),
+        process=replace(params.process, **process),
     )
     torch.set_num_threads(params.train.num_threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,14 +145,97 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def loco_table(rows: list[dict[str, Any]], metric: str = "image_auroc") -> tuple[str, list[dict[str, Any]]]:
+    """Leave-one-category-out selection over a full (variant x category) grid of rows.
+
+    For each category c, the variant with the best mean `metric` over the other categories is chosen
+    (ties broken by the best minimum over them) and its `metric` on c is reported, beside the best
+    variant on c itself (the oracle, which a user never has). Returns the markdown table and its rows.
+    """
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    value = {(r["variant"], r["category"]): float(r[metric]) for r in rows}
+    missing = [(v, c) for v in variants for c in categories if (v, c) not in value]
+    if missing:
+        raise SystemExit(f"bench: --loco needs every variant on every category; missing {missing}")
+    if len(categories) < 2:
+        raise SystemExit("bench: --loco needs at least two categories")
+    out = []
+    for held in categories:
+        others = [c for c in categories if c != held]
+
+        def rank(v: str, others: list[str] = others) -> tuple[float, float]:
+            scores = [value[v, c] for c in others]
+            return sum(scores) / len(scores), min(scores)
+
+        chosen = max(variants, key=rank)
+        oracle = max(variants, key=lambda v, held=held: value[v, held])
+        out.append(
+            {
+                "held_out": held,
+                "chosen": chosen,
+                metric: value[chosen, held],
+                "others_mean": rank(chosen)[0],
+                "oracle": oracle,
+                f"oracle_{metric}": value[oracle, held],
+            }
+        )
+    mean = sum(r[metric] for r in out) / len(out)
+    lines = [
+        f"| held-out category | variant chosen on the others | {metric} | mean on the others | "
+        f"best on this category | its {metric} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in out:
+        lines.append(
+            f"| {r['held_out']} | {r['chosen']} | {r[metric]:.4f} | {r['others_mean']:.4f} | "
+            f"{r['oracle']} | {r[f'oracle_{metric}']:.4f} |"
+        )
+    lines.append(f"| **mean** | | **{mean:.4f}** | | | |")
+    per_variant = ["", f"| variant | mean {metric} | min {metric} |", "|---|---|---|"]
+    for v in variants:
+        scores = [value[v, c] for c in categories]
+        per_variant.append(f"| {v} | {sum(scores) / len(scores):.4f} | {min(scores):.4f} |")
+    return "\n".join(lines + per_variant), out
+
+
+def _job_key(spec: str, category: str, root: Path, params: Path) -> str:
+    """Cache key of one (variant, category) job: the spec, the data and the params file's content."""
+    text = json.dumps([spec, category, str(root.resolve()), params.read_text()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None or not path.is_file():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {e["key"]: e["row"] for e in entries}
+
+
+def _builtin_root(categories: list[str], size: int, params_path: Path, tmp: Path) -> Path:
+    """Generate the built-in `categories` at `size` px under `tmp` (the params file's spec and seed)."""
+    from dataclasses import asdict
+
+    from anomaly_spotter.config import load_params
+    from anomaly_spotter.data.builtin import BuiltinSpec, generate_dataset
+
+    params = load_params(params_path)
+    spec = BuiltinSpec(**{**asdict(params.builtin), "image_size": size})
+    root = tmp / f"builtin-{size}"
+    generate_dataset(root, categories, spec, params.seed, progress=False)
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m anomaly_spotter.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--root", type=Path, required=True, help="dataset root in the MVTec AD layout")
-    parser.add_argument("--categories", nargs="+", required=True, help="category folder names")
+    parser.add_argument("--root", type=Path, help="dataset root in the MVTec AD layout")
+    parser.add_argument("--categories", nargs="+", default=[], help="category folder names under --root")
+    parser.add_argument("--builtin", nargs="+", default=[], help="built-in categories to generate and add")
+    parser.add_argument("--builtin-size", type=int, default=256, help="size of the generated built-in images")
     parser.add_argument(
         "--variant",
         action="append",
@@ -150,33 +243,65 @@ def main(argv: list[str] | None = None) -> None:
         help="DETECTOR[:key=value,...]; repeatable (default: unet_ae and patchcore)",
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="base parameters")
+    parser.add_argument("--loco", action="store_true", help="leave-one-category-out selection table")
+    parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
     parser.add_argument("--job", nargs=2, metavar=("VARIANT", "CATEGORY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
         print(json.dumps(run_job(args.root, args.job[1], args.job[0], args.params)))
         return
+    if args.categories and args.root is None:
+        parser.error("--categories needs --root")
+    if not args.categories and not args.builtin:
+        parser.error("give --root and --categories, or --builtin, or both")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        jobs = [(args.root, c) for c in args.categories]
+        if args.builtin:
+            root = _builtin_root(args.builtin, args.builtin_size, args.params, Path(tmp))
+            jobs += [(root, c) for c in args.builtin]
+        rows = _run_jobs(args, jobs, args.builtin_size)
+    table = markdown_table(rows)
+    machine = f"{platform.machine()}, {_cpus()} CPU cores, Python {platform.python_version()}"
+    data = ", ".join(
+        ([f"{args.root} ({' '.join(args.categories)})"] if args.categories else [])
+        + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
+    )
+    text = f"{table}\n\nmachine: {machine}; data: {data}\n"
+    loco_rows = None
+    if args.loco:
+        loco, loco_rows = loco_table(rows)
+        text += f"\n## Leave-one-category-out (image AUROC)\n\n{loco}\n"
+    print(f"\n{text}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        payload: Any = {"rows": rows, "loco": loco_rows} if args.loco else rows
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_size: int) -> list[dict]:
+    """Every (variant, category) job in its own subprocess, reusing and extending `args.cache`."""
+    cache = _read_cache(args.cache)
     rows = []
     for spec in args.variant or ["unet_ae", "patchcore"]:
-        for category in args.categories:
-            cmd = [
-                sys.executable,
-                "-m",
-                "anomaly_spotter.bench",
-                "--root",
-                str(args.root),
-                "--params",
-                str(args.params),
-                "--categories",
-                category,
-                "--job",
-                spec,
-                category,
-            ]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise SystemExit(f"bench: {spec} on {category} failed:\n{result.stderr[-3000:]}")
-            row = json.loads(result.stdout.strip().splitlines()[-1])
+        for root, category in jobs:
+            key = _job_key(
+                spec, category, root if root == args.root else Path(f"builtin-{builtin_size}"), args.params
+            )
+            if key in cache:
+                row = cache[key]
+            else:
+                cmd = [sys.executable, "-m", "anomaly_spotter.bench", "--root", str(root)]
+                cmd += ["--params", str(args.params), "--job", spec, category]
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise SystemExit(f"bench: {spec} on {category} failed:\n{result.stderr[-3000:]}")
+                row = json.loads(result.stdout.strip().splitlines()[-1])
+                if args.cache:
+                    args.cache.parent.mkdir(parents=True, exist_ok=True)
+                    with args.cache.open("a") as f:
+                        f.write(json.dumps({"key": key, "row": row}) + "\n")
             rows.append(row)
             print(
                 f"{row['variant']:<40} {category:<12} image AUROC {row['image_auroc']:.4f}  pixel AUROC "
@@ -184,13 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['ms_per_image']:.1f} ms/img  peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
-    table = markdown_table(rows)
-    machine = f"{platform.machine()}, {_cpus()} CPU cores, Python {platform.python_version()}"
-    print(f"\n{table}\n\nmachine: {machine}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"{table}\n\nmachine: {machine}; data: {args.root}\n")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 def _cpus() -> int:

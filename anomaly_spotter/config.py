@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.anomaly_map import IMAGE_SCORE_REDUCTIONS
+from anomaly_spotter.anomaly_map import check_reduction
 from anomaly_spotter.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
@@ -81,10 +81,10 @@ class ProcessParams:
     image_score: str = "max"
 
     def __post_init__(self) -> None:
-        if self.image_score not in IMAGE_SCORE_REDUCTIONS:
-            raise ConfigError(
-                f"process.image_score is {self.image_score!r}; use one of {IMAGE_SCORE_REDUCTIONS}"
-            )
+        try:
+            check_reduction(self.image_score)
+        except ValueError as err:
+            raise ConfigError(f"process.image_score: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ from anomaly_spotter.models.patchcore import (
 class PatchCoreDetector(Detector):
     """PatchCore on an ImageNet-pretrained EfficientNet-Lite; higher = more anomalous.
 
-    Maps are the Euclidean distance of each patch embedding to its nearest memory-bank patch,
-    bilinearly upsampled to the image size and Gaussian-smoothed (`config.sigma`, scipy reflect border,
-    as `anomaly_map.gaussian_smooth`). Fitted state: `model_` (the `PatchCore` module, bank included)
-    and `n_train_patches_`.
+    Maps are, per ensemble member, the Euclidean distance of each patch embedding to its nearest
+    memory-bank patch, bilinearly upsampled to the image size, standardised by the member's validation
+    statistics, averaged over members and Gaussian-smoothed (`config.sigma`, scipy reflect border, as
+    `anomaly_map.gaussian_smooth`). Fitted state: `model_` (the `PatchCore` module, banks included)
+    and `n_train_patches_` (per member).
     """
 
     kind = "patchcore"
@@ -62,50 +63,100 @@ class PatchCoreDetector(Detector):
             yield torch.from_numpy(to_tensor_normalized(images[start : start + step]))
 
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
-        """Build the memory bank from good images `(N, H, W, 3)` uint8; `val_images` is not used.
+        """Build the memory banks from good images `(N, H, W, 3)` uint8 and standardise the members.
 
-        Extracts all patch embeddings `(N*h*w, D)` and keeps ceil(coreset_ratio * N*h*w) of them, chosen
-        by greedy k-center on a seeded random projection to `projection_dim` dimensions.
+        Each member keeps ceil(coreset_ratio * N*h*w) of its training patch embeddings, chosen by greedy
+        k-center on a seeded random projection to `projection_dim` dimensions, in two steps: each
+        image's patches are pre-selected to pool_ratio of them as they stream in, then the bank is
+        selected from that pool. `val_images` (good images
+        held out from the banks) give each member's location and scale: the mean and standard deviation
+        of their image scores (max of the smoothed map). An ensemble needs them; a single member
+        without them keeps raw distances.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
+        n_members = len(self.config.members)
+        projections = [self._projection(dim) for dim in model.embedding_dims]
         with torch.inference_mode():
-            patches = torch.cat([model.flatten(model.embed(x)) for x in self._batches(train_images)])
-            n_patches = len(patches)
-            k = coreset_size(n_patches, self.config.coreset_ratio)
-            if k < n_patches:
-                feats = patches
-                if 0 < self.config.projection_dim < patches.shape[1]:
-                    proj = random_projection(patches.shape[1], self.config.projection_dim, self.config.seed)
-                    feats = patches @ proj
-                patches = patches[k_center_greedy(feats, k, self.config.seed)]
-                del feats
-        model.set_memory_bank(patches.clone())
+            pools: list[list[torch.Tensor]] = [[] for _ in range(n_members)]
+            n_patches = 0
+            for x in self._batches(train_images):
+                for k, emb in enumerate(model.embed(x)):
+                    per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
+                    pools[k].append(self._preselect(per_image, projections[k]))
+                n_patches += emb.shape[0] * emb.shape[2] * emb.shape[3]
+            for k in range(n_members):
+                pool = torch.cat(pools[k])
+                pools[k] = []
+                bank_size = coreset_size(n_patches, self.config.coreset_ratio)
+                model.set_memory_bank(k, self._coreset(pool, bank_size, projections[k]))
+                del pool
+            loc, scale = torch.zeros(n_members), torch.ones(n_members)
+            if val_images is not None and len(val_images) >= 2:
+                maxima = np.concatenate(
+                    [
+                        self._smooth(model.member_maps(x).numpy()).max(axis=(2, 3))
+                        for x in self._batches(val_images)
+                    ],
+                    axis=1,
+                )  # (K, N_val)
+                loc = torch.from_numpy(maxima.mean(axis=1))
+                scale = torch.from_numpy(
+                    np.maximum(maxima.std(axis=1), 1e-6 * np.abs(maxima).mean(axis=1) + 1e-12)
+                )
+            elif n_members > 1:
+                raise ValueError(
+                    "a PatchCore ensemble needs at least 2 validation good images to standardise its "
+                    "members; pass val_images (data.val_fraction > 0) or use one member, e.g. members: [[3]]"
+                )
+        model.set_normalization(loc, scale)
         self.model_ = model.eval()
         self.n_train_patches_ = n_patches
         return self
+
+    def _projection(self, dim: int) -> torch.Tensor | None:
+        """The seeded random projection `(dim, projection_dim)` used to select coresets, or None."""
+        if 0 < self.config.projection_dim < dim:
+            return random_projection(dim, self.config.projection_dim, self.config.seed)
+        return None
+
+    def _preselect(self, patches: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
+        """Each image's patches `(B, P, D)` -> the ceil(pool_ratio * P) most spread out of each image
+        (k-center greedy, all B images at once), as rows `(B * k, D)`.
+
+        Done while streaming, so fitting holds only the pool, not every patch, and the final selection
+        runs on pool_ratio of the patches.
+        """
+        k = coreset_size(patches.shape[1], self.config.pool_ratio)
+        if k >= patches.shape[1]:
+            return patches.reshape(-1, patches.shape[2]).clone()
+        feats = patches if projection is None else patches @ projection
+        chosen = k_center_greedy(feats, k, self.config.seed)  # (B, k)
+        return patches[torch.arange(len(patches))[:, None], chosen].reshape(-1, patches.shape[2])
+
+    def _coreset(self, patches: torch.Tensor, k: int, projection: torch.Tensor | None) -> torch.Tensor:
+        """`k` rows of `(P, D)` patch embeddings chosen by k-center greedy on their projection."""
+        if k >= len(patches):
+            return patches.clone()
+        feats = patches if projection is None else patches @ projection
+        return patches[k_center_greedy(feats, k, self.config.seed)]
+
+    def _smooth(self, maps: np.ndarray) -> np.ndarray:
+        """Gaussian(sigma) over the last two axes of `(..., H, W)` maps."""
+        shape = maps.shape
+        return gaussian_smooth(maps.reshape(-1, *shape[-2:]), self.config.sigma).reshape(shape)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RuntimeError("PatchCoreDetector is not fitted; call fit() or rebuild one with from_state()")
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        """Raw maps `(N, H, W)` float32 at the images' resolution: Gaussian(sigma) of NN patch distances."""
+        """Raw maps `(N, H, W)` float32 at the images' resolution: Gaussian(sigma) of the members' mean
+        standardised nearest-bank distance (a good image's maximum is about 0, one unit is one standard
+        deviation of good images' maxima)."""
         self._check_fitted()
         with torch.inference_mode():
             maps = [self.model_(x).numpy() for x in self._batches(images)]
-        return gaussian_smooth(np.concatenate(maps), self.config.sigma)
-
-    def score_samples(self, images: np.ndarray) -> np.ndarray:
-        """The paper's reweighted image scores `(N,)` (see `PatchCore.reweighted_scores`); higher = worse.
-
-        The pipeline's default image score is the max of `anomaly_maps`; this is the paper's alternative.
-        """
-        self._check_fitted()
-        with torch.inference_mode():
-            scores = [
-                self.model_.reweighted_scores(*self.model_.patch_scores(x)) for x in self._batches(images)
-            ]
-        return torch.cat(scores).numpy()
+        return self._smooth(np.concatenate(maps))
 
     def module(self) -> torch.nn.Module:
         self._check_fitted()
@@ -123,9 +174,13 @@ class PatchCoreDetector(Detector):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild a fitted detector from `state()` (backbone weights included: no wheel needed)."""
-        det = cls(PatchCoreConfig(**state["config"]))
+        det = cls(PatchCoreConfig.from_saved(state["config"]))
         model = PatchCore(det.config)
-        model.load_state_dict(state["state_dict"], strict=True)
+        weights = dict(state["state_dict"])
+        n_members = len(det.config.members)  # models saved before the ensemble have no normalisation
+        weights.setdefault("norm_loc", torch.zeros(n_members))
+        weights.setdefault("norm_scale", torch.ones(n_members))
+        model.load_state_dict(weights, strict=True)
         det.model_ = model.eval()
         det.n_train_patches_ = int(state.get("n_train_patches", 0))
         return det

@@ -1,24 +1,25 @@
-"""PatchCore (Roth et al., 2022, "Towards Total Recall in Industrial Anomaly Detection") on EfficientNet-Lite.
+"""PatchCore (Roth et al., 2022, "Towards Total Recall in Industrial Anomaly Detection") on EfficientNet-Lite,
+as an ensemble of memory banks over different backbone stage sets.
 
 Pipeline, with `x` normalised images `(N, 3, H, W)`:
-  resize to `input_size` -> backbone stage outputs (stage 3 is stride 8, stages 4-5 stride 16)
-  -> 3x3 average pooling, stride 1 ("locally aware patch features")
+  resize to `input_size` -> one backbone pass to the deepest stage any member uses (stage 2 is stride 4,
+  3 stride 8, 4-5 stride 16) -> 3x3 average pooling, stride 1 ("locally aware patch features")
   -> every map resampled to the grid at `feature_stride` (finer ones area-averaged, coarser ones
-     bilinearly upsampled) -> concatenated -> optional adaptive average pooling over channels
-  -> patch embeddings `(N, D, h, w)`.
-Fitting keeps a memory bank `(M, D)` of good patches, subsampled by greedy k-center coreset on randomly
-projected embeddings. A test patch's score is the Euclidean distance to its nearest bank patch; the map
-is that score grid bilinearly upsampled to `(H, W)` (smoothing is the detector's job).
+     bilinearly upsampled) -> per member: its stages' maps concatenated -> optional adaptive average
+     pooling over channels -> patch embeddings `(N, D_k, h, w)`.
+Fitting keeps, per member, a memory bank `(M_k, D_k)` of good patches, subsampled by greedy k-center
+coreset on randomly projected embeddings. A test patch's member score is the Euclidean distance to its
+nearest bank patch; each member's score grid is bilinearly upsampled to `(H, W)`, standardised with
+the location and scale the detector measured on validation good images, and the members are averaged
+(smoothing is the detector's job).
 
-Why the defaults (MVTec AD pill, 256 px images, mean of 3 coreset seeds; bottle is ~1.0 either way):
-stage 3 alone gives the best pill image AUROC; adding a stride-16 stage lowers it (256 px input: 0.975
-for stage 3, 0.966 for 3 + 4, 0.954 for 3 + 5 with one seed) because it blurs small defects. Resizing to
-320 gives a finer 40 x 40 grid (stage 3: 0.983; 2 + 3: 0.969). Coresets of 2% and 5% were no better
-than 1%, and 1% keeps fitting and nearest-neighbour search fast on 2 cores. sigma 6 trades 0.001 of
-image AUROC for +0.003 pixel AUROC over sigma 4.
-
-The memory bank is a registered buffer, so the fitted bank travels in `state_dict()`; loading a state
-dict resizes it. Nothing here reads or writes files.
+Why an ensemble: stage sets see different things. Stage 3 (stride 8) finds small defects; adding stage 2
+sharpens textures; adding stage 5 (stride 16, a wider receptive field) sees a part that is missing,
+misplaced or of the wrong colour, which patch-local features at stride 8 miss. No single stage set is
+best on every category (benchmarks/loco.md), and standardising each member by its own good-image scores
+keeps one member from dominating by its units. The memory banks and the standardisation are registered
+buffers, so the fitted model travels in `state_dict()`; loading a state dict resizes the banks. Nothing
+here reads or writes files.
 """
 
 from __future__ import annotations
@@ -40,27 +41,31 @@ CHUNK_BYTES = 64 * 2**20  # bound on the query x bank distance block in nearest-
 
 @dataclass
 class PatchCoreConfig:
-    """Hyper-parameters of PatchCore (defaults tuned on MVTec AD bottle/pill at 256 px on 2 CPU cores).
+    """Hyper-parameters of PatchCore (defaults chosen by leave-one-category-out, see README "Detectors").
 
-    stages: backbone stages (1..7) whose outputs are concatenated; 2 is stride 4, 3 stride 8, 4-5 stride 16.
+    members: the ensemble: one memory bank per stage set (backbone stages 1..7 whose outputs are
+        concatenated; 2 is stride 4, 3 stride 8, 4-5 stride 16, 6 stride 32). All members share one
+        backbone pass; each member's map is standardised by its validation good images' scores before
+        the maps are averaged. `[[3]]` is plain single-bank PatchCore, the fastest.
     input_size: images are resized (bilinear, antialiased) to this square size before the backbone.
-    coreset_ratio: fraction of all training patches kept in the memory bank (k-center greedy).
-    num_neighbours: b of the paper's image-score reweighting (`score_samples`); 0 disables it.
+    coreset_ratio: fraction of all training patches kept in each memory bank (k-center greedy).
+    pool_ratio: fraction of each image's patches pre-selected (k-center greedy, image by image) into the
+        pool the bank is selected from; 1 selects from all patches (exact, quadratic in their number).
     projection_dim: random-projection size used only to select the coreset (0 = no projection).
     sigma: Gaussian smoothing of the maps, in pixels of the output map.
     patch_kernel: neighbourhood of the local average pooling of each feature map.
     feature_stride: stride of the patch grid w.r.t. the resized input (8: a 40 x 40 grid at 320 px).
-    embed_dim: channels of the patch embedding after adaptive average pooling over channels
+    embed_dim: channels of each member's patch embedding after adaptive average pooling over channels
         (0 = keep the concatenated channels as they are).
     batch_size: images per backbone forward pass.
     seed: seeds the random projection and the coreset's first centre.
     """
 
     backbone: str = "efficientnet_lite0"
-    stages: tuple[int, ...] = (3,)
+    members: tuple[tuple[int, ...], ...] = ((3,), (2, 3), (3, 5))
     input_size: int = 320
     coreset_ratio: float = 0.01
-    num_neighbours: int = 9
+    pool_ratio: float = 0.1
     projection_dim: int = 128
     sigma: float = 6.0
     patch_kernel: int = 3
@@ -70,16 +75,27 @@ class PatchCoreConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.stages = tuple(int(s) for s in self.stages)
-        if not self.stages:
-            raise ConfigError("patchcore.stages is empty; list at least one backbone stage, e.g. [3]")
+        if isinstance(self.members, (list, tuple)) and self.members and isinstance(self.members[0], int):
+            raise ConfigError(
+                f"patchcore.members={list(self.members)} is one stage set; write a list of stage sets, "
+                f"e.g. [{list(self.members)}]"
+            )
+        self.members = tuple(tuple(int(s) for s in m) for m in self.members)
+        if not self.members or not all(self.members):
+            raise ConfigError("patchcore.members needs at least one non-empty stage set, e.g. [[3]]")
+        if len(set(self.members)) != len(self.members):
+            raise ConfigError(f"patchcore.members has a stage set twice: {[list(m) for m in self.members]}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"patchcore.coreset_ratio={self.coreset_ratio} must be in (0, 1]")
+        if not self.coreset_ratio <= self.pool_ratio <= 1.0:
+            raise ConfigError(
+                f"patchcore.pool_ratio={self.pool_ratio} must be in [coreset_ratio={self.coreset_ratio}, 1]"
+            )
         if self.input_size < 32:
             raise ConfigError(f"patchcore.input_size={self.input_size} is too small; use at least 32")
         if self.patch_kernel < 1 or self.patch_kernel % 2 == 0:
             raise ConfigError(f"patchcore.patch_kernel={self.patch_kernel} must be odd and >= 1, e.g. 3")
-        for name in ("num_neighbours", "projection_dim", "embed_dim"):
+        for name in ("projection_dim", "embed_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"patchcore.{name} must be >= 0")
         if self.sigma < 0:
@@ -88,6 +104,15 @@ class PatchCoreConfig:
             raise ConfigError(f"patchcore.feature_stride={self.feature_stride} must be >= 1, e.g. 8")
         if self.batch_size < 1:
             raise ConfigError(f"patchcore.batch_size={self.batch_size} must be >= 1")
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any]) -> PatchCoreConfig:
+        """A config saved by an earlier version: one `stages` set and `num_neighbours` -> one member."""
+        config = dict(config)
+        if "stages" in config:
+            config["members"] = [config.pop("stages")]
+        config.pop("num_neighbours", None)
+        return cls(**config)
 
 
 def random_projection(dim: int, out_dim: int, seed: int) -> torch.Tensor:
@@ -100,24 +125,27 @@ def k_center_greedy(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Greedy k-center (farthest-point) selection: `(P, D)` -> indices `(k,)` int64, deterministic per seed.
 
     Starts from a seeded random point; each step adds the point farthest from everything chosen so far.
-    Cost per step is one matrix-vector product over all points.
+    Cost per step is one matrix-vector product over all points. A batch `(B, P, D)` selects in each of
+    the B sets at once -> `(B, k)`.
     """
-    n = features.shape[0]
+    batched = features.ndim == 3
+    feats = (features if batched else features[None]).float().contiguous()
+    b, n, _ = feats.shape
     if not 0 < k <= n:
         raise ValueError(f"coreset size {k} must be in 1..{n}")
-    feats = features.float().contiguous()
-    sq = (feats * feats).sum(1)
-    min_d = torch.full((n,), float("inf"))
-    d = torch.empty(n)
-    chosen = torch.empty(k, dtype=torch.long)
-    idx = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
+    sq = (feats * feats).sum(2)  # (B, P)
+    min_d = torch.full((b, n), float("inf"))
+    chosen = torch.empty(b, k, dtype=torch.long)
+    rows = torch.arange(b)
+    idx = torch.randint(n, (b,), generator=torch.Generator().manual_seed(seed))
     for i in range(k):
-        chosen[i] = idx
-        torch.addmv(sq, feats, feats[idx], alpha=-2.0, out=d)  # |x|^2 - 2 x.c
-        d.add_(sq[idx])
+        chosen[:, i] = idx
+        centre = feats[rows, idx]  # (B, D)
+        d = torch.baddbmm(sq[:, :, None], feats, centre[:, :, None], alpha=-2.0)[:, :, 0]  # |x|^2 - 2 x.c
+        d.add_(sq[rows, idx][:, None])
         torch.minimum(min_d, d, out=min_d)
-        idx = int(torch.argmax(min_d))
-    return chosen
+        idx = torch.argmax(min_d, dim=1)
+    return chosen if batched else chosen[0]
 
 
 def coreset_size(num_patches: int, ratio: float) -> int:
@@ -153,7 +181,12 @@ def nearest_neighbours(
 
 
 class PatchCore(nn.Module):
-    """Backbone + memory bank. `forward`: normalised `(N, 3, H, W)` -> unsmoothed anomaly maps `(N, H, W)`."""
+    """Backbone + one memory bank per member. `forward`: normalised `(N, 3, H, W)` -> maps `(N, H, W)`.
+
+    A member's raw map is the distance of each patch to its nearest bank patch; `forward` averages
+    the members' maps after standardising each, `(d_k - loc_k) / scale_k`, with the statistics the
+    detector measured on validation good images (identity until it does).
+    """
 
     def __init__(
         self, config: PatchCoreConfig | None = None, backbone: EfficientNetLite | None = None
@@ -166,91 +199,97 @@ class PatchCore(nn.Module):
             raise ConfigError(
                 f"backbone {self.backbone.config.name!r} does not match config {self.config.backbone!r}"
             )
-        self.block_indices = [self.backbone.stage_last_block(s) for s in self.config.stages]
-        self.register_buffer(BANK_KEY, torch.empty(0, self.embedding_dim))
+        self.member_blocks = [[self.backbone.stage_last_block(s) for s in m] for m in self.config.members]
+        self.block_indices = sorted({i for blocks in self.member_blocks for i in blocks})
+        for k, dim in enumerate(self.embedding_dims):
+            self.register_buffer(f"{BANK_KEY}_{k}", torch.empty(0, dim))
+        self.register_buffer("norm_loc", torch.zeros(len(self.config.members)))
+        self.register_buffer("norm_scale", torch.ones(len(self.config.members)))
 
     @property
-    def embedding_dim(self) -> int:
-        """D: channels of one patch embedding."""
-        return self.config.embed_dim or sum(self.backbone.block_channels[i] for i in self.block_indices)
+    def embedding_dims(self) -> list[int]:
+        """D_k: channels of one patch embedding of each member."""
+        return [
+            self.config.embed_dim or sum(self.backbone.block_channels[i] for i in blocks)
+            for blocks in self.member_blocks
+        ]
+
+    def banks(self) -> list[torch.Tensor]:
+        """The members' memory banks `[(M_k, D_k)]`."""
+        return [getattr(self, f"{BANK_KEY}_{k}") for k in range(len(self.member_blocks))]
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        bank = state_dict.get(prefix + BANK_KEY)
-        if isinstance(bank, torch.Tensor):  # the fitted bank's size is only known from the state dict
-            self.memory_bank = torch.empty_like(bank, device=self.memory_bank.device)
+        if prefix + BANK_KEY in state_dict:  # saved by the single-bank version
+            state_dict[f"{prefix}{BANK_KEY}_0"] = state_dict.pop(prefix + BANK_KEY)
+        for k in range(len(self.member_blocks)):  # the fitted banks' sizes are only known from the state
+            bank = state_dict.get(f"{prefix}{BANK_KEY}_{k}")
+            if isinstance(bank, torch.Tensor):
+                setattr(self, f"{BANK_KEY}_{k}", torch.empty_like(bank))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def set_memory_bank(self, bank: torch.Tensor) -> None:
-        """Replace the memory bank with `(M, D)` patch embeddings."""
-        if bank.ndim != 2 or bank.shape[1] != self.embedding_dim:
-            raise ValueError(f"memory bank must be (M, {self.embedding_dim}), got {tuple(bank.shape)}")
-        self.memory_bank = bank.detach().float().contiguous()
+    def set_memory_bank(self, k: int, bank: torch.Tensor) -> None:
+        """Replace member `k`'s memory bank with `(M, D_k)` patch embeddings."""
+        dim = self.embedding_dims[k]
+        if bank.ndim != 2 or bank.shape[1] != dim:
+            raise ValueError(f"memory bank {k} must be (M, {dim}), got {tuple(bank.shape)}")
+        setattr(self, f"{BANK_KEY}_{k}", bank.detach().float().contiguous())
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Locally aware patch embeddings: normalised `(N, 3, H, W)` -> `(N, D, h, w)`.
+    def set_normalization(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-member standardisation `(K,)`, `(K,)` applied by `forward`; scales must be > 0."""
+        if not bool((scale > 0).all()):
+            raise ValueError(f"normalisation scales must be > 0, got {scale.tolist()}")
+        self.norm_loc = loc.detach().float().clone()
+        self.norm_scale = scale.detach().float().clone()
 
-        h = w = ceil(input_size / feature_stride).
+    def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Locally aware patch embeddings of each member: normalised `(N, 3, H, W)` -> `[(N, D_k, h, w)]`.
+
+        h = w = ceil(input_size / feature_stride); one backbone pass serves every member.
         """
         size = self.config.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         feats = self.backbone.forward_features(x, self.block_indices)
         k = self.config.patch_kernel
-        maps = [feats[i] for i in self.block_indices]
         grid = (math.ceil(size / self.config.feature_stride),) * 2
-        out = []
-        for m in maps:
+        pooled = {}
+        for i, m in feats.items():
             if k > 1:
                 m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
             if m.shape[-2] > grid[0]:  # finer than the grid: average down
                 m = F.adaptive_avg_pool2d(m, grid)
             elif m.shape[-2:] != grid:
                 m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-            out.append(m)
-        emb = torch.cat(out, dim=1)
-        if self.config.embed_dim and self.config.embed_dim != emb.shape[1]:
-            n, c, h, w = emb.shape
-            flat = emb.permute(0, 2, 3, 1).reshape(-1, 1, c)
-            emb = F.adaptive_avg_pool1d(flat, self.config.embed_dim).reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        return emb.contiguous()
+            pooled[i] = m
+        out = []
+        for blocks in self.member_blocks:
+            emb = torch.cat([pooled[i] for i in blocks], dim=1)
+            if self.config.embed_dim and self.config.embed_dim != emb.shape[1]:
+                n, c, h, w = emb.shape
+                flat = emb.permute(0, 2, 3, 1).reshape(-1, 1, c)
+                emb = F.adaptive_avg_pool1d(flat, self.config.embed_dim).reshape(n, h, w, -1)
+                emb = emb.permute(0, 3, 1, 2)
+            out.append(emb.contiguous())
+        return out
 
     @staticmethod
     def flatten(emb: torch.Tensor) -> torch.Tensor:
         """Patch embeddings `(N, D, h, w)` -> one row per patch `(N*h*w, D)`, image-major, row-major."""
         return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
 
-    def patch_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Nearest-bank distances `(N, h, w)`, their bank indices `(N, h, w)`, embeddings `(N, D, h, w)`."""
-        emb = self.embed(x)
-        n, _, h, w = emb.shape
-        dist, idx = nearest_neighbours(self.flatten(emb), self.memory_bank)
-        return dist.reshape(n, h, w), idx.reshape(n, h, w), emb
+    def member_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's nearest-bank distances, upsampled to the input: `(K, N, H, W)`, not normalised."""
+        maps = []
+        for emb, bank in zip(self.embed(x), self.banks(), strict=True):
+            n, _, h, w = emb.shape
+            dist, _ = nearest_neighbours(self.flatten(emb), bank)
+            maps.append(upsample(dist.reshape(n, h, w), x.shape[-2:]))
+        return torch.stack(maps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution."""
-        scores, _, _ = self.patch_scores(x)
-        return upsample(scores, x.shape[-2:])
-
-    def reweighted_scores(self, scores: torch.Tensor, idx: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The paper's image score (eq. 7), from `patch_scores` outputs -> `(N,)`.
-
-        For each image's most anomalous patch m_test with nearest bank patch m*, s* = |m_test - m*| is
-        scaled by w = 1 - softmax_j(|m_test - m_j|)[m*] over m* and its b-1 nearest bank neighbours m_j
-        (b = num_neighbours): s* counts less when m* lives in a dense region of the bank.
-        """
-        n = scores.shape[0]
-        flat_scores = scores.reshape(n, -1)
-        s_star, pos = flat_scores.max(1)
-        b = min(self.config.num_neighbours, self.memory_bank.shape[0])
-        if b <= 1:
-            return s_star
-        m_test = self.flatten(emb).reshape(n, -1, emb.shape[1])[torch.arange(n), pos]  # (N, D)
-        m_star_idx = idx.reshape(n, -1)[torch.arange(n), pos]  # (N,)
-        _, support = nearest_neighbours(self.memory_bank[m_star_idx], self.memory_bank, k=b)  # (N, b)
-        support[:, 0] = m_star_idx  # m* itself first, even when duplicates tie with it
-        dists = torch.linalg.vector_norm(self.memory_bank[support] - m_test[:, None, :], dim=2)  # (N, b)
-        weights = 1.0 - torch.softmax(dists, dim=1)[:, 0]
-        return weights * s_star
+        """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution: the members' standardised mean."""
+        maps = self.member_maps(x)
+        return ((maps - self.norm_loc[:, None, None, None]) / self.norm_scale[:, None, None, None]).mean(0)
 
 
 def upsample(scores: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

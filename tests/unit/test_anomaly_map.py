@@ -61,5 +61,10 @@ def test_image_scores_and_stats_on_known_map() -> None:
         "max_score": 2.0,
         "anomaly_percentage": 10.0,
     }
-    with pytest.raises(ValueError, match="unknown image score"):
-        image_scores(maps, "median")
+    np.testing.assert_allclose(image_scores(maps, "top10"), [0.0, 2.0])  # the 10 hot pixels exactly
+    np.testing.assert_allclose(image_scores(maps, "top20"), [0.0, 1.0])
+    np.testing.assert_allclose(image_scores(maps, "p95"), [0.0, 2.0])
+    np.testing.assert_allclose(image_scores(maps, "p50"), [0.0, 0.0])
+    for bad in ("median", "top", "top0", "top150", "p", "max5", "mean1.5"):
+        with pytest.raises(ValueError, match="unknown image score"):
+            image_scores(maps, bad)

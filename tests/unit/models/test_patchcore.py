@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from anomaly_spotter.models.patchcore import (
 
 SIZE = 64
 SQUARE = (slice(24, 40), slice(28, 44))  # rows, cols of the pasted defect
-CONFIG = PatchCoreConfig(stages=(3, 4), input_size=SIZE, coreset_ratio=0.25, projection_dim=32, sigma=2.0)
+CONFIG = PatchCoreConfig(
+    members=((3, 4),), input_size=SIZE, coreset_ratio=0.25, pool_ratio=0.5, projection_dim=32, sigma=2.0
+)
+ENSEMBLE = dataclasses.replace(CONFIG, members=((3,), (3, 4)))
 
 
 def good_images(n: int = 16, seed: int = 0) -> np.ndarray:
@@ -49,6 +53,11 @@ def fitted() -> PatchCoreDetector:
 
 
 @pytest.fixture(scope="module")
+def ensemble() -> PatchCoreDetector:
+    return PatchCoreDetector(ENSEMBLE).fit(good_images(), good_images(6, seed=5))
+
+
+@pytest.fixture(scope="module")
 def test_images() -> np.ndarray:
     good = good_images(2, seed=1)
     return np.stack([good[0], with_square(good[1])])
@@ -57,7 +66,7 @@ def test_images() -> np.ndarray:
 def test_bank_size_is_ceil_of_ratio_times_training_patches(fitted: PatchCoreDetector) -> None:
     n_patches = 16 * (SIZE // 8) ** 2  # finest stage (3) has stride 8
     assert fitted.n_train_patches_ == n_patches
-    assert fitted.model_.memory_bank.shape == (math.ceil(0.25 * n_patches), 40 + 80)
+    assert fitted.model_.memory_bank_0.shape == (math.ceil(0.25 * n_patches), 40 + 80)
     assert coreset_size(1000, 0.1) == 100 and coreset_size(1001, 0.1) == 101 and coreset_size(3, 0.01) == 1
 
 
@@ -69,8 +78,6 @@ def test_pasted_square_scores_higher_and_its_map_peaks_inside_it(
     assert maps[1].max() > 2 * maps[0].max()
     row, col = np.unravel_index(int(maps[1].argmax()), maps[1].shape)
     assert SQUARE[0].start <= row < SQUARE[0].stop and SQUARE[1].start <= col < SQUARE[1].stop
-    scores = fitted.score_samples(test_images)
-    assert scores.shape == (2,) and scores[1] > scores[0] > 0
 
 
 def test_images_of_another_size_are_resized_and_maps_come_back_at_their_size(
@@ -89,7 +96,7 @@ def test_state_round_trip_gives_identical_maps(
     path = tmp_path / "model.pt"
     fitted.save(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    assert state["kind"] == "patchcore" and "memory_bank" in state["state_dict"]
+    assert state["kind"] == "patchcore" and "memory_bank_0" in state["state_dict"]
     loaded = PatchCoreDetector.from_state(state)
     np.testing.assert_array_equal(loaded.anomaly_maps(test_images), fitted.anomaly_maps(test_images))
     assert loaded.config == fitted.config
@@ -97,7 +104,7 @@ def test_state_round_trip_gives_identical_maps(
 
 def test_fit_is_deterministic(fitted: PatchCoreDetector) -> None:
     again = PatchCoreDetector(CONFIG).fit(good_images())
-    torch.testing.assert_close(again.model_.memory_bank, fitted.model_.memory_bank, rtol=0, atol=0)
+    torch.testing.assert_close(again.model_.memory_bank_0, fitted.model_.memory_bank_0, rtol=0, atol=0)
 
 
 def test_chunked_nearest_neighbours_equal_brute_force() -> None:
@@ -121,11 +128,43 @@ def test_k_center_greedy_picks_one_point_per_far_apart_cluster() -> None:
     assert torch.equal(chosen, k_center_greedy(points, 4, seed=3))
 
 
+def test_batched_k_center_greedy_takes_the_farthest_point_in_each_set() -> None:
+    gen = torch.Generator().manual_seed(0)
+    sets = torch.randn(3, 200, 8, generator=gen)
+    chosen = k_center_greedy(sets, 15, seed=1)
+    assert chosen.shape == (3, 15)
+    for points, idx in zip(sets, chosen, strict=True):
+        assert len(set(idx.tolist())) == 15
+        for j in range(1, 15):
+            dist = torch.cdist(points.double(), points[idx[:j]].double()).min(1).values
+            assert dist[idx[j]] == pytest.approx(float(dist.max()), rel=1e-5)
+    # one set alone is the unbatched call
+    assert torch.equal(k_center_greedy(sets[0], 15, seed=1), k_center_greedy(sets[:1], 15, seed=1)[0])
+
+
+def test_pool_ratio_bounds_the_pool_and_a_full_pool_is_the_exact_coreset() -> None:
+    images = good_images(6)
+    exact = PatchCoreDetector(dataclasses.replace(CONFIG, pool_ratio=1.0)).fit(images)
+    pooled = PatchCoreDetector(CONFIG).fit(images)
+    n_patches = 6 * (SIZE // 8) ** 2
+    assert exact.n_train_patches_ == pooled.n_train_patches_ == n_patches
+    bank = math.ceil(0.25 * n_patches)
+    assert exact.model_.memory_bank_0.shape[0] == pooled.model_.memory_bank_0.shape[0] == bank
+    # the exact bank is k-center greedy over all patches, as selected by hand here
+    model = exact.model_
+    with torch.inference_mode():
+        feats = torch.cat([model.flatten(model.embed(x)[0]) for x in exact._batches(images)])
+    proj = feats @ exact._projection(feats.shape[1])
+    torch.testing.assert_close(model.memory_bank_0, feats[k_center_greedy(proj, bank, 0)], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="pool_ratio"):
+        PatchCoreConfig(coreset_ratio=0.1, pool_ratio=0.05)
+
+
 def test_loading_a_state_dict_resizes_the_empty_bank(fitted: PatchCoreDetector) -> None:
     fresh = PatchCore(CONFIG)
-    assert fresh.memory_bank.shape == (0, 120)
+    assert fresh.memory_bank_0.shape == (0, 120)
     fresh.load_state_dict(fitted.model_.state_dict())
-    assert torch.equal(fresh.memory_bank, fitted.model_.memory_bank)
+    assert torch.equal(fresh.memory_bank_0, fitted.model_.memory_bank_0)
 
 
 def test_unfitted_detector_says_to_fit_first() -> None:
@@ -134,9 +173,65 @@ def test_unfitted_detector_says_to_fit_first() -> None:
 
 
 def test_options_build_the_config_and_bad_ones_name_the_valid_keys() -> None:
-    det = PatchCoreDetector.from_options({"stages": [3, 5], "coreset_ratio": 0.05}, None, seed=7)
-    assert det.config.stages == (3, 5) and det.config.seed == 7 and det.config.coreset_ratio == 0.05
+    det = PatchCoreDetector.from_options({"members": [[3], [3, 5]], "coreset_ratio": 0.05}, None, seed=7)
+    assert det.config.members == ((3,), (3, 5)) and det.config.seed == 7 and det.config.coreset_ratio == 0.05
     with pytest.raises(ConfigError, match="valid keys"):
         PatchCoreDetector.from_options({"layers": [2]}, None, seed=0)
     with pytest.raises(ConfigError, match="coreset_ratio"):
         PatchCoreConfig(coreset_ratio=0.0)
+
+
+def test_members_must_be_a_list_of_stage_sets() -> None:
+    with pytest.raises(ConfigError, match=r"e\.g\. \[\[3, 5\]\]"):
+        PatchCoreConfig(members=(3, 5))
+    with pytest.raises(ConfigError, match="twice"):
+        PatchCoreConfig(members=((3,), (3,)))
+    with pytest.raises(ConfigError, match="non-empty"):
+        PatchCoreConfig(members=((3,), ()))
+
+
+def test_ensemble_members_are_standardised_on_validation_images(ensemble: PatchCoreDetector) -> None:
+    model = ensemble.model_
+    assert [b.shape[1] for b in model.banks()] == [40, 40 + 80]
+    # each member's validation maxima have mean 0 and std 1 after standardisation
+    val = good_images(6, seed=5)
+    with torch.inference_mode():
+        raw = np.concatenate(
+            [ensemble._smooth(model.member_maps(x).numpy()) for x in ensemble._batches(val)], 1
+        )
+    z = (raw.max(axis=(2, 3)) - model.norm_loc.numpy()[:, None]) / model.norm_scale.numpy()[:, None]
+    np.testing.assert_allclose(z.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=1), 1.0, atol=1e-4)
+    # the detector's map is the mean of the standardised member maps
+    expected = (raw - model.norm_loc.numpy()[:, None, None, None]) / model.norm_scale.numpy()[
+        :, None, None, None
+    ]
+    np.testing.assert_allclose(ensemble.anomaly_maps(val), expected.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_ensemble_finds_the_square_and_needs_validation_images(
+    ensemble: PatchCoreDetector, test_images: np.ndarray
+) -> None:
+    maps = ensemble.anomaly_maps(test_images)
+    assert maps[1].max() > maps[0].max() + 3  # more than 3 standard deviations of good images' maxima
+    row, col = np.unravel_index(int(maps[1].argmax()), maps[1].shape)
+    assert SQUARE[0].start <= row < SQUARE[0].stop and SQUARE[1].start <= col < SQUARE[1].stop
+    with pytest.raises(ValueError, match="validation good images"):
+        PatchCoreDetector(ENSEMBLE).fit(good_images(4))
+
+
+def test_a_single_bank_model_saved_by_the_previous_version_still_loads(
+    fitted: PatchCoreDetector, test_images: np.ndarray
+) -> None:
+    state = fitted.state()
+    old_config = {k: v for k, v in state["config"].items() if k != "members"}
+    old_config.update(stages=[3, 4], num_neighbours=9)
+    old_dict = {("memory_bank" if k == "memory_bank_0" else k): v for k, v in state["state_dict"].items()}
+    old_dict = {k: v for k, v in old_dict.items() if not k.startswith("norm_")}
+    old = {**state, "config": old_config, "state_dict": old_dict}
+    model = PatchCore(PatchCoreConfig.from_saved(old_config))
+    missing = model.load_state_dict(old_dict, strict=False)
+    assert set(missing.missing_keys) == {"norm_loc", "norm_scale"} and not missing.unexpected_keys
+    np.testing.assert_array_equal(
+        PatchCoreDetector.from_state(old).anomaly_maps(test_images), fitted.anomaly_maps(test_images)
+    )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_spotter.anomaly_map import IMAGE_SCORE_REDUCTIONS, map_stats
+from anomaly_spotter.anomaly_map import check_reduction, map_stats
 from anomaly_spotter.data.images import resize_rgb
 from anomaly_spotter.errors import AnomalySpotterError, ConfigError
 from anomaly_spotter.models.base import Detector
@@ -50,8 +50,10 @@ class InferenceConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.reduction not in IMAGE_SCORE_REDUCTIONS:
-            raise ConfigError(f"image score {self.reduction!r}: use one of {IMAGE_SCORE_REDUCTIONS}")
+        try:
+            check_reduction(self.reduction)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if self.image_size < 1 or self.batch_size < 1:
             raise ConfigError(f"image_size, batch_size must be >= 1: {self.image_size}, {self.batch_size}")
 

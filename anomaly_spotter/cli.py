@@ -4,7 +4,8 @@
     anomaly-spotter promote --category fabric
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
 
-MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory).
+MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
+SQLite store that does not exist is refused, never created.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ PREDICT_EPILOG = """examples:
 pyfunc model folder. The CSV (columns: path, score, verdict, threshold, anomaly_percentage) goes to
 --csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold.
 Exit status 1 when any image could not be read (each is named on stderr; the others are still scored).
+A last line sums up: images scored, defective, unreadable, where the CSV and overlays went (on stderr
+when the CSV goes to stdout). models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default
+sqlite:///mlflow.db in the working directory), which must exist: predict never creates a store.
 """
 
 PROMOTE_EPILOG = """examples:
@@ -141,13 +145,28 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def _connect_for(uri: str) -> None:
+def _connect_store(wanted: str, local_hint: str = "") -> None:
+    """Point MLflow at the tracking store; refuse a SQLite store whose file does not exist (reading from
+    it must not leave an empty mlflow.db behind)."""
     import mlflow
 
     from anomaly_spotter import tracking
 
+    store = tracking.tracking_uri()
+    path = tracking.sqlite_path(store)
+    if path is not None and not path.is_file():
+        raise AnomalySpotterError(
+            f"no MLflow tracking store at {store} ({path.absolute()} does not exist) to look up {wanted}; "
+            "run from the repository folder that holds mlflow.db or set "
+            f"MLFLOW_TRACKING_URI=sqlite:////<absolute path>/mlflow.db{local_hint}"
+        )
+    mlflow.set_tracking_uri(store)
+
+
+def _connect_for(uri: str) -> None:
+    """Registry and run URIs need the tracking store; a local model folder does not."""
     if uri.startswith(("models:", "runs:")):
-        mlflow.set_tracking_uri(tracking.tracking_uri())
+        _connect_store(uri, ", or pass a local model folder as --model")
 
 
 def _overlay_name(stem: str, used: set[str]) -> str:
@@ -181,14 +200,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from anomaly_spotter.inference import ImageInputError, read_image
     from anomaly_spotter.serving import load_service_model
 
+    _connect_for(args.model)
     files, stems, errors = collect_images(args.paths)
     for message in errors:
         print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
-    _connect_for(args.model)
     model = load_service_model(args.model)
     csv_path = args.csv or (args.out / PREDICTIONS_CSV if args.out else Path("-"))
     used: set[str] = set()
-    n_failed, n_scored = len(errors), 0
+    n_failed, n_scored, n_defective = len(errors), 0, 0
     handle: TextIO = sys.stdout if str(csv_path) == "-" else _open_csv(csv_path)
     try:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -205,6 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)
             rows = model.score([img for _, img in ok], return_map=args.out is not None)
             n_scored += len(rows)
+            n_defective += sum(row["verdict"] == "defective" for row in rows)
             for (path, image), row in zip(ok, rows, strict=True):
                 writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
                 if args.out is not None:
@@ -221,8 +241,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{n_scored} scored",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    to_stdout = str(csv_path) == "-"
+    print(
+        predict_summary(n_scored, n_defective, n_failed, None if to_stdout else csv_path, args.out),
+        file=sys.stderr if to_stdout else sys.stdout,  # never inside the CSV on stdout
+    )
+    return 1 if n_failed else 0
+
+
+def predict_summary(
+    n_scored: int, n_defective: int, n_unreadable: int, csv_path: Path | None, out: Path | None
+) -> str:
+    """The last line of `predict`: counts, and where the CSV (None: stdout) and the overlays went."""
+    overlays = f"{out}/" if out is not None else "none (use --out DIR)"
+    return (
+        f"scored {n_scored} image{'' if n_scored == 1 else 's'}: {n_defective} defective, "
+        f"{n_unreadable} unreadable; CSV: {csv_path if csv_path is not None else 'stdout'}; "
+        f"overlays: {overlays}"
+    )
 
 
 def _open_csv(path: Path) -> TextIO:
@@ -264,8 +300,6 @@ def metrics_table(
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    import mlflow
-
     from anomaly_spotter import tracking
     from anomaly_spotter.serving import decide_promotion
 
@@ -273,8 +307,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
         raise AnomalySpotterError('--force needs --reason "..." (it is recorded on the model version)')
     reg = _registry_defaults(args.params)
     metric, tiebreak = args.metric or reg.promote_metric, args.tiebreak or reg.tiebreak_metric
-    mlflow.set_tracking_uri(tracking.tracking_uri())
     name = tracking.registered_model_name(args.category)
+    _connect_store(f"model {name}")
     newest = tracking.latest_model_version(name)
     new_tags = dict(newest.tags)
     champ = tracking.model_version_by_alias(name, tracking.CHAMPION)

@@ -79,8 +79,14 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         """Rows for decoded uint8 RGB images (any size): the CLI's entry point."""
         return score_images(self.detector, images, self.config, return_map)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
-        """Rows of decisions for the images in `model_input` (see the module docstring)."""
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Rows of decisions for the images in `model_input` (see the module docstring).
+
+        `pd.DataFrame` is the hint MLflow 3 takes as "schema from the logged signature, no conversion",
+        so the unwrapped model still accepts a dict, a list of bytes or of uint8 arrays here too.
+        """
         return_map = bool((params or {}).get("return_map", False))
         try:
             images = _images_from_input(model_input)

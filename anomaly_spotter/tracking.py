@@ -6,16 +6,23 @@ used. The model version in turn gets a tag `run.<stage>` per stage run that eval
 UI leads from any model version to the runs of all six stages. `compute_thresholds` also writes one
 summary run per pipeline result into `anomaly-spotter-pipelines`, with every parameter and the headline
 metrics (image AUROC, pixel AUROC, F1), one row each, for side-by-side comparison.
+
+Both experiments carry `mlflow.experimentKind = custom_model_development`, so the MLflow 3 UI opens them
+in its model-training view. A stage run finds and marks KILLED the runs of the same stage and category
+that an interrupted earlier attempt left RUNNING. `connect` refuses a store it cannot write (one line
+naming it) before any compute.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
+import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,14 @@ NETWORK_SUFFIX = "-network"
 RUN_INFO_FILE = "mlflow_run.json"
 HEALTH_TIMEOUT_S = 5
 MAX_PARAM_LENGTH = 6000
+# MLflow 3's UI reads this experiment tag to choose its view (model training vs GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Files `dvc repro` rewrites in any folder: not "uncommitted changes" to code or parameters.
+DVC_WRITTEN_NAMES = frozenset({"dvc.lock", ".gitignore"})
+DVC_YAML = "dvc.yaml"
+# Tag set on a model version whose creating run was found RUNNING after an interrupted attempt.
+KILLED_RUN_TAG = "source_run_killed"
 
 
 def tracking_uri() -> str:
@@ -47,8 +62,91 @@ def network_model_name(category: str) -> str:
     return f"{MODEL_NAME_PREFIX}-{category}{NETWORK_SUFFIX}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI (relative to the working directory), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _read_only(uri: str, path: Path | None, why: str, fix: str = "") -> TrackingError:
+    where = f"{path.absolute()}: {why}" if path is not None else why
+    fix = fix or ("chown/chmod the file and its folder" if path is not None else "ask for write access")
+    return TrackingError(
+        f"MLflow tracking store {uri} cannot be written ({where}); make it writable for this user "
+        f"({fix}) or set MLFLOW_TRACKING_URI to a writable store, e.g. sqlite:////<writable folder>/mlflow.db"
+    )
+
+
+def check_writable(uri: str) -> None:
+    """Refuse a SQLite store this process cannot write: its file (or, before it exists, its folder) must
+    be writable, and a write transaction must start. Other URIs are checked by their first write."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise _read_only(uri, folder, "not an existing folder", "create the folder")
+    for target in (path, folder) if path.exists() else (folder,):
+        if not os.access(target, os.W_OK):
+            raise _read_only(uri, target, "no write permission")
+    if not path.exists():
+        return
+    try:  # os.access says yes to root, and knows nothing of read-only mounts or broken files: try a write
+        con = sqlite3.connect(path, timeout=HEALTH_TIMEOUT_S, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        if "locked" not in str(err) and "busy" not in str(err):  # another writer: not our problem
+            raise _read_only(uri, path, str(err)) from err
+
+
+def store_error(uri: str, err: BaseException) -> TrackingError:
+    """One line for a failing store call: read-only stores get the fix, others the first line of `err`."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    if "readonly" in first.lower() or "read-only" in first.lower():
+        return _read_only(uri, sqlite_path(uri), first)
+    return TrackingError(f"MLflow tracking store {uri} cannot be used: {first}")
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment `name`, created or tagged as a model-training experiment for the MLflow 3 UI
+    (an existing `mlflow.experimentKind` is left as it is: someone chose it)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as err:
+            experiment = client.get_experiment_by_name(name)  # created meanwhile by another process?
+            if experiment is None:
+                raise err from None
+    if experiment.lifecycle_stage == "active" and EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def _use_experiment(uri: str, name: str) -> str:
+    import mlflow
+
+    try:
+        experiment_id = ensure_experiment(name)
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except Exception as err:  # noqa: BLE001 - any store failure is reported with its URI, on one line
+        raise store_error(uri, err) from err
+    return experiment_id
+
+
 def connect() -> str:
-    """Point MLflow at the tracking URI and check it answers; raises TrackingError naming the URI."""
+    """Point MLflow at the tracking URI and check it answers and can be written; raises TrackingError
+    (one line naming the URI and what to do) otherwise."""
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HEALTH_TIMEOUT_S))
@@ -61,33 +159,87 @@ def connect() -> str:
                 f"MLflow tracking server {uri} is unreachable ({err}); start it (mlflow server ...) "
                 f"or unset MLFLOW_TRACKING_URI to use the local store {DEFAULT_TRACKING_URI}"
             ) from err
+    check_writable(uri)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    try:
-        mlflow.set_experiment(EXPERIMENT)
-    except Exception as err:  # noqa: BLE001 - any store failure is reported with its URI
-        raise TrackingError(f"MLflow tracking store {uri} cannot be used: {err}") from err
+    _use_experiment(uri, EXPERIMENT)
     return uri
 
 
-def git_commit() -> tuple[str, bool]:
-    """(HEAD commit or "unknown", whether the work tree has uncommitted changes)."""
+def dvc_uncached_outs(dvc_yaml: Path) -> list[str]:
+    """Outputs dvc.yaml declares with `cache: false` (committed to git, rewritten by `dvc repro`).
+
+    A templated path (`foreach` stages: `reports/${item}.json`) becomes the prefix before `${` plus `*`.
+    Returns [] when dvc.yaml is missing or unreadable.
+    """
+    import yaml
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            ).stdout.strip()
-        )
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    found: list[str] = []
+    for stage in stages.values():
+        if not isinstance(stage, dict):
+            continue
+        body = stage.get("do", stage) if isinstance(stage.get("do"), dict) else stage
+        for key in ("outs", "metrics", "plots"):
+            for entry in body.get(key) or []:
+                if not isinstance(entry, dict):
+                    continue  # a bare path is cached
+                for path, options in entry.items():
+                    if isinstance(options, dict) and options.get("cache") is False:
+                        path = str(path)
+                        if "${" in path:
+                            path = path[: path.index("${")] + "*"
+                        if path != "*":
+                            found.append(path)
+    return found
+
+
+def is_dvc_written(path: str, uncached_outs: Sequence[str]) -> bool:
+    """Whether git path `path` is one `dvc repro` rewrites: dvc.lock, a .gitignore, a `cache: false` out."""
+    if Path(path).name in DVC_WRITTEN_NAMES:
+        return True
+    for out in uncached_outs:
+        if out.endswith("*"):
+            if path.startswith(out[:-1]):
+                return True
+        elif path == out or path.startswith(out.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _git(args: Sequence[str], cwd: Path | None) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, timeout=10, cwd=cwd
+    ).stdout
+
+
+def changed_files(cwd: Path | None = None) -> list[str]:
+    """Tracked files with uncommitted changes (staged or not), relative to the repository root."""
+    fields = _git(["status", "--porcelain", "-z", "--untracked-files=no"], cwd).split("\0")
+    paths: list[str] = []
+    it = iter(fields)
+    for field in it:
+        if len(field) < 4:
+            continue
+        paths.append(field[3:])
+        if "R" in field[:2] or "C" in field[:2]:
+            paths.append(next(it, ""))  # the rename's or copy's source follows
+    return [p for p in paths if p]
+
+
+def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
+    """(HEAD commit or "unknown", whether tracked files differ from it beyond what `dvc repro` rewrites:
+    dvc.lock, .gitignore files and the `cache: false` outputs of dvc.yaml)."""
+    try:
+        commit, root = _git(["rev-parse", "HEAD", "--show-toplevel"], cwd).splitlines()
+        uncached = dvc_uncached_outs(Path(root) / DVC_YAML)
+        dirty = any(not is_dvc_written(p, uncached) for p in changed_files(cwd))
         return commit, dirty
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return "unknown", False
 
 
@@ -107,7 +259,8 @@ def stage_run(
     import mlflow
 
     commit, dirty = git_commit()
-    mlflow.set_experiment(experiment)
+    experiment_id = _use_experiment(mlflow.get_tracking_uri(), experiment)
+    end_interrupted_runs(experiment_id, stage, category)
     name = f"{stage}@{category}" if category else stage
     all_tags = {
         "stage": stage,
@@ -121,6 +274,60 @@ def stage_run(
         if params:
             mlflow.log_params(_clean_params(params))
         yield run
+
+
+def end_interrupted_runs(experiment_id: str, stage: str, category: str | None) -> list[str]:
+    """Mark KILLED the runs of `stage` and `category` (None: runs without a category) in the experiment
+    that are still RUNNING: an earlier attempt was killed before it could end them. Their logged models
+    still PENDING are marked FAILED; model versions they registered get the tag `source_run_killed`
+    (the registry keeps them; a version still in PENDING_REGISTRATION is finished by the registry itself).
+    Returns the run ids marked KILLED. Other stages' and categories' runs are left alone.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    active = mlflow.active_run()
+    active_id = active.info.run_id if active is not None else None
+    query = f"attributes.status = 'RUNNING' and tags.stage = '{stage}'"
+    if category:
+        query += f" and tags.category = '{category}'"
+    stale = [
+        run
+        for run in client.search_runs([experiment_id], query, max_results=1000)
+        if run.data.tags.get("category") == category and run.info.run_id != active_id
+    ]
+    killed: list[str] = []
+    for run in stale:
+        run_id = run.info.run_id
+        try:
+            _close_models_of(client, experiment_id, run_id)
+        except MlflowException as err:
+            print(f"{stage}: note: models of interrupted run {run_id}: {err.message}", file=sys.stderr)
+        try:
+            client.set_terminated(run_id, "KILLED")
+        except MlflowException as err:
+            print(f"{stage}: note: could not end interrupted run {run_id}: {err.message}", file=sys.stderr)
+            continue
+        killed.append(run_id)
+    if killed:
+        print(
+            f"{stage}: marked {len(killed)} run(s) left RUNNING by an interrupted attempt as KILLED: "
+            f"{', '.join(killed)}",
+            file=sys.stderr,
+        )
+    return killed
+
+
+def _close_models_of(client: Any, experiment_id: str, run_id: str) -> None:
+    """Logged models of an interrupted run still PENDING: FAILED; its model versions: tagged."""
+    # (a `status` filter does not match on SQLite stores: compare here)
+    for model in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'"):
+        if str(model.status) == "PENDING":
+            client.finalize_logged_model(model.model_id, "FAILED")
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.set_model_version_tag(version.name, version.version, KILLED_RUN_TAG, "true")
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,11 +140,17 @@ def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
             "--no-progress",
         ]
     )
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 1
     assert "broken.png" in err and "missing.png" in err
     rows = read_csv(out / "predictions.csv")
     assert len(rows) == len(store.image_paths)
+    n_defective = sum(row["verdict"] == "defective" for row in rows.values())
+    assert captured.out.splitlines()[-1] == (
+        f"scored {len(rows)} images: {n_defective} defective, 2 unreadable; "
+        f"CSV: {out / 'predictions.csv'}; overlays: {out}/"
+    )
     for p in store.image_paths:
         row = rows[str(folder / f"{p.parent.name}_{p.name}")]
         assert float(row["score"]) == pytest.approx(store.pipeline_scores[str(p)], rel=1e-6)
@@ -165,9 +173,66 @@ def test_predict_cli_local_model_dir_and_stdout(
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "model"))
     image = store.image_paths[0]
     assert cli.main(["predict", str(image), "--model", local, "--no-progress"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 2  # the CSV only: the summary goes to stderr
     assert lines[0] == "path,score,verdict,threshold,anomaly_percentage"
     assert float(lines[1].split(",")[1]) == pytest.approx(store.pipeline_scores[str(image)], rel=1e-6)
+    assert captured.err.strip().splitlines()[-1].startswith("scored 1 image: ")
+    assert captured.err.strip().endswith("unreadable; CSV: stdout; overlays: none (use --out DIR)")
+
+
+def test_predict_never_creates_a_store(
+    store: ServiceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Default URI sqlite:///mlflow.db in a folder without one: one line saying what to do, no file."""
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "model"))
+    capsys.readouterr()  # the download's progress bar
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    image = str(store.image_paths[0])
+    assert cli.main(["predict", image, "--model", f"models:/{NAME}/1", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err
+    assert err.startswith("anomaly-spotter predict: error: no MLflow tracking store at sqlite:///mlflow.db")
+    assert f"({empty / 'mlflow.db'} does not exist)" in err
+    assert "MLFLOW_TRACKING_URI=sqlite:////" in err and "--model" in err
+    assert not (empty / "mlflow.db").exists()
+    assert mlflow.get_tracking_uri() == store.uri  # untouched
+
+    # a local model folder needs no store, and creates none
+    assert cli.main(["predict", image, "--model", local, "--no-progress"]) == 0
+    assert "scored 1 image" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+    assert cli.main(["promote", "--category", CATEGORY]) == 1
+    assert "no MLflow tracking store at sqlite:///mlflow.db" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+
+def test_predict_emits_no_warnings(store: ServiceStore, tmp_path: Path) -> None:
+    """`anomaly-spotter predict` as a user runs it (default warning filters): stderr holds no warning."""
+    out = tmp_path / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("PYTHONWARNINGS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_spotter.cli", "predict", *map(str, store.image_paths[:2])]
+        + ["--model", f"models:/{NAME}/1", "--out", str(out), "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("scored 2 images: ")
 
 
 def test_predict_cli_bad_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,14 @@ Categories (every image is RGB; good images vary in pose, lighting and noise):
 - ``label``: a printed label (colour band, knocked-out name, two text lines, barcode, icon) on a dark
   surface; the label's pose, the print's registration and the ink density vary.
   Defects: ``misprint`` (missing, faded or doubled print), ``scratch`` (scuff line), ``stain`` (blotch).
+- ``board``: an assembled circuit board (chip, resistor, capacitor, three LEDs, pads, silkscreen,
+  traces) on a dark surface; the board's pose, each part's placement within its tolerance, light and
+  noise vary. Its defects are structural, the kind a patch-local detector finds hard: ``missing`` (a
+  part absent, its pads showing), ``misplaced`` (a part shifted off its footprint or rotated beyond the
+  tolerance, a capacitor turned against its polarity mark), ``count`` (a pin missing from the chip, or
+  a chip variant with one pin more or fewer per row) and ``color`` (two LEDs swapped, two resistor
+  bands swapped, or a capacitor of another sleeve colour): every colour and shape in a defect image
+  also occurs on good boards, only not there.
 
 Defect size and contrast are drawn stratified over a severity in (0, 1), so every defect type ranges
 from small, faint ones to large, obvious ones. Masks are pixel-exact: a mask pixel is 255 exactly where

@@ -69,9 +69,10 @@ class PatchCoreDetector(Detector):
         k-center on a seeded random projection to `projection_dim` dimensions, in two steps: each
         image's patches are pre-selected to pool_ratio of them as they stream in, then the bank is
         selected from that pool. `val_images` (good images
-        held out from the banks) give each member's location and scale: the mean and standard deviation
-        of their image scores (max of the smoothed map). An ensemble needs them; a single member
-        without them keeps raw distances.
+        held out from the banks) give each member's border correction (`PatchCore.set_border_baseline`)
+        and its location and scale: the mean and standard deviation of their image scores (max of the
+        smoothed, corrected map). An ensemble needs them; a single member without them keeps raw
+        distances.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
         n_members = len(self.config.members)
@@ -92,6 +93,9 @@ class PatchCoreDetector(Detector):
                 del pool
             loc, scale = torch.zeros(n_members), torch.ones(n_members)
             if val_images is not None and len(val_images) >= 2:
+                model.set_border_baseline(
+                    torch.cat([model.member_grids(x) for x in self._batches(val_images)], 1)
+                )
                 maxima = np.concatenate(
                     [
                         self._smooth(model.member_maps(x).numpy()).max(axis=(2, 3))
@@ -180,6 +184,7 @@ class PatchCoreDetector(Detector):
         n_members = len(det.config.members)  # models saved before the ensemble have no normalisation
         weights.setdefault("norm_loc", torch.zeros(n_members))
         weights.setdefault("norm_scale", torch.ones(n_members))
+        weights.setdefault("border_baseline", torch.zeros(n_members, *model.grid_size))
         model.load_state_dict(weights, strict=True)
         det.model_ = model.eval()
         det.n_train_patches_ = int(state.get("n_train_patches", 0))

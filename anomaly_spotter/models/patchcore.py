@@ -53,6 +53,9 @@ class PatchCoreConfig:
         pool the bank is selected from; 1 selects from all patches (exact, quadratic in their number).
     projection_dim: random-projection size used only to select the coreset (0 = no projection).
     sigma: Gaussian smoothing of the maps, in pixels of the output map.
+    border_cells: width, in patch-grid cells, of the frame along the image border where each member's
+        excess distance on validation good images (over the interior's median) is subtracted: patches at
+        the border see the backbone's padding, so on textures they score high on every image (0 = off).
     patch_kernel: neighbourhood of the local average pooling of each feature map.
     feature_stride: stride of the patch grid w.r.t. the resized input (8: a 40 x 40 grid at 320 px).
     embed_dim: channels of each member's patch embedding after adaptive average pooling over channels
@@ -68,6 +71,7 @@ class PatchCoreConfig:
     pool_ratio: float = 0.1
     projection_dim: int = 128
     sigma: float = 6.0
+    border_cells: int = 3
     patch_kernel: int = 3
     feature_stride: int = 8
     embed_dim: int = 0
@@ -95,7 +99,7 @@ class PatchCoreConfig:
             raise ConfigError(f"patchcore.input_size={self.input_size} is too small; use at least 32")
         if self.patch_kernel < 1 or self.patch_kernel % 2 == 0:
             raise ConfigError(f"patchcore.patch_kernel={self.patch_kernel} must be odd and >= 1, e.g. 3")
-        for name in ("projection_dim", "embed_dim"):
+        for name in ("projection_dim", "embed_dim", "border_cells"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"patchcore.{name} must be >= 0")
         if self.sigma < 0:
@@ -205,6 +209,13 @@ class PatchCore(nn.Module):
             self.register_buffer(f"{BANK_KEY}_{k}", torch.empty(0, dim))
         self.register_buffer("norm_loc", torch.zeros(len(self.config.members)))
         self.register_buffer("norm_scale", torch.ones(len(self.config.members)))
+        self.register_buffer("border_baseline", torch.zeros(len(self.config.members), *self.grid_size))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) of the patch grid: ceil(input_size / feature_stride) each."""
+        side = math.ceil(self.config.input_size / self.config.feature_stride)
+        return side, side
 
     @property
     def embedding_dims(self) -> list[int]:
@@ -233,6 +244,21 @@ class PatchCore(nn.Module):
         if bank.ndim != 2 or bank.shape[1] != dim:
             raise ValueError(f"memory bank {k} must be (M, {dim}), got {tuple(bank.shape)}")
         setattr(self, f"{BANK_KEY}_{k}", bank.detach().float().contiguous())
+
+    def set_border_baseline(self, grids: torch.Tensor) -> None:
+        """Set each member's border correction from its distance grids on good images `(K, N, h, w)`.
+
+        The mean grid's excess over its interior median, kept on the `border_cells` frame only (zero
+        inside, never negative), is what `member_maps` subtracts.
+        """
+        cells = self.config.border_cells
+        baseline = torch.zeros(grids.shape[0], *grids.shape[2:])
+        if cells > 0 and min(grids.shape[2:]) > 2 * cells:
+            mean = grids.mean(1)
+            interior = mean[:, cells:-cells, cells:-cells].reshape(len(mean), -1).median(1).values
+            baseline = (mean - interior[:, None, None]).clamp_min(0.0)
+            baseline[:, cells:-cells, cells:-cells] = 0.0
+        self.border_baseline = baseline.float()
 
     def set_normalization(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Per-member standardisation `(K,)`, `(K,)` applied by `forward`; scales must be > 0."""
@@ -277,14 +303,20 @@ class PatchCore(nn.Module):
         """Patch embeddings `(N, D, h, w)` -> one row per patch `(N*h*w, D)`, image-major, row-major."""
         return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
 
-    def member_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's nearest-bank distances, upsampled to the input: `(K, N, H, W)`, not normalised."""
-        maps = []
+    def member_grids(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's nearest-bank distance per patch: `(K, N, h, w)`, no border correction."""
+        grids = []
         for emb, bank in zip(self.embed(x), self.banks(), strict=True):
             n, _, h, w = emb.shape
             dist, _ = nearest_neighbours(self.flatten(emb), bank)
-            maps.append(upsample(dist.reshape(n, h, w), x.shape[-2:]))
-        return torch.stack(maps)
+            grids.append(dist.reshape(n, h, w))
+        return torch.stack(grids)
+
+    def member_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's border-corrected distances upsampled to the input: `(K, N, H, W)`, not
+        standardised."""
+        grids = self.member_grids(x) - self.border_baseline[:, None]
+        return upsample(grids.flatten(0, 1), x.shape[-2:]).reshape(*grids.shape[:2], *x.shape[-2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution: the members' standardised mean."""

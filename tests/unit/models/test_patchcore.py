@@ -235,3 +235,29 @@ def test_a_single_bank_model_saved_by_the_previous_version_still_loads(
     np.testing.assert_array_equal(
         PatchCoreDetector.from_state(old).anomaly_maps(test_images), fitted.anomaly_maps(test_images)
     )
+
+
+def test_border_baseline_is_the_frames_excess_over_the_interior() -> None:
+    model = PatchCore(dataclasses.replace(CONFIG, border_cells=2))
+    h, w = model.grid_size
+    assert (h, w) == (8, 8)
+    grids = torch.full((1, 4, h, w), 1.0)
+    grids[..., :2, :] += 0.5  # a hot top frame, as padding makes on textures
+    grids[..., 3, 3] = 5.0  # an interior hot spot is not the border's business
+    grids[..., 7, 0] = 0.2  # a frame cell below the interior median is left alone
+    model.set_border_baseline(grids)
+    expected = torch.zeros(1, h, w)
+    expected[0, :2, :] = 0.5
+    torch.testing.assert_close(model.border_baseline, expected)
+    off = PatchCore(dataclasses.replace(CONFIG, border_cells=0))
+    off.set_border_baseline(grids)
+    assert not off.border_baseline.any()
+
+
+def test_the_ensemble_learns_the_border_correction_from_validation_images(
+    ensemble: PatchCoreDetector,
+) -> None:
+    baseline = ensemble.model_.border_baseline
+    cells = ENSEMBLE.border_cells
+    assert baseline.shape == (2, 8, 8) and (baseline >= 0).all()
+    assert not baseline[:, cells:-cells, cells:-cells].any()

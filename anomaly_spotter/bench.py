@@ -14,7 +14,9 @@ RSS) is its own. Metrics are on the category's test split; nothing is tuned on i
 for each category, the variant with the best mean image AUROC over the *other* categories (ties: the
 best worst case) is picked, and its score on the held-out category is reported, so no category's
 number comes from a choice that looked at it. `--cache FILE` keeps finished (variant, category) rows
-in a JSON-lines file, so an interrupted or extended run recomputes only what is new.
+in a JSON-lines file, so an interrupted or extended run recomputes only what is new (a row is keyed
+by the variant, the category, the data and the params file, not by the code: start a new cache file
+after changing the code).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"bench: variant option {item!r} in {spec!r} is not key=value")
-        options[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        options[key] = value.strip() if key == "label" else yaml.safe_load(value)
     return name, options
 
 

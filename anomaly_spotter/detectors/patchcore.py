@@ -16,6 +16,8 @@ from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.models.backbone import load_pretrained_backbone
 from anomaly_spotter.models.base import Detector
 from anomaly_spotter.models.patchcore import (
+    AUGMENTS,
+    BORDER_KEY,
     PatchCore,
     PatchCoreConfig,
     coreset_size,
@@ -31,7 +33,7 @@ class PatchCoreDetector(Detector):
     memory-bank patch, bilinearly upsampled to the image size, standardised by the member's validation
     statistics, averaged over members and Gaussian-smoothed (`config.sigma`, scipy reflect border, as
     `anomaly_map.gaussian_smooth`). Fitted state: `model_` (the `PatchCore` module, banks included)
-    and `n_train_patches_` (per member).
+    and `n_train_patches_` (training patches per member).
     """
 
     kind = "patchcore"
@@ -62,6 +64,14 @@ class PatchCoreDetector(Detector):
         for start in range(0, len(images), step):
             yield torch.from_numpy(to_tensor_normalized(images[start : start + step]))
 
+    def _augmented_batches(self, images: np.ndarray) -> Iterator[torch.Tensor]:
+        """`_batches` of the images and of their copies per `config.augment` (turned and/or mirrored)."""
+        for quarter_turns, mirror in AUGMENTS[self.config.augment]:
+            copies = np.rot90(np.asarray(images), quarter_turns, axes=(1, 2))
+            if mirror:
+                copies = copies[:, :, ::-1]
+            yield from self._batches(np.ascontiguousarray(copies))
+
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
         """Build the memory banks from good images `(N, H, W, 3)` uint8 and standardise the members.
 
@@ -79,23 +89,23 @@ class PatchCoreDetector(Detector):
         projections = [self._projection(dim) for dim in model.embedding_dims]
         with torch.inference_mode():
             pools: list[list[torch.Tensor]] = [[] for _ in range(n_members)]
-            n_patches = 0
-            for x in self._batches(train_images):
+            n_patches = [0] * n_members
+            for x in self._augmented_batches(train_images):
                 for k, emb in enumerate(model.embed(x)):
                     per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
                     pools[k].append(self._preselect(per_image, projections[k]))
-                n_patches += emb.shape[0] * emb.shape[2] * emb.shape[3]
+                    n_patches[k] += per_image.shape[0] * per_image.shape[1]
             for k in range(n_members):
                 pool = torch.cat(pools[k])
                 pools[k] = []
-                bank_size = coreset_size(n_patches, self.config.coreset_ratio)
+                bank_size = coreset_size(n_patches[k], self.config.coreset_ratio)
                 model.set_memory_bank(k, self._coreset(pool, bank_size, projections[k]))
                 del pool
             loc, scale = torch.zeros(n_members), torch.ones(n_members)
             if val_images is not None and len(val_images) >= 2:
-                model.set_border_baseline(
-                    torch.cat([model.member_grids(x) for x in self._batches(val_images)], 1)
-                )
+                per_batch = [model.member_grids(x) for x in self._batches(val_images)]
+                for k in range(n_members):
+                    model.set_border_baseline(k, torch.cat([grids[k] for grids in per_batch]))
                 maxima = np.concatenate(
                     [
                         self._smooth(model.member_maps(x).numpy()).max(axis=(2, 3))
@@ -184,8 +194,10 @@ class PatchCoreDetector(Detector):
         n_members = len(det.config.members)  # models saved before the ensemble have no normalisation
         weights.setdefault("norm_loc", torch.zeros(n_members))
         weights.setdefault("norm_scale", torch.ones(n_members))
-        weights.setdefault("border_baseline", torch.zeros(n_members, *model.grid_size))
+        for k in range(n_members):
+            weights.setdefault(f"{BORDER_KEY}_{k}", torch.zeros(model.grid_size(k)))
         model.load_state_dict(weights, strict=True)
         det.model_ = model.eval()
-        det.n_train_patches_ = int(state.get("n_train_patches", 0))
+        saved = state.get("n_train_patches", 0)  # one number per member (one int before the ensemble)
+        det.n_train_patches_ = [int(n) for n in saved] if isinstance(saved, list) else [int(saved)]
         return det

@@ -36,6 +36,14 @@ from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.models.backbone import EfficientNetLite, EfficientNetLiteConfig
 
 BANK_KEY = "memory_bank"
+BORDER_KEY = "border_baseline"
+# training-image copies per `augment` option: (quarter turns, mirror left-right) of each copy
+AUGMENTS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flip": ((0, False), (0, True), (2, True)),  # (2, True) = mirrored up-down
+    "rot90": ((0, False), (1, False), (2, False), (3, False)),
+    "dihedral": tuple((k, m) for m in (False, True) for k in range(4)),
+}
 CHUNK_BYTES = 64 * 2**20  # bound on the query x bank distance block in nearest-neighbour search
 
 
@@ -47,6 +55,9 @@ class PatchCoreConfig:
         concatenated; 2 is stride 4, 3 stride 8, 4-5 stride 16, 6 stride 32). All members share one
         backbone pass; each member's map is standardised by its validation good images' scores before
         the maps are averaged. `[[3]]` is plain single-bank PatchCore, the fastest.
+    augment: copies of the training images added to the memory banks, for parts whose orientation
+        varies: `none`, `flip` (mirrored left-right and up-down), `rot90` (turned by 90, 180, 270
+        degrees) or `dihedral` (all 8 turns and mirrors). Fitting takes 3, 4 or 8 times longer.
     input_size: images are resized (bilinear, antialiased) to this square size before the backbone.
     coreset_ratio: fraction of all training patches kept in each memory bank (k-center greedy).
     pool_ratio: fraction of each image's patches pre-selected (k-center greedy, image by image) into the
@@ -57,7 +68,9 @@ class PatchCoreConfig:
         excess distance on validation good images (over the interior's median) is subtracted: patches at
         the border see the backbone's padding, so on textures they score high on every image (0 = off).
     patch_kernel: neighbourhood of the local average pooling of each feature map.
-    feature_stride: stride of the patch grid w.r.t. the resized input (8: a 40 x 40 grid at 320 px).
+    feature_stride: finest stride of a patch grid w.r.t. the resized input (8: a 40 x 40 grid at 320 px);
+        a member's grid has the stride of its deepest stage if that is coarser ([3, 5]: 16, 20 x 20),
+        which costs it little accuracy and 16 times less nearest-neighbour search.
     embed_dim: channels of each member's patch embedding after adaptive average pooling over channels
         (0 = keep the concatenated channels as they are).
     batch_size: images per backbone forward pass.
@@ -66,6 +79,7 @@ class PatchCoreConfig:
 
     backbone: str = "efficientnet_lite0"
     members: tuple[tuple[int, ...], ...] = ((3,), (2, 3), (3, 5))
+    augment: str = "none"
     input_size: int = 320
     coreset_ratio: float = 0.01
     pool_ratio: float = 0.1
@@ -89,6 +103,8 @@ class PatchCoreConfig:
             raise ConfigError("patchcore.members needs at least one non-empty stage set, e.g. [[3]]")
         if len(set(self.members)) != len(self.members):
             raise ConfigError(f"patchcore.members has a stage set twice: {[list(m) for m in self.members]}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"patchcore.augment={self.augment!r}; use one of {', '.join(AUGMENTS)}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"patchcore.coreset_ratio={self.coreset_ratio} must be in (0, 1]")
         if not self.coreset_ratio <= self.pool_ratio <= 1.0:
@@ -209,13 +225,22 @@ class PatchCore(nn.Module):
             self.register_buffer(f"{BANK_KEY}_{k}", torch.empty(0, dim))
         self.register_buffer("norm_loc", torch.zeros(len(self.config.members)))
         self.register_buffer("norm_scale", torch.ones(len(self.config.members)))
-        self.register_buffer("border_baseline", torch.zeros(len(self.config.members), *self.grid_size))
+        for k in range(len(self.member_blocks)):
+            self.register_buffer(f"{BORDER_KEY}_{k}", torch.zeros(self.grid_size(k)))
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """(h, w) of the patch grid: ceil(input_size / feature_stride) each."""
-        side = math.ceil(self.config.input_size / self.config.feature_stride)
+    def member_stride(self, k: int) -> int:
+        """Stride of member `k`'s patch grid: its deepest stage's, and at least `feature_stride`."""
+        deepest = max(self.backbone.block_strides[i] for i in self.member_blocks[k])
+        return max(self.config.feature_stride, deepest)
+
+    def grid_size(self, k: int) -> tuple[int, int]:
+        """(h, w) of member `k`'s patch grid: ceil(input_size / member_stride(k)) each."""
+        side = math.ceil(self.config.input_size / self.member_stride(k))
         return side, side
+
+    def border_baselines(self) -> list[torch.Tensor]:
+        """The members' border corrections `[(h_k, w_k)]`, subtracted from their distance grids."""
+        return [getattr(self, f"{BORDER_KEY}_{k}") for k in range(len(self.member_blocks))]
 
     @property
     def embedding_dims(self) -> list[int]:
@@ -245,20 +270,21 @@ class PatchCore(nn.Module):
             raise ValueError(f"memory bank {k} must be (M, {dim}), got {tuple(bank.shape)}")
         setattr(self, f"{BANK_KEY}_{k}", bank.detach().float().contiguous())
 
-    def set_border_baseline(self, grids: torch.Tensor) -> None:
-        """Set each member's border correction from its distance grids on good images `(K, N, h, w)`.
+    def set_border_baseline(self, k: int, grids: torch.Tensor) -> None:
+        """Set member `k`'s border correction from its distance grids on good images `(N, h, w)`.
 
-        The mean grid's excess over its interior median, kept on the `border_cells` frame only (zero
-        inside, never negative), is what `member_maps` subtracts.
+        The mean grid's excess over its interior median, kept on a frame of `border_cells` cells of
+        `feature_stride` (fewer, coarser cells on a coarser grid) and zero inside, never negative, is
+        what `member_maps` subtracts.
         """
-        cells = self.config.border_cells
-        baseline = torch.zeros(grids.shape[0], *grids.shape[2:])
-        if cells > 0 and min(grids.shape[2:]) > 2 * cells:
-            mean = grids.mean(1)
-            interior = mean[:, cells:-cells, cells:-cells].reshape(len(mean), -1).median(1).values
-            baseline = (mean - interior[:, None, None]).clamp_min(0.0)
-            baseline[:, cells:-cells, cells:-cells] = 0.0
-        self.border_baseline = baseline.float()
+        cells = math.ceil(self.config.border_cells * self.config.feature_stride / self.member_stride(k))
+        baseline = torch.zeros(grids.shape[1:])
+        if cells > 0 and min(grids.shape[1:]) > 2 * cells:
+            mean = grids.mean(0)
+            interior = mean[cells:-cells, cells:-cells].median()
+            baseline = (mean - interior).clamp_min(0.0)
+            baseline[cells:-cells, cells:-cells] = 0.0
+        setattr(self, f"{BORDER_KEY}_{k}", baseline.float())
 
     def set_normalization(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Per-member standardisation `(K,)`, `(K,)` applied by `forward`; scales must be > 0."""
@@ -268,28 +294,31 @@ class PatchCore(nn.Module):
         self.norm_scale = scale.detach().float().clone()
 
     def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Locally aware patch embeddings of each member: normalised `(N, 3, H, W)` -> `[(N, D_k, h, w)]`.
+        """Locally aware patch embeddings of each member: normalised `(N, 3, H, W)` -> `[(N, D_k, h_k, w_k)]`.
 
-        h = w = ceil(input_size / feature_stride); one backbone pass serves every member.
+        (h_k, w_k) = `grid_size(k)`; one backbone pass serves every member.
         """
         size = self.config.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         feats = self.backbone.forward_features(x, self.block_indices)
-        k = self.config.patch_kernel
-        grid = (math.ceil(size / self.config.feature_stride),) * 2
-        pooled = {}
-        for i, m in feats.items():
-            if k > 1:
-                m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
-            if m.shape[-2] > grid[0]:  # finer than the grid: average down
-                m = F.adaptive_avg_pool2d(m, grid)
-            elif m.shape[-2:] != grid:
-                m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-            pooled[i] = m
+        ksize = self.config.patch_kernel
+        if ksize > 1:
+            feats = {
+                i: F.avg_pool2d(m, ksize, stride=1, padding=ksize // 2, count_include_pad=False)
+                for i, m in feats.items()
+            }
         out = []
-        for blocks in self.member_blocks:
-            emb = torch.cat([pooled[i] for i in blocks], dim=1)
+        for k, blocks in enumerate(self.member_blocks):
+            grid = self.grid_size(k)
+            maps = []
+            for m in (feats[i] for i in blocks):
+                if m.shape[-2] > grid[0]:  # finer than the grid: average down
+                    m = F.adaptive_avg_pool2d(m, grid)
+                elif m.shape[-2:] != grid:
+                    m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+                maps.append(m)
+            emb = torch.cat(maps, dim=1)
             if self.config.embed_dim and self.config.embed_dim != emb.shape[1]:
                 n, c, h, w = emb.shape
                 flat = emb.permute(0, 2, 3, 1).reshape(-1, 1, c)
@@ -303,20 +332,20 @@ class PatchCore(nn.Module):
         """Patch embeddings `(N, D, h, w)` -> one row per patch `(N*h*w, D)`, image-major, row-major."""
         return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
 
-    def member_grids(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's nearest-bank distance per patch: `(K, N, h, w)`, no border correction."""
+    def member_grids(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's nearest-bank distance per patch: `[(N, h_k, w_k)]`, no border correction."""
         grids = []
         for emb, bank in zip(self.embed(x), self.banks(), strict=True):
             n, _, h, w = emb.shape
             dist, _ = nearest_neighbours(self.flatten(emb), bank)
             grids.append(dist.reshape(n, h, w))
-        return torch.stack(grids)
+        return grids
 
     def member_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Each member's border-corrected distances upsampled to the input: `(K, N, H, W)`, not
         standardised."""
-        grids = self.member_grids(x) - self.border_baseline[:, None]
-        return upsample(grids.flatten(0, 1), x.shape[-2:]).reshape(*grids.shape[:2], *x.shape[-2:])
+        grids = zip(self.member_grids(x), self.border_baselines(), strict=True)
+        return torch.stack([upsample(grid - baseline, x.shape[-2:]) for grid, baseline in grids])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution: the members' standardised mean."""

@@ -12,6 +12,9 @@ def test_variant_specs_parse_nested_lists() -> None:
     assert name == "patchcore"
     assert options == {"members": [[3], [2, 3]], "input_size": 256, "label": "two members"}
     assert parse_variant("unet_ae") == ("unet_ae", {})
+    assert parse_variant("patchcore:label=previous default: single [3]")[1] == {
+        "label": "previous default: single [3]"
+    }
     with pytest.raises(SystemExit, match="key=value"):
         parse_variant("patchcore:members")
 

@@ -23,9 +23,9 @@ from anomaly_spotter.models.patchcore import (
 SIZE = 64
 SQUARE = (slice(24, 40), slice(28, 44))  # rows, cols of the pasted defect
 CONFIG = PatchCoreConfig(
-    members=((3, 4),), input_size=SIZE, coreset_ratio=0.25, pool_ratio=0.5, projection_dim=32, sigma=2.0
+    members=((2, 3),), input_size=SIZE, coreset_ratio=0.25, pool_ratio=0.5, projection_dim=32, sigma=2.0
 )
-ENSEMBLE = dataclasses.replace(CONFIG, members=((3,), (3, 4)))
+ENSEMBLE = dataclasses.replace(CONFIG, members=((3,), (3, 5)))  # (3, 5): a stride-16 grid
 
 
 def good_images(n: int = 16, seed: int = 0) -> np.ndarray:
@@ -65,8 +65,8 @@ def test_images() -> np.ndarray:
 
 def test_bank_size_is_ceil_of_ratio_times_training_patches(fitted: PatchCoreDetector) -> None:
     n_patches = 16 * (SIZE // 8) ** 2  # finest stage (3) has stride 8
-    assert fitted.n_train_patches_ == n_patches
-    assert fitted.model_.memory_bank_0.shape == (math.ceil(0.25 * n_patches), 40 + 80)
+    assert fitted.n_train_patches_ == [n_patches]
+    assert fitted.model_.memory_bank_0.shape == (math.ceil(0.25 * n_patches), 24 + 40)
     assert coreset_size(1000, 0.1) == 100 and coreset_size(1001, 0.1) == 101 and coreset_size(3, 0.01) == 1
 
 
@@ -147,7 +147,7 @@ def test_pool_ratio_bounds_the_pool_and_a_full_pool_is_the_exact_coreset() -> No
     exact = PatchCoreDetector(dataclasses.replace(CONFIG, pool_ratio=1.0)).fit(images)
     pooled = PatchCoreDetector(CONFIG).fit(images)
     n_patches = 6 * (SIZE // 8) ** 2
-    assert exact.n_train_patches_ == pooled.n_train_patches_ == n_patches
+    assert exact.n_train_patches_ == pooled.n_train_patches_ == [n_patches]
     bank = math.ceil(0.25 * n_patches)
     assert exact.model_.memory_bank_0.shape[0] == pooled.model_.memory_bank_0.shape[0] == bank
     # the exact bank is k-center greedy over all patches, as selected by hand here
@@ -162,7 +162,7 @@ def test_pool_ratio_bounds_the_pool_and_a_full_pool_is_the_exact_coreset() -> No
 
 def test_loading_a_state_dict_resizes_the_empty_bank(fitted: PatchCoreDetector) -> None:
     fresh = PatchCore(CONFIG)
-    assert fresh.memory_bank_0.shape == (0, 120)
+    assert fresh.memory_bank_0.shape == (0, 64)
     fresh.load_state_dict(fitted.model_.state_dict())
     assert torch.equal(fresh.memory_bank_0, fitted.model_.memory_bank_0)
 
@@ -192,7 +192,8 @@ def test_members_must_be_a_list_of_stage_sets() -> None:
 
 def test_ensemble_members_are_standardised_on_validation_images(ensemble: PatchCoreDetector) -> None:
     model = ensemble.model_
-    assert [b.shape[1] for b in model.banks()] == [40, 40 + 80]
+    assert [b.shape[1] for b in model.banks()] == [40, 40 + 112]
+    assert [model.grid_size(k) for k in range(2)] == [(8, 8), (4, 4)]
     # each member's validation maxima have mean 0 and std 1 after standardisation
     val = good_images(6, seed=5)
     with torch.inference_mode():
@@ -225,13 +226,14 @@ def test_a_single_bank_model_saved_by_the_previous_version_still_loads(
 ) -> None:
     state = fitted.state()
     old_config = {k: v for k, v in state["config"].items() if k != "members"}
-    old_config.update(stages=[3, 4], num_neighbours=9)
+    old_config.update(stages=[2, 3], num_neighbours=9)
     old_dict = {("memory_bank" if k == "memory_bank_0" else k): v for k, v in state["state_dict"].items()}
-    old_dict = {k: v for k, v in old_dict.items() if not k.startswith("norm_")}
+    old_dict = {k: v for k, v in old_dict.items() if not k.startswith(("norm_", "border_"))}
     old = {**state, "config": old_config, "state_dict": old_dict}
     model = PatchCore(PatchCoreConfig.from_saved(old_config))
     missing = model.load_state_dict(old_dict, strict=False)
-    assert set(missing.missing_keys) == {"norm_loc", "norm_scale"} and not missing.unexpected_keys
+    assert set(missing.missing_keys) == {"norm_loc", "norm_scale", "border_baseline_0"}
+    assert not missing.unexpected_keys
     np.testing.assert_array_equal(
         PatchCoreDetector.from_state(old).anomaly_maps(test_images), fitted.anomaly_maps(test_images)
     )
@@ -239,25 +241,36 @@ def test_a_single_bank_model_saved_by_the_previous_version_still_loads(
 
 def test_border_baseline_is_the_frames_excess_over_the_interior() -> None:
     model = PatchCore(dataclasses.replace(CONFIG, border_cells=2))
-    h, w = model.grid_size
+    h, w = model.grid_size(0)
     assert (h, w) == (8, 8)
-    grids = torch.full((1, 4, h, w), 1.0)
+    grids = torch.full((4, h, w), 1.0)
     grids[..., :2, :] += 0.5  # a hot top frame, as padding makes on textures
     grids[..., 3, 3] = 5.0  # an interior hot spot is not the border's business
     grids[..., 7, 0] = 0.2  # a frame cell below the interior median is left alone
-    model.set_border_baseline(grids)
-    expected = torch.zeros(1, h, w)
-    expected[0, :2, :] = 0.5
-    torch.testing.assert_close(model.border_baseline, expected)
+    model.set_border_baseline(0, grids)
+    expected = torch.zeros(h, w)
+    expected[:2, :] = 0.5
+    torch.testing.assert_close(model.border_baselines()[0], expected)
     off = PatchCore(dataclasses.replace(CONFIG, border_cells=0))
-    off.set_border_baseline(grids)
-    assert not off.border_baseline.any()
+    off.set_border_baseline(0, grids)
+    assert not off.border_baselines()[0].any()
 
 
 def test_the_ensemble_learns_the_border_correction_from_validation_images(
     ensemble: PatchCoreDetector,
 ) -> None:
-    baseline = ensemble.model_.border_baseline
-    cells = ENSEMBLE.border_cells
-    assert baseline.shape == (2, 8, 8) and (baseline >= 0).all()
-    assert not baseline[:, cells:-cells, cells:-cells].any()
+    fine, coarse = ensemble.model_.border_baselines()
+    cells = ENSEMBLE.border_cells  # 3 cells of stride 8 on the fine grid: 8 x 8 has a 2 x 2 interior
+    assert fine.shape == (8, 8) and (fine >= 0).all() and not fine[cells:-cells, cells:-cells].any()
+    assert coarse.shape == (4, 4) and not coarse.any()  # 2 cells of stride 16 leave no interior: off
+
+
+def test_rot90_augmentation_makes_turned_good_parts_normal() -> None:
+    images = good_images(6)
+    turned = np.ascontiguousarray(np.rot90(good_images(2, seed=9), 1, axes=(1, 2)))  # stripes the other way
+    plain = PatchCoreDetector(CONFIG).fit(images)
+    rotating = PatchCoreDetector(dataclasses.replace(CONFIG, augment="rot90")).fit(images)
+    assert rotating.n_train_patches_ == [4 * plain.n_train_patches_[0]]
+    assert rotating.anomaly_maps(turned).max() < 0.5 * plain.anomaly_maps(turned).max()
+    with pytest.raises(ConfigError, match="augment"):
+        PatchCoreConfig(augment="rot45")

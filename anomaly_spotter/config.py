@@ -1,11 +1,16 @@
 """Typed parameters, read from params.yaml and validated with errors that name the key.
 
 params.yaml has one section per stage (plus `seed`, `data` and `model`); each stage reads only
-its own sections, and `dvc.yaml` declares exactly those as the stage's params.
+its own sections, and `dvc.yaml` declares exactly those as the stage's params. `train` reads
+`model.name`, the active detector's section `model.<name>` and `train.num_threads`; the autoencoder's
+training loop lives in its own section, `model.unet_ae.training`, so changing it never refits PatchCore.
+In `Params` that sub-section is merged into `Params.train` (a `TrainParams`), and `model.unet_ae`
+holds the architecture keys only.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -20,12 +25,15 @@ from anomaly_spotter.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
 MODEL_NAMES = ("unet_ae", "patchcore")
+# The autoencoder's training loop: `model.unet_ae.training` in params.yaml, merged into Params.train.
+TRAINING_SECTION = "training"
+TRAINING_KEYS = ("batch_size", "lr", "betas", "max_epochs", "patience")
 
 
 @dataclass(frozen=True)
 class DataParams:
     root: str = "data/builtin"
-    categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label"])
+    categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label", "board"])
     image_size: int = 128
     val_fraction: float = 0.2
 
@@ -48,6 +56,10 @@ class BuiltinParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    """How `train` fits the detector: `num_threads` (params.yaml `train.num_threads`, both detectors)
+    and the U-Net autoencoder's training loop (params.yaml `model.unet_ae.training.*`; PatchCore has
+    no training loop and ignores them)."""
+
     batch_size: int = 32
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -57,7 +69,10 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ConfigError("train.batch_size, train.max_epochs and train.patience must be >= 1")
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}: batch_size, max_epochs and patience must be >= 1, got "
+                f"{self.batch_size}, {self.max_epochs}, {self.patience}"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,8 +188,65 @@ def _check_type(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
+def _merge_training_section(raw: dict[str, Any]) -> dict[str, Any]:
+    """Move `model.unet_ae.training` into the `train` mapping (a copy of `raw`), checking both keys sets."""
+    raw = copy.deepcopy(raw)
+    model = raw.get("model")
+    unet = model.get("unet_ae") if isinstance(model, dict) else None
+    training = unet.pop(TRAINING_SECTION, None) if isinstance(unet, dict) else None
+    train = raw.get("train")
+    if train is None:
+        train = raw["train"] = {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"train must be a mapping, got {type(train).__name__}")
+    misplaced = sorted(set(train) & set(TRAINING_KEYS))
+    if misplaced:
+        moved = ", ".join(f"model.unet_ae.{TRAINING_SECTION}.{k}" for k in misplaced)
+        raise ConfigError(
+            f"train.{misplaced[0]} is the autoencoder's training loop: move {misplaced} to {moved} "
+            f"(train holds num_threads only, read for both detectors)"
+        )
+    if training is None:
+        return raw
+    if not isinstance(training, dict):
+        raise ConfigError(
+            f"model.unet_ae.{TRAINING_SECTION} must be a mapping, got {type(training).__name__}"
+        )
+    unknown = sorted(set(training) - set(TRAINING_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in model.unet_ae.{TRAINING_SECTION}; "
+            f"valid keys: {sorted(TRAINING_KEYS)}"
+        )
+    train.update(training)
+    return raw
+
+
 def params_from_dict(raw: dict[str, Any]) -> Params:
-    return _build(Params, raw, "")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params must be a mapping, got {type(raw).__name__}")
+    return _build(Params, _merge_training_section(raw), "")
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    """`params` in params.yaml's layout (`model.unet_ae.training` back in place), e.g. for MLflow."""
+    raw = dataclasses.asdict(params)
+    raw["model"]["unet_ae"] = {
+        **raw["model"]["unet_ae"],
+        TRAINING_SECTION: {k: raw["train"].pop(k) for k in TRAINING_KEYS},
+    }
+    return raw
+
+
+def train_params_logged(params: Params) -> dict[str, Any]:
+    """What `train` reads, flat and named as in params.yaml: model.name, model.<active>.*, train.*."""
+    raw = params_to_dict(params)
+    name = params.model.name
+    return {
+        "model.name": name,
+        **flatten(raw["model"][name], f"model.{name}."),
+        **flatten(raw["train"], "train."),
+    }
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -192,7 +264,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a params dataclass/dict into `{"train.lr": 1e-4, ...}` for MLflow."""
+    """Flatten a params dataclass/dict into `{"thresholds.n_folds": 5, ...}` for MLflow."""
     raw = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params
     out: dict[str, Any] = {}
     for key, value in raw.items():

@@ -304,13 +304,17 @@ def _check_frame(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def summarize_category(
-    frame: pd.DataFrame, masks: np.ndarray | None, maps: np.ndarray | None
+    frame: pd.DataFrame,
+    masks: np.ndarray | None,
+    maps: np.ndarray | None,
+    aupro_fpr_limit: float = AUPRO_FPR_LIMIT,
 ) -> dict[str, float]:
     """Metrics of one category's test set.
 
     frame: one row per test image with columns label (0/1), defect_type (str, "good" for good), score.
     masks `(N, H, W)` bool and maps `(N, H, W)` float are aligned with the frame's rows; if either is
-    None the pixel metrics are nan. Returns image_auroc, pixel_auroc, aupro, f1_max (value only: its
+    None the pixel metrics are nan. `aupro_fpr_limit` is AUPRO's integration limit (params.yaml
+    `metrics.aupro_fpr_limit`). Returns image_auroc, pixel_auroc, aupro, f1_max (value only: its
     threshold is fitted on the test set), n_images and n_defective (ints), and `image_auroc.<type>` per
     defect type (that type's images vs all good images).
     """
@@ -328,7 +332,7 @@ def summarize_category(
                 f"({len(frame)}), in the same order"
             )
         out["pixel_auroc"] = pixel_auroc(masks, maps)
-        out["aupro"] = aupro(masks, maps)
+        out["aupro"] = aupro(masks, maps, fpr_limit=aupro_fpr_limit)
     out["f1_max"] = f1_max(labels, scores)[0]
     out["n_images"] = int(len(frame))
     out["n_defective"] = int(labels.sum())

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from anomaly_spotter.anomaly_map import image_scores, map_stats
-from anomaly_spotter.models.base import Detector
+
+if TYPE_CHECKING:  # annotations only: extract_metrics (load_maps) does not run detector code
+    from anomaly_spotter.models.base import Detector
 
 SCORES_FILE = "scores.csv"
 STATS_FILE = "stats.json"

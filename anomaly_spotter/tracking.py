@@ -2,7 +2,12 @@
 
 Every stage run lands in the experiment `anomaly-spotter`, named `<stage>@<category>` and tagged with
 `stage`, `category`, `git_commit` and, downstream of `train`, the registered model name and version it
-used. The model version in turn gets a tag `run.<stage>` per stage run that evaluated it, so the MLflow
+used. No run id is written into a DVC output (their hashes would change with every run): a stage finds
+the upstream run it used by MLflow search on `stage`, `category` and the md5 of the upstream output it
+read (`prepared_md5` of data/prepared/<c>, `model_md5` of models/<c>/model.pt), the newest FINISHED
+one. That also holds when DVC restores an output from its run cache without running the stage.
+
+The model version in turn gets a tag `run.<stage>` per stage run that evaluated it, so the MLflow
 UI leads from any model version to the runs of all six stages. `compute_thresholds` also writes one
 summary run per pipeline result into `anomaly-spotter-pipelines`, with every parameter and the headline
 metrics (image AUROC, pixel AUROC, F1), one row each, for side-by-side comparison.
@@ -15,7 +20,7 @@ naming it) before any compute.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -34,7 +39,9 @@ PIPELINES_EXPERIMENT = "anomaly-spotter-pipelines"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_NAME_PREFIX = "anomaly-spotter"
 NETWORK_SUFFIX = "-network"
-RUN_INFO_FILE = "mlflow_run.json"
+# Tags naming a stage's input / output by content, so downstream stages find the run (see module doc).
+PREPARED_MD5_TAG = "prepared_md5"
+MODEL_MD5_TAG = "model_md5"
 HEALTH_TIMEOUT_S = 5
 MAX_PARAM_LENGTH = 6000
 # MLflow 3's UI reads this experiment tag to choose its view (model training vs GenAI traces).
@@ -340,6 +347,13 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics(clean, step=step)
 
 
+def set_run_tags(tags: Mapping[str, Any]) -> None:
+    """Tag the active run."""
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
 def log_history(history: Any) -> None:
     """Per-epoch curves (a DataFrame with epoch, train_loss, val_loss) as stepped metrics."""
     for row in history.itertuples():
@@ -359,32 +373,93 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def write_run_info(path: Path, run: Any, **extra: Any) -> dict[str, Any]:
-    """Record the run (and a registered model version) beside a stage's outputs for downstream stages."""
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2) + "\n")
-    return info
+def content_md5(path: Path) -> str:
+    """md5 of a file's bytes; of a folder, md5 of its files' sorted `relative/path md5` lines.
+
+    Raises TrackingError naming the path if it does not exist.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _file_md5(path)
+    if not path.is_dir():
+        raise TrackingError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+    lines = [
+        f"{file.relative_to(path).as_posix()} {_file_md5(file)}"
+        for file in sorted(p for p in path.rglob("*") if p.is_file())
+    ]
+    return hashlib.md5("\n".join(lines).encode()).hexdigest()
 
 
-def read_run_info(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TrackingError(f"{path}: not found; the upstream stage did not record its MLflow run")
-    return json.loads(path.read_text())
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_stage_run(stage: str, category: str | None, tags: Mapping[str, str]) -> Any:
+    """The newest FINISHED run of `stage` (and `category`) in the experiment `anomaly-spotter` whose tags
+    include `tags` (e.g. the md5 of the output it wrote). Raises TrackingError, naming the stage to rerun,
+    if there is none (e.g. the output was made with another tracking store)."""
+    from mlflow import MlflowClient
+
+    experiment_id = ensure_experiment(EXPERIMENT)
+    query = [f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
+    query += [f"tags.category = '{category}'"] if category else []
+    query += [f"tags.{key} = '{value}'" for key, value in tags.items()]
+    runs = MlflowClient().search_runs(
+        [experiment_id], " and ".join(query), max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        name = f"{stage}@{category}" if category else stage
+        wanted = ", ".join(f"{k}={v}" for k, v in tags.items())
+        raise TrackingError(
+            f"no finished MLflow run of {name} with {wanted} in {mlflow_uri()}: its output was made "
+            f"with another tracking store or that run was deleted; rerun it with `dvc repro --force {name}` "
+            f"(or set MLFLOW_TRACKING_URI to the store that has it)"
+        )
+    return runs[0]
+
+
+def mlflow_uri() -> str:
+    """The tracking URI in use (after `connect`), else the configured one."""
+    import mlflow
+
+    return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else tracking_uri()
+
+
+def prepare_run(category: str, prepared_dir: Path) -> Any:
+    """The prepare run that wrote `prepared_dir` (matched by its content md5)."""
+    return find_stage_run("prepare", category, {PREPARED_MD5_TAG: content_md5(prepared_dir)})
+
+
+def train_run(category: str, model_file: Path) -> dict[str, str]:
+    """The train run that wrote `model_file` (matched by md5) and the network version it registered:
+    `{"run_id", "registered_model", "model_version", "model_md5"}`."""
+    md5 = content_md5(model_file)
+    run = find_stage_run("train", category, {MODEL_MD5_TAG: md5})
+    return {
+        "run_id": run.info.run_id,
+        "registered_model": run.data.tags["registered_model"],
+        "model_version": run.data.tags["model_version"],
+        MODEL_MD5_TAG: md5,
+    }
 
 
 def model_tags(info: Mapping[str, Any]) -> dict[str, str]:
-    """Tags that link a downstream run to the model version `train` registered."""
+    """Tags that link a downstream run to the model version `train` registered (`info`: `train_run`)."""
     return {
         "registered_model": str(info["registered_model"]),
         "model_version": str(info["model_version"]),
         "train_run_id": str(info["run_id"]),
+        MODEL_MD5_TAG: str(info[MODEL_MD5_TAG]),
     }
 
 
-def category_models(categories: list[str], model_dirs: Mapping[str, Path]) -> tuple[dict, dict[str, str]]:
-    """The network version `train` registered per category, and run tags naming them all."""
-    models = {c: read_run_info(model_dirs[c] / RUN_INFO_FILE) for c in categories}
+def category_models(categories: list[str], model_files: Mapping[str, Path]) -> tuple[dict, dict[str, str]]:
+    """The train run and network version behind each category's model file, and run tags naming them."""
+    models = {c: train_run(c, model_files[c]) for c in categories}
     tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
     return models, tags
 

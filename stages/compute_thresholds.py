@@ -7,24 +7,25 @@ Also writes the pipeline summary run (all parameters + headline metrics) to the 
 import json
 
 from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline import run_compute_thresholds
+from anomaly_spotter.config import flatten, params_to_dict
+from anomaly_spotter.pipeline.thresholds import run_compute_thresholds
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:
     params, _ = parse_args(__doc__, per_category=False)
-    outs = (paths.THRESHOLDS_CSV, paths.THRESHOLDS_JSON, paths.THRESHOLD_METRICS_JSON)
-    with stage_outputs(*outs):
-        result = run_compute_thresholds(params)
+    details = (paths.THRESHOLDS_CSV, paths.THRESHOLDS_JSON)
+    with stage_outputs(*details, paths.CATEGORY_METRICS_DIR, paths.OVERALL_METRICS_JSON):
         categories = params.data.categories
-        models, tags = tracking.category_models(categories, {c: paths.model_dir(c) for c in categories})
+        model_files = {c: paths.model_dir(c) / paths.MODEL_FILE for c in categories}
+        models, tags = tracking.category_models(categories, model_files)
+        result = run_compute_thresholds(params)
         logged = {"seed": params.seed, **flatten(params.thresholds, "thresholds.")}
         with tracking.stage_run("compute_thresholds", None, logged, tags) as run:
             tracking.log_metrics(result["overall"])
             for category, values in result["categories"].items():
                 tracking.log_metrics({f"{category}.{k}": v for k, v in values.items()})
-            tracking.log_artifacts(list(outs))
+            tracking.log_artifacts([*details, paths.CATEGORY_METRICS_DIR, paths.OVERALL_METRICS_JSON])
             for model in models.values():
                 tracking.tag_model_version(model, "compute_thresholds", run.info.run_id)
             thresholds_run = run.info.run_id
@@ -37,7 +38,7 @@ def run() -> None:
         with tracking.stage_run(
             "pipeline",
             None,
-            flatten(params),
+            flatten(params_to_dict(params)),
             {**tags, "compute_thresholds_run_id": thresholds_run},
             experiment=tracking.PIPELINES_EXPERIMENT,
         ):

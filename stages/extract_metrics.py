@@ -2,16 +2,17 @@
 
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline import run_extract_metrics
+from anomaly_spotter.pipeline.evaluate import run_extract_metrics
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:
     params, _ = parse_args(__doc__, per_category=False)
     with stage_outputs(paths.PER_IMAGE_CSV, paths.METRICS_JSON):
-        result = run_extract_metrics(params)
         categories = params.data.categories
-        models, tags = tracking.category_models(categories, {c: paths.model_dir(c) for c in categories})
+        model_files = {c: paths.model_dir(c) / paths.MODEL_FILE for c in categories}
+        models, tags = tracking.category_models(categories, model_files)
+        result = run_extract_metrics(params)
         with tracking.stage_run("extract_metrics", None, flatten(params.metrics, "metrics."), tags) as run:
             tracking.log_metrics(result["overall"])
             for category, values in result["categories"].items():

@@ -1,8 +1,7 @@
 """Stage `prepare`: index one category (MVTec AD layout), check every file, cache resized images."""
 
 from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline import run_prepare
+from anomaly_spotter.pipeline.prepare import run_prepare
 from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
 
 
@@ -11,12 +10,18 @@ def run() -> None:
     out = paths.prepared_dir(category)
     with stage_outputs(out):
         counts = run_prepare(params, category, progress_enabled())
-        with tracking.stage_run(
-            "prepare", category, {"seed": params.seed, **flatten(params.data, "data.")}
-        ) as run:
+        d = params.data
+        logged = {
+            "seed": params.seed,
+            "data.root": d.root,
+            "data.image_size": d.image_size,
+            "data.val_fraction": d.val_fraction,
+        }
+        # train finds this run by the md5 of what it wrote (no run id inside the DVC output)
+        tags = {tracking.PREPARED_MD5_TAG: tracking.content_md5(out)}
+        with tracking.stage_run("prepare", category, logged, tags):
             tracking.log_metrics(counts)
             tracking.log_artifacts([out / "index.csv", out / "summary.json"])
-            tracking.write_run_info(out / tracking.RUN_INFO_FILE, run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline import run_process
+from anomaly_spotter.pipeline.process import run_process
 from anomaly_spotter.scoring import SCORES_FILE, STATS_FILE
 from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
 
@@ -11,15 +11,14 @@ def run() -> None:
     params, category = parse_args(__doc__, per_category=True)
     out = paths.outputs_dir(category)
     with stage_outputs(out):
+        model = tracking.train_run(category, paths.model_dir(category) / paths.MODEL_FILE)
         metrics = run_process(params, category, progress_enabled())
-        model = tracking.read_run_info(paths.model_dir(category) / tracking.RUN_INFO_FILE)
         with tracking.stage_run(
             "process_all", category, flatten(params.process, "process."), tracking.model_tags(model)
         ) as run:
             tracking.log_metrics(metrics)
             tracking.log_artifacts([out / SCORES_FILE, out / STATS_FILE])
             tracking.tag_model_version(model, "process_all", run.info.run_id)
-            tracking.write_run_info(out / tracking.RUN_INFO_FILE, run)
 
 
 if __name__ == "__main__":

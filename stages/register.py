@@ -2,8 +2,9 @@
 threshold as an MLflow pyfunc service model and register it as `anomaly-spotter-<category>`.
 
 The version is tagged with the category, detector kind, training data (DVC hash), git commit, headline
-metrics, the network version it wraps and the `run.<stage>` lineage of that network; promote it with
-`anomaly-spotter promote --category <category>`.
+metrics, the network version it wraps (and its `model_md5`) and the `run.<stage>` lineage of that
+network; promote it with `anomaly-spotter promote --category <category>`. registry/<category>.json records
+what was packaged, with no version number or run id (those differ between runs and stores).
 """
 
 import json
@@ -24,7 +25,7 @@ def run() -> None:
     model_dir = paths.model_dir(category)
     out = paths.registered_file(category)
     with stage_outputs(out):
-        network = tracking.read_run_info(model_dir / tracking.RUN_INFO_FILE)
+        network = tracking.train_run(category, model_dir / paths.MODEL_FILE)
         image_metrics = json.loads(paths.METRICS_JSON.read_text())["categories"][category]
         thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())
         threshold = threshold_from(thresholds, category, reg.threshold)
@@ -57,20 +58,20 @@ def run() -> None:
             tags, description = service_version_metadata(
                 config, kind, network_ref, data_hash, commit, dirty, headline
             )
-            tags |= {**lineage, "run.register": run.info.run_id}
+            tags |= {**lineage, "run.register": run.info.run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
             tracking.set_model_version_tags(name, version["model_version"], tags)
             tracking.set_model_version_description(name, version["model_version"], description)
             tracking.tag_model_version(network, "register", run.info.run_id)
-            tracking.write_run_info(
-                out,
-                run,
-                **version,
-                network_version=network_ref,
-                threshold=threshold,
-                threshold_method=reg.threshold,
-                data_dvc_hash=data_hash,
+            record = {
+                "registered_model": name,
+                "detector": kind,
+                tracking.MODEL_MD5_TAG: network[tracking.MODEL_MD5_TAG],
+                "data_dvc_hash": data_hash,
+                **config.to_dict(),
                 **headline,
-            )
+            }
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=2) + "\n")
         print(
             f"register {category}: {name} version {version['model_version']} "
             f"(promote with: anomaly-spotter promote --category {category})"

@@ -2,16 +2,16 @@
 
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline import run_visualize
+from anomaly_spotter.pipeline.visualize import run_visualize
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:
     params, category = parse_args(__doc__, per_category=True)
     out = paths.plots_dir(category)
-    with stage_outputs(out):
+    with stage_outputs(*paths.plot_outputs(category)):  # not the folder's .gitignore
+        model = tracking.train_run(category, paths.model_dir(category) / paths.MODEL_FILE)
         metrics = run_visualize(params, category)
-        model = tracking.read_run_info(paths.model_dir(category) / tracking.RUN_INFO_FILE)
         with tracking.stage_run(
             "visualize", category, flatten(params.visualize, "visualize."), tracking.model_tags(model)
         ) as run:

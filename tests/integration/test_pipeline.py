@@ -1,8 +1,13 @@
 """The real pipeline on a tiny built-in dataset: real DVC and stages, a temporary SQLite MLflow store.
 
-Checks what the README promises: `dvc repro` builds everything and logs every stage to MLflow with a
-registered model per category; a second `dvc repro` runs nothing; a visualize parameter reruns only
-visualize; a training parameter reruns train and everything after it, not prepare.
+One tiny `dvc repro` in an "origin" repository (a copy of this repository's pipeline and code, tiny
+params), whose results are committed as a maintainer would; then a fresh `git clone` of it runs its own
+`dvc repro` (its own DVC cache and MLflow store). Checks what the README and the reproducibility contract
+promise: everything is built and logged to MLflow with a registered model per category; the clone's
+`dvc.lock` equals the origin's and its `git status --porcelain` is empty; a second `dvc repro` runs
+nothing; a parameter reruns exactly the stages that read it (an inactive detector's section: none); a
+code change reruns the stages that run that code; `dvc metrics show` fits a terminal; `dvc plots show`
+draws every chart in headless Chromium with no network; no MLflow run is left RUNNING.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -27,13 +33,26 @@ CATEGORIES = ["fabric", "washer"]
 TINY = {
     "data": {"root": "data/builtin", "categories": CATEGORIES, "image_size": 32, "val_fraction": 0.2},
     "builtin": {"image_size": 48, "n_train": 10, "n_test_good": 4, "n_test_per_defect": 2},
-    "model": {"name": "unet_ae", "unet_ae": {"encoder_channels": [4, 8, 8], "bottleneck_channels": 8}},
-    "train": {"max_epochs": 2, "batch_size": 4, "lr": 1.0e-3},
+    "model": {
+        "name": "unet_ae",
+        "unet_ae": {
+            "encoder_channels": [4, 8, 8],
+            "bottleneck_channels": 8,
+            "training": {"max_epochs": 2, "batch_size": 4, "lr": 1.0e-3},
+        },
+    },
     "process": {"batch_size": 8},
     "thresholds": {"n_folds": 2},
     "visualize": {"max_per_defect": 1},
 }
 STAGES = ("prepare", "train", "process_all", "extract_metrics", "compute_thresholds", "visualize", "register")
+PER_CATEGORY = ("prepare", "train", "process_all", "visualize", "register")
+# What a clone of the repository holds that the pipeline needs (code, declarations, the plots page).
+PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", ".dvcignore", ".gitignore")
+DVC_FILES = (".dvc/config", ".dvc/plots_page.html")
+MAX_METRICS_WIDTH = 160
+HEADLINE = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall")
+CHROMIUM_BUDGET_MS = 20_000
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -50,6 +69,8 @@ def _env(project: Path) -> dict[str, str]:
         MLFLOW_DISABLE_TELEMETRY="true",
         DVC_NO_ANALYTICS="1",
         ANOMALY_SPOTTER_PROGRESS="0",
+        # the stages import the project's own copy of the package, as in a clone
+        PYTHONPATH=str(project),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
@@ -64,59 +85,124 @@ def _run(cmd: list[str], project: Path, check: bool = True) -> subprocess.Comple
     return result
 
 
+def _git(project: Path, *args: str) -> str:
+    return _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], project).stdout
+
+
 def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def _changed_stages(project: Path) -> set[str]:
+    """Stages `dvc status` lists as changed (their own deps, params or outs; not downstream ones)."""
+    status = json.loads(_run(["dvc", "status", "--json"], project).stdout)
+    return set(status)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the repository's pipeline in a fresh git + DVC repo, with tiny parameters."""
-    project = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "stages"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
-    # the stages depend on the library's source files: link the package in
-    (project / "anomaly_spotter").symlink_to(REPO / "anomaly_spotter")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Command logs, kept out of the repositories (they would show in git status)."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Path:
+    """A git + DVC repository with this repository's pipeline, code and tiny params; `dvc repro` run and
+    its results (dvc.lock, .gitignore files, committed metrics) committed."""
+    project = tmp_path_factory.mktemp("origin")
+    for name in PROJECT_FILES:
+        _copy(REPO / name, project / name)
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (
-        ["git", "init", "-q"],
-        ["dvc", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"],
-    ):
-        _run(cmd, project)
+    _git(project, "init", "-q")
+    _run(["dvc", "init", "-q"], project)
+    for name in DVC_FILES:
+        _copy(REPO / name, project / name)
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "tiny pipeline")
     first = _run(["dvc", "repro"], project)
-    (project / "first_repro.log").write_text(first.stdout + first.stderr)
+    (logs / "origin_repro.log").write_text(first.stdout + first.stderr)
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "results")
     return project
 
 
-def test_repro_builds_every_output(project: Path) -> None:
-    log = (project / "first_repro.log").read_text()
-    per_category = ("prepare", "train", "process_all", "visualize", "register")
-    expected = {"generate"} | {f"{s}@{c}" for s in per_category for c in CATEGORIES}
+@pytest.fixture(scope="module")
+def clone(origin: Path, tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Path:
+    """A fresh `git clone` of `origin` after its own `dvc repro` (own DVC cache, own MLflow store)."""
+    project = tmp_path_factory.mktemp("clone") / "repo"
+    _run(["git", "clone", "-q", str(origin), str(project)], origin)
+    result = _run(["dvc", "repro"], project)
+    (logs / "clone_repro.log").write_text(result.stdout + result.stderr)
+    return project
+
+
+def test_repro_builds_every_output(origin: Path, logs: Path) -> None:
+    log = (logs / "origin_repro.log").read_text()
+    expected = {"generate"} | {f"{s}@{c}" for s in PER_CATEGORY for c in CATEGORIES}
     assert expected | {"extract_metrics", "compute_thresholds"} <= _ran(log)
-    metrics = json.loads((project / "metrics/metrics.json").read_text())
+    metrics = json.loads((origin / "metrics/metrics.json").read_text())
     for category in CATEGORIES:
         values = metrics["categories"][category]
         assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["pixel_auroc"] <= 1.0
-        stats = json.loads((project / f"outputs/{category}/stats.json").read_text())
+        stats = json.loads((origin / f"outputs/{category}/stats.json").read_text())
         assert set(stats) == {category} and "good" in stats[category]
         first = next(iter(stats[category]["good"]))
         assert set(first) == {"image", "mean_score", "max_score", "anomaly_percentage"}
-        assert (project / f"plots/{category}/roc.png").stat().st_size > 1000
-        assert any((project / f"plots/{category}/examples").glob("*.png"))
-    thresholds = json.loads((project / "metrics/thresholds.json").read_text())
+        assert (origin / f"plots/{category}/roc.png").stat().st_size > 1000
+        assert any((origin / f"plots/{category}/examples").glob("*.png"))
+        history = (origin / f"models/{category}/history/history.csv").read_text().splitlines()
+        assert history[0] == "epoch,train_loss,val_loss" and len(history) == 3  # 2 epochs
+        headline = json.loads((origin / f"metrics/categories/{category}.json").read_text())
+        assert tuple(headline) == HEADLINE
+        assert headline["image_auroc"] == values["image_auroc"]
+        registered = json.loads((origin / f"registry/{category}.json").read_text())
+        assert registered["registered_model"] == f"anomaly-spotter-{category}"
+        assert not {"run_id", "model_version", "experiment_id"} & set(registered)
+    thresholds = json.loads((origin / "metrics/thresholds.json").read_text())
     assert set(thresholds) == set(CATEGORIES)
-    shown = _run(["dvc", "metrics", "show", "--json"], project).stdout
-    assert "image_auroc" in shown
+    # no MLflow run id in any output: the records are found in MLflow by content md5
+    assert not list(origin.glob("**/mlflow_run.json"))
 
 
-def test_mlflow_has_every_stage_and_a_registered_model_per_category(project: Path) -> None:
+def test_fresh_clone_repro_reproduces_dvc_lock_and_leaves_git_clean(origin: Path, clone: Path) -> None:
+    assert (clone / "dvc.lock").read_text() == (origin / "dvc.lock").read_text()
+    assert _git(clone, "status", "--porcelain") == ""
+
+
+def test_no_run_left_running_and_none_dirty(origin: Path, clone: Path) -> None:
+    import mlflow
+
+    names = {}
+    for project in (origin, clone):
+        mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert [r.info.run_name for r in runs if r.info.status != "FINISHED"] == []
+        names[project] = {r.info.run_name: r.data.tags["git_dirty"] for r in runs}
+    assert (
+        len(names[origin]) == 1 + len(PER_CATEGORY) * len(CATEGORIES) + 3
+    )  # + extract, thresholds, pipeline
+    # the clone ran from a clean checkout: dvc.lock and .gitignore rewrites are not "dirty". (Its
+    # compute_thresholds did not run: its outputs are committed, not cached, and already up to date.)
+    assert "train@fabric" in names[clone] and "compute_thresholds" not in names[clone]
+    assert names[clone] == dict.fromkeys(names[clone], "false")
+
+
+def test_mlflow_has_every_stage_and_a_registered_model_per_category(origin: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    from anomaly_spotter.tracking import content_md5
+
+    mlflow.set_tracking_uri(f"sqlite:///{origin / 'mlflow.db'}")
     client = MlflowClient()
     runs = mlflow.search_runs(experiment_names=["anomaly-spotter"], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
@@ -126,22 +212,32 @@ def test_mlflow_has_every_stage_and_a_registered_model_per_category(project: Pat
             assert run.data.tags["stage"] == stage and run.data.tags["category"] == category
             assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
         train = by_name[f"train@{category}"]
-        assert train.data.params["train.max_epochs"] == "2"
+        assert train.data.params["model.unet_ae.training.max_epochs"] == "2"
         assert train.data.params["model.unet_ae.encoder_channels"] == "[4, 8, 8]"
+        assert not any(k.startswith("model.patchcore") for k in train.data.params)
         assert (
             "fit_seconds" in train.data.metrics
             and len(client.get_metric_history(train.info.run_id, "train_loss")) == 2
         )
+        # runs are linked by the content of what they read and wrote, not by ids inside DVC outputs
+        model_md5 = content_md5(origin / f"models/{category}/model.pt")
+        assert train.data.tags["model_md5"] == model_md5
+        prepared_md5 = content_md5(origin / f"data/prepared/{category}")
+        assert by_name[f"prepare@{category}"].data.tags["prepared_md5"] == prepared_md5
+        assert train.data.tags["prepare_run_id"] == by_name[f"prepare@{category}"].info.run_id
         (network,) = client.search_model_versions(f"name = 'anomaly-spotter-{category}-network'")
-        assert network.run_id == train.info.run_id
+        assert network.run_id == train.info.run_id and network.tags["model_md5"] == model_md5
         (version,) = client.search_model_versions(f"name = 'anomaly-spotter-{category}'")
         assert version.run_id == by_name[f"register@{category}"].info.run_id
         assert version.tags["category"] == category and version.tags["data_dvc_hash"].endswith(".dir")
+        assert version.tags["model_md5"] == model_md5
         # from the model version to every stage run that produced or evaluated it
         for stage in STAGES:
             run_id = version.tags[f"run.{stage}"]
             assert client.get_run(run_id).data.tags["stage"] == stage
-        assert by_name[f"process_all@{category}"].data.tags["model_version"] == str(network.version)
+        process = by_name[f"process_all@{category}"]
+        assert process.data.tags["model_version"] == str(network.version)
+        assert process.data.tags["train_run_id"] == train.info.run_id
     metrics_run = by_name["extract_metrics"]
     assert 0.0 <= metrics_run.data.metrics["image_auroc"] <= 1.0
     assert metrics_run.data.params["metrics.aupro_fpr_limit"] == "0.3"
@@ -149,43 +245,175 @@ def test_mlflow_has_every_stage_and_a_registered_model_per_category(project: Pat
     assert len(pipelines) == 1
     row = pipelines[0]
     assert {"image_auroc", "pixel_auroc", "f1"} <= set(row.data.metrics)
-    assert row.data.params["train.lr"] == "0.001" and row.data.params["model.name"] == "unet_ae"
+    assert row.data.params["model.unet_ae.training.lr"] == "0.001"
+    assert row.data.params["model.name"] == "unet_ae" and row.data.params["train.num_threads"] == "2"
 
 
-def test_second_repro_runs_nothing(project: Path) -> None:
-    out = _run(["dvc", "repro"], project)
+def test_metrics_show_fits_a_terminal(origin: Path) -> None:
+    shown = _run(["dvc", "metrics", "show"], origin).stdout
+    lines = shown.splitlines()
+    widest = max(lines, key=len)
+    assert len(widest) <= MAX_METRICS_WIDTH, f"{len(widest)} chars:\n{shown}"
+    header = lines[0].split()  # DVC sorts the columns by name
+    assert header[0] == "Path" and sorted(header[1:]) == sorted(HEADLINE), shown
+    rows = {line.split()[0] for line in lines[1:] if line.strip()}
+    assert rows == {f"metrics/categories/{c}.json" for c in CATEGORIES} | {"metrics/overall.json"}
+
+
+class _PlotPage(HTMLParser):
+    """Collects, per top-level plot div of a `dvc plots show` page, its svg marks and images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.current: str | None = None
+        self.plots: dict[str, dict[str, int]] = {}
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        if tag == "div":
+            if self.current is None and attr.get("id"):
+                self.current, self.depth = attr["id"], 0
+                self.plots[self.current] = {"svg": 0, "marks": 0, "img": 0}
+            elif self.current is not None:
+                self.depth += 1
+        if self.current is None:
+            return
+        counts = self.plots[self.current]
+        if tag == "svg":
+            counts["svg"] += 1
+        if (
+            tag == "path"
+            and (attr.get("d") or "").strip()
+            and "mark" in (attr.get("aria-roledescription") or "")
+        ):
+            counts["marks"] += 1
+        if tag == "img":
+            counts["img"] += 1
+            self.images.append(attr.get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div" and self.current is not None:
+            if self.depth == 0:
+                self.current = None
+            else:
+                self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.lasttag not in ("script", "style"):
+            self.text.append(data)
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "headless Chromium is needed to check the plots page: apt-get install -y chromium "
+        "(.ci/run installs it when missing)"
+    )
+
+
+def test_plots_page_draws_every_chart_offline(origin: Path, tmp_path: Path) -> None:
+    _run(["dvc", "plots", "show"], origin)
+    page = origin / "dvc_plots" / "index.html"
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html and "../vendor/vega/vega.min.js" in html
+    declared = json.loads(_run(["dvc", "plots", "show", "--json"], origin).stdout)["data"]
+    vega_plots = sorted(p for p, entries in declared.items() if entries[0]["type"] == "vega")
+    expected_vega = {
+        f"{d}/{c}/{f}" for c in CATEGORIES for d, f in (("plots", "roc.csv"), ("plots", "pr.csv"))
+    }
+    expected_vega |= {f"models/{c}/history/history.csv" for c in CATEGORIES}
+    assert set(vega_plots) == expected_vega
+    dom = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            # no network: every host name fails to resolve and any connection goes to a closed port
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=http://127.0.0.1:9",
+            f"--virtual-time-budget={CHROMIUM_BUDGET_MS}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    parsed = _PlotPage()
+    parsed.feed(dom)
+    assert "Chart not drawn" not in "".join(parsed.text)
+    charts = {name: counts for name, counts in parsed.plots.items() if counts["svg"]}
+    assert len(charts) == len(vega_plots), parsed.plots
+    assert all(counts["marks"] >= 1 for counts in charts.values()), charts
+    for src in parsed.images:
+        assert (page.parent / src).is_file(), src
+    assert len(parsed.images) >= 4 * len(CATEGORIES)  # roc, pr, score distribution, examples
+
+
+def test_second_repro_runs_nothing(origin: Path) -> None:
+    out = _run(["dvc", "repro"], origin)
     assert _ran(out.stdout) == set(), out.stdout
 
 
-def _set_param(project: Path, section: str, key: str, value: object) -> None:
+def test_code_change_reruns_the_stages_that_run_it(clone: Path) -> None:
+    patchcore = clone / "anomaly_spotter/detectors/patchcore.py"
+    original = patchcore.read_text()
+    try:
+        patchcore.write_text(original + "# a comment\n")
+        changed = _changed_stages(clone)
+    finally:
+        patchcore.write_text(original)
+    running_detectors = {
+        f"{s}@{c}" for s in ("train", "process_all", "visualize", "register") for c in CATEGORIES
+    }
+    assert changed == running_detectors
+
+
+def _set_param(project: Path, keys: str, value: object) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section][key] = value
+    *parents, last = keys.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[last] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_visualize_param_reruns_only_visualize(project: Path) -> None:
-    _set_param(project, "visualize", "max_per_defect", 2)
-    out = _run(["dvc", "repro"], project)
+def test_inactive_detector_param_reruns_nothing(origin: Path) -> None:
+    _set_param(origin, "model.patchcore.sigma", 3.0)
+    assert _changed_stages(origin) == set()
+
+
+def test_training_param_changes_train_not_prepare(origin: Path) -> None:
+    _set_param(origin, "model.unet_ae.training.lr", 0.002)
+    assert _changed_stages(origin) == {f"train@{c}" for c in CATEGORIES}
+    _set_param(origin, "model.unet_ae.training.lr", 1.0e-3)
+
+
+def test_visualize_param_reruns_only_visualize(origin: Path) -> None:
+    _set_param(origin, "visualize.max_per_defect", 2)
+    out = _run(["dvc", "repro"], origin)
     assert _ran(out.stdout) == {f"visualize@{c}" for c in CATEGORIES}, out.stdout
 
 
-def test_train_param_reruns_train_and_after_not_prepare(project: Path) -> None:
-    _set_param(project, "train", "lr", 0.002)
-    ran = _ran(_run(["dvc", "repro"], project).stdout)
-    after_train = {f"{s}@{c}" for s in ("train", "process_all", "visualize", "register") for c in CATEGORIES}
-    assert after_train | {"extract_metrics", "compute_thresholds"} == ran
-
-
-def test_unreachable_tracking_server_fails_cleanly(project: Path) -> None:
+def test_unreachable_tracking_server_fails_cleanly(origin: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nothing listens there
     uri = f"http://127.0.0.1:{port}"
-    env = {**_env(project), "MLFLOW_TRACKING_URI": uri}
-    shutil.rmtree(project / "data/prepared/fabric")
+    env = {**_env(origin), "MLFLOW_TRACKING_URI": uri}
+    shutil.rmtree(origin / "data/prepared/fabric")
     result = subprocess.run(
         [sys.executable, "stages/prepare.py", "fabric"],
-        cwd=project,
+        cwd=origin,
         env=env,
         capture_output=True,
         text=True,
@@ -194,4 +422,4 @@ def test_unreachable_tracking_server_fails_cleanly(project: Path) -> None:
     assert result.returncode == 1
     assert uri in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (project / "data/prepared/fabric").exists()
+    assert not (origin / "data/prepared/fabric").exists()

@@ -363,3 +363,17 @@ def test_summarize_category_rejects_inconsistent_input() -> None:
         summarize_category(bad, None, None)
     with pytest.raises(ValueError, match="lacks column"):
         summarize_category(frame.drop(columns="score"), None, None)
+
+
+def test_summarize_category_uses_the_aupro_fpr_limit_it_is_given() -> None:
+    """params.yaml metrics.aupro_fpr_limit reaches AUPRO (it used to be ignored for the default)."""
+    frame = _category_frame()
+    rng = np.random.default_rng(0)
+    masks = np.zeros((7, 8, 8), dtype=bool)
+    masks[3:, 2:5, 2:5] = True
+    maps = rng.random((7, 8, 8)) + 0.3 * masks  # overlapping scores: the PRO curve depends on the limit
+    default = summarize_category(frame, masks, maps)["aupro"]
+    strict = summarize_category(frame, masks, maps, aupro_fpr_limit=0.05)["aupro"]
+    assert default == pytest.approx(aupro(masks, maps, fpr_limit=0.3))
+    assert strict == pytest.approx(aupro(masks, maps, fpr_limit=0.05))
+    assert abs(strict - default) > 0.01

@@ -336,3 +336,59 @@ def test_stage_with_unwritable_store_exits_with_one_line_before_compute(
     err = capsys.readouterr().err
     assert _one_line(err).startswith("train: error: MLflow tracking store sqlite:///")
     assert computed == [] and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# finding upstream runs by content (no run id inside DVC outputs)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_content_md5_of_file_and_folder(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "b.txt").write_text("b")
+    (tmp_path / "d" / "sub" / "a.txt").write_text("a")
+    assert tracking.content_md5(tmp_path / "d" / "b.txt") == hashlib.md5(b"b").hexdigest()
+    lines = f"b.txt {hashlib.md5(b'b').hexdigest()}\nsub/a.txt {hashlib.md5(b'a').hexdigest()}"
+    folder = tracking.content_md5(tmp_path / "d")
+    assert folder == hashlib.md5(lines.encode()).hexdigest()
+    (tmp_path / "d" / "sub" / "a.txt").write_text("A")
+    assert tracking.content_md5(tmp_path / "d") != folder
+    with pytest.raises(TrackingError, match="missing: not found; run the stage that writes it"):
+        tracking.content_md5(tmp_path / "missing")
+
+
+def test_train_run_is_found_by_model_md5(store: str, tmp_path: Path) -> None:
+    """The newest FINISHED train run of the category whose model_md5 matches; others are ignored."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights v1")
+    md5 = tracking.content_md5(model)
+    tracking.connect()
+
+    def train(category: str, model_md5: str, version: str, fail: bool = False) -> str:
+        try:
+            with tracking.stage_run("train", category, {}) as run:
+                tracking.set_run_tags(
+                    {"registered_model": f"net-{category}", "model_version": version, "model_md5": model_md5}
+                )
+                if fail:
+                    raise RuntimeError("interrupted")
+        except RuntimeError:
+            pass
+        return run.info.run_id
+
+    train("a", md5, "1")
+    newest = train("a", md5, "2")  # the same bytes again (deterministic training)
+    train("a", md5, "3", fail=True)  # FAILED: not a source
+    train("b", md5, "7")  # another category
+    train("a", "0" * 32, "4")  # another model
+    found = tracking.train_run("a", model)
+    assert found == {"run_id": newest, "registered_model": "net-a", "model_version": "2", "model_md5": md5}
+    assert tracking.model_tags(found)["train_run_id"] == newest
+
+    model.write_bytes(b"weights from elsewhere")
+    with pytest.raises(
+        TrackingError, match=r"no finished MLflow run of train@a with model_md5=.*dvc repro --force"
+    ):
+        tracking.train_run("a", model)

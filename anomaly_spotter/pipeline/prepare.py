@@ -1,0 +1,22 @@
+"""Stage `prepare`: index one category and cache its resized images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomaly_spotter import paths
+from anomaly_spotter.config import Params
+from anomaly_spotter.data.prepare import prepare_category
+
+
+def run_prepare(params: Params, category: str, progress: bool = True) -> dict[str, int]:
+    d = params.data
+    return prepare_category(
+        Path(d.root),
+        category,
+        paths.prepared_dir(category),
+        d.image_size,
+        d.val_fraction,
+        params.seed,
+        progress,
+    )

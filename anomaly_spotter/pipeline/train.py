@@ -1,0 +1,60 @@
+"""Stage `train`: fit the configured detector; save it and its per-epoch history."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from anomaly_spotter import paths
+from anomaly_spotter.config import Params
+from anomaly_spotter.data.prepare import load_prepared
+from anomaly_spotter.detectors import build_detector
+from anomaly_spotter.models.base import Detector
+
+
+def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]]:
+    """Fit the configured detector on the category's train split (val split for early stopping).
+
+    Writes models/<c>/model.pt and, for a detector with epochs, models/<c>/history/ (losses CSV + PNG).
+    """
+    import torch
+
+    from anomaly_spotter.plots import plot_training_history
+
+    torch.set_num_threads(params.train.num_threads)
+    data = load_prepared(paths.prepared_dir(category))
+    train, val = data.split("train"), data.split("val")
+    detector = build_detector(params)
+    start = time.perf_counter()
+    detector.fit(np.asarray(train.images), np.asarray(val.images))
+    fit_seconds = time.perf_counter() - start
+    out = paths.model_dir(category)
+    history_dir = out / paths.HISTORY_DIR
+    history_dir.mkdir(parents=True, exist_ok=True)
+    detector.save(out / paths.MODEL_FILE)
+    history = training_history(detector)
+    if len(history):  # no epochs (patchcore): the folder stays empty, no empty plot
+        history.to_csv(history_dir / paths.HISTORY_CSV, index=False)
+        plot_training_history(history, history_dir / paths.HISTORY_PNG)
+    metrics = {
+        "fit_seconds": fit_seconds,
+        "n_train": len(train.index),
+        "n_val": len(val.index),
+        "model_size_mb": (out / paths.MODEL_FILE).stat().st_size / 1e6,
+    }
+    if len(history) and history["val_loss"].notna().any():
+        best = history.loc[history["val_loss"].idxmin()]
+        metrics |= {
+            "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]),
+            "best_val_loss": float(best["val_loss"]),
+        }
+    return detector, metrics
+
+
+def training_history(detector: Detector) -> pd.DataFrame:
+    """Per-epoch losses; an empty table for detectors with no training loop (patchcore)."""
+    history = getattr(detector, "history_", None)
+    return history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])

@@ -1,0 +1,63 @@
+"""Stage `visualize`: ROC / PR tables and figures, score distribution and example panels of a category."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly_spotter import paths
+from anomaly_spotter.anomaly_map import minmax_normalize, otsu_mask
+from anomaly_spotter.config import Params
+from anomaly_spotter.data.prepare import load_prepared
+from anomaly_spotter.detectors import load_detector
+from anomaly_spotter.plots import (
+    plot_example,
+    plot_pr,
+    plot_roc,
+    plot_score_distribution,
+    pr_points,
+    roc_points,
+)
+from anomaly_spotter.scoring import SCORES_FILE, load_maps
+
+
+def run_visualize(params: Params, category: str) -> dict[str, float]:
+    """Example panels (capped per defect type), ROC / PR curves and score distributions."""
+    out = paths.plots_dir(category)
+    examples = out / "examples"
+    examples.mkdir(parents=True, exist_ok=True)
+    table = pd.read_csv(paths.outputs_dir(category) / SCORES_FILE, keep_default_na=False)
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())[category]
+    threshold = float(thresholds["recall_target"]["threshold"])
+    labels, scores = test["label"].to_numpy(), test["score"].to_numpy()
+    roc_points(labels, scores).to_csv(out / "roc.csv", index=False)
+    pr_points(labels, scores).to_csv(out / "pr.csv", index=False)
+    plot_roc(labels, scores, out / "roc.png", f"{category}: image-level ROC")
+    plot_pr(labels, scores, out / "pr.png", f"{category}: image-level precision-recall")
+    plot_score_distribution(
+        labels, scores, out / "score_distribution.png", f"{category}: image scores", threshold
+    )
+
+    shown = test.groupby("defect_type", sort=True).head(params.visualize.max_per_defect)
+    prepared = load_prepared(paths.prepared_dir(category))
+    images = np.asarray(prepared.images[shown["row"].to_numpy()])
+    gt = np.asarray(prepared.masks[shown["row"].to_numpy()])
+    detector = load_detector(paths.model_dir(category) / paths.MODEL_FILE)
+    recon = detector.reconstruct(images)
+    maps = load_maps(paths.outputs_dir(category), shown)
+    for i, row in enumerate(shown.itertuples()):
+        verdict = "DEFECTIVE" if row.score > threshold else "good"
+        plot_example(
+            images[i],
+            None if recon is None else recon[i],
+            maps[i],
+            otsu_mask(minmax_normalize(maps[i])),
+            gt[i] if row.label else None,
+            examples / f"{row.defect_type}_{Path(row.image_path).stem}.png",
+            f"{category}/{row.defect_type}/{Path(row.image_path).name}: score {row.score:.4f} -> {verdict}",
+        )
+    return {"n_examples": len(shown)}

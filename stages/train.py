@@ -6,6 +6,7 @@ from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import train_params_logged
 from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.data.prepare import load_prepared
+from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.pipeline.train import run_train, training_history
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
@@ -30,8 +31,11 @@ def run() -> None:
                 tracking.log_artifacts([out / paths.HISTORY_DIR])
             example = to_tensor_normalized(np.asarray(load_prepared(prepared_dir).images[:2]))
             model_md5 = tracking.content_md5(out / paths.MODEL_FILE)
+            # log the module rebuilt from model.pt: exactly the saved weights, and no tensors made under
+            # torch.inference_mode while fitting (torch.export, MLflow's format, cannot trace those)
+            saved = load_detector(out / paths.MODEL_FILE)
             version = tracking.log_pytorch_model(
-                detector.module(),
+                saved.module(),
                 category,
                 example,
                 tags={

@@ -122,6 +122,8 @@ class PatchCoreDetector(Detector):
                     "a PatchCore ensemble needs at least 2 validation good images to standardise its "
                     "members; pass val_images (data.val_fraction > 0) or use one member, e.g. members: [[3]]"
                 )
+        for name, buffer in list(model.named_buffers(recurse=False)):  # made under inference_mode, which
+            setattr(model, name, buffer.clone())  # autograd and torch.export refuse: normal tensors instead
         model.set_normalization(loc, scale)
         self.model_ = model.eval()
         self.n_train_patches_ = n_patches

@@ -102,6 +102,11 @@ def test_state_round_trip_gives_identical_maps(
     assert loaded.config == fitted.config
 
 
+def test_fitted_buffers_are_normal_tensors(ensemble: PatchCoreDetector) -> None:
+    # inference-mode tensors cannot be exported (mlflow.pytorch.log_model) nor used with autograd
+    assert not any(buffer.is_inference() for buffer in ensemble.model_.buffers())
+
+
 def test_fit_is_deterministic(fitted: PatchCoreDetector) -> None:
     again = PatchCoreDetector(CONFIG).fit(good_images())
     torch.testing.assert_close(again.model_.memory_bank_0, fitted.model_.memory_bank_0, rtol=0, atol=0)

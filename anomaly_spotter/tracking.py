@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +53,8 @@ DVC_WRITTEN_NAMES = frozenset({"dvc.lock", ".gitignore"})
 DVC_YAML = "dvc.yaml"
 # Tag set on a model version whose creating run was found RUNNING after an interrupted attempt.
 KILLED_RUN_TAG = "source_run_killed"
+# Tag naming the clone a stage run was started from (host and folder); see `workspace()`.
+WORKSPACE_TAG = "workspace"
 
 
 def tracking_uri() -> str:
@@ -271,6 +274,7 @@ def stage_run(
     name = f"{stage}@{category}" if category else stage
     all_tags = {
         "stage": stage,
+        WORKSPACE_TAG: workspace(),
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
@@ -283,9 +287,16 @@ def stage_run(
         yield run
 
 
+def workspace() -> str:
+    """Where this process runs its stages: `<host>:<absolute working directory>`, one clone on one host."""
+    return f"{socket.gethostname()}:{Path.cwd().resolve()}"
+
+
 def end_interrupted_runs(experiment_id: str, stage: str, category: str | None) -> list[str]:
-    """Mark KILLED the runs of `stage` and `category` (None: runs without a category) in the experiment
-    that are still RUNNING: an earlier attempt was killed before it could end them. Their logged models
+    """Mark KILLED the runs of `stage` and `category` (None: runs without a category) started from this
+    workspace (`workspace()`: DVC runs one repro at a time per clone) that are still RUNNING: an earlier
+    attempt was killed before it could end them. Runs of other clones, sharing the tracking server, are
+    never touched. Their logged models
     still PENDING are marked FAILED; model versions they registered get the tag `source_run_killed`
     (the registry keeps them; a version still in PENDING_REGISTRATION is finished by the registry itself).
     Returns the run ids marked KILLED. Other stages' and categories' runs are left alone.
@@ -297,13 +308,16 @@ def end_interrupted_runs(experiment_id: str, stage: str, category: str | None) -
     client = MlflowClient()
     active = mlflow.active_run()
     active_id = active.info.run_id if active is not None else None
+    here = workspace()
     query = f"attributes.status = 'RUNNING' and tags.stage = '{stage}'"
     if category:
         query += f" and tags.category = '{category}'"
     stale = [
         run
         for run in client.search_runs([experiment_id], query, max_results=1000)
-        if run.data.tags.get("category") == category and run.info.run_id != active_id
+        if run.data.tags.get("category") == category
+        and run.data.tags.get(WORKSPACE_TAG) == here
+        and run.info.run_id != active_id
     ]
     killed: list[str] = []
     for run in stale:

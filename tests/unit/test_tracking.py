@@ -177,9 +177,10 @@ def test_stage_run_kills_interrupted_runs_of_its_own_stage_and_category(store: s
     exp = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
 
     def running(**tags: str) -> str:
-        return client.create_run(exp, tags=tags).info.run_id
+        return client.create_run(exp, tags={tracking.WORKSPACE_TAG: tracking.workspace(), **tags}).info.run_id
 
     stale = running(stage="train", category="a")
+    other_clone = running(stage="train", category="a", workspace="teammate-host:/home/them/anomaly-spotter")
     other_category = running(stage="train", category="b")
     other_stage = running(stage="process_all", category="a")
     finished = running(stage="train", category="a")
@@ -200,6 +201,8 @@ def test_stage_run_kills_interrupted_runs_of_its_own_stage_and_category(store: s
     assert status(own) == "FINISHED" and status(finished) == "FINISHED"
     assert status(other_category) == "RUNNING" and status(other_stage) == "RUNNING"
     assert status(no_category) == "RUNNING"
+    assert status(other_clone) == "RUNNING"  # a teammate's run on a shared server: theirs to end
+    assert client.get_run(own).data.tags[tracking.WORKSPACE_TAG] == tracking.workspace()
     assert str(client.get_logged_model(pending.model_id).status) == "FAILED"
     assert client.get_model_version("net-a", version).tags[tracking.KILLED_RUN_TAG] == "true"
 

@@ -121,7 +121,7 @@ def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str
         )
         ms = 1000 * (time.perf_counter() - start) / len(images)
         frame = test.index.assign(score=image_scores(maps, params.process.image_score))
-        summary = summarize_category(frame, np.asarray(test.masks), maps)
+        summary = summarize_category(frame, np.asarray(test.masks), maps, params.metrics.aupro_fpr_limit)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "variant": label,

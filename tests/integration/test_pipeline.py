@@ -190,9 +190,11 @@ def test_no_run_left_running_and_none_dirty(origin: Path, clone: Path) -> None:
     assert (
         len(names[origin]) == 1 + len(PER_CATEGORY) * len(CATEGORIES) + 3
     )  # + extract, thresholds, pipeline
-    # the clone ran from a clean checkout: dvc.lock and .gitignore rewrites are not "dirty". (Its
-    # compute_thresholds did not run: its outputs are committed, not cached, and already up to date.)
-    assert "train@fabric" in names[clone] and "compute_thresholds" not in names[clone]
+    # the clone ran every stage, compute_thresholds too (thresholds.csv is a cached out, so a fresh clone
+    # lacks it): its MLflow store has the same runs, the pipeline summary included. It ran from a clean
+    # checkout: dvc.lock and .gitignore rewrites are not "dirty".
+    assert names[clone].keys() == names[origin].keys()
+    assert {"compute_thresholds", "pipeline"} <= names[clone].keys()
     assert names[clone] == dict.fromkeys(names[clone], "false")
 
 

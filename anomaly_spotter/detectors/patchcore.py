@@ -78,11 +78,10 @@ class PatchCoreDetector(Detector):
         Each member keeps ceil(coreset_ratio * N*h*w) of its training patch embeddings, chosen by greedy
         k-center on a seeded random projection to `projection_dim` dimensions, in two steps: each
         image's patches are pre-selected to pool_ratio of them as they stream in, then the bank is
-        selected from that pool. `val_images` (good images
-        held out from the banks) give each member's border correction (`PatchCore.set_border_baseline`)
-        and its location and scale: the mean and standard deviation of their image scores (max of the
-        smoothed, corrected map). An ensemble needs them; a single member without them keeps raw
-        distances.
+        selected from that pool. `val_images` (good images held out from the banks) give each member's
+        border correction (`PatchCore.set_border_baseline`) and its location and scale: the mean and
+        standard deviation of their image scores (max of the smoothed, corrected map). An ensemble needs
+        them; a single member without them keeps raw distances.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
         n_members = len(self.config.members)
@@ -103,16 +102,16 @@ class PatchCoreDetector(Detector):
                 del pool
             loc, scale = torch.zeros(n_members), torch.ones(n_members)
             if val_images is not None and len(val_images) >= 2:
-                per_batch = [model.member_grids(x) for x in self._batches(val_images)]
+                per_batch = [(model.member_grids(x), x.shape[-2:]) for x in self._batches(val_images)]
                 for k in range(n_members):
-                    model.set_border_baseline(k, torch.cat([grids[k] for grids in per_batch]))
+                    model.set_border_baseline(k, torch.cat([grids[k] for grids, _ in per_batch]))
                 maxima = np.concatenate(
                     [
-                        self._smooth(model.member_maps(x).numpy()).max(axis=(2, 3))
-                        for x in self._batches(val_images)
+                        self._smooth(model.grids_to_maps(grids, size).numpy()).max(axis=(2, 3))
+                        for grids, size in per_batch
                     ],
                     axis=1,
-                )  # (K, N_val)
+                )  # (K, N_val): one backbone pass over the validation images serves both
                 loc = torch.from_numpy(maxima.mean(axis=1))
                 scale = torch.from_numpy(
                     np.maximum(maxima.std(axis=1), 1e-6 * np.abs(maxima).mean(axis=1) + 1e-12)

@@ -346,8 +346,13 @@ class PatchCore(nn.Module):
     def member_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Each member's border-corrected distances upsampled to the input: `(K, N, H, W)`, not
         standardised."""
-        grids = zip(self.member_grids(x), self.border_baselines(), strict=True)
-        return torch.stack([upsample(grid - baseline, x.shape[-2:]) for grid, baseline in grids])
+        return self.grids_to_maps(self.member_grids(x), x.shape[-2:])
+
+    def grids_to_maps(self, grids: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """`member_grids` output `[(N, h_k, w_k)]` -> border-corrected maps upsampled to `size`,
+        `(K, N, H, W)`."""
+        pairs = zip(grids, self.border_baselines(), strict=True)
+        return torch.stack([upsample(grid - baseline, size) for grid, baseline in pairs])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution: the members' standardised mean."""

@@ -7,7 +7,8 @@ promise: everything is built and logged to MLflow with a registered model per ca
 `dvc.lock` equals the origin's and its `git status --porcelain` is empty; a second `dvc repro` runs
 nothing; a parameter reruns exactly the stages that read it (an inactive detector's section: none); a
 code change reruns the stages that run that code; `dvc metrics show` fits a terminal; `dvc plots show`
-draws every chart in headless Chromium with no network; no MLflow run is left RUNNING.
+draws every chart in headless Chromium with no network; no MLflow run is left RUNNING; and the default
+detector (PatchCore) runs every stage too.
 """
 
 from __future__ import annotations
@@ -425,3 +426,37 @@ def test_unreachable_tracking_server_fails_cleanly(origin: Path) -> None:
     assert uri in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (origin / "data/prepared/fabric").exists()
+
+
+def test_default_detector_patchcore_runs_end_to_end(origin: Path, tmp_path: Path) -> None:
+    """The default detector (the PatchCore ensemble) through every stage: fit, maps, metrics,
+    thresholds, plots, the logged network and the registered service model, no run left RUNNING."""
+    import mlflow
+
+    project = tmp_path / "repo"
+    _run(["git", "clone", "-q", str(origin), str(project)], origin)
+    _set_param(project, "model.name", "patchcore")
+    _set_param(project, "model.patchcore.input_size", 96)  # tiny images: a 12 x 12 patch grid
+    out = _run(["dvc", "repro"], project)
+    expected = {"generate", "extract_metrics", "compute_thresholds"}
+    assert expected | {f"{s}@{c}" for s in PER_CATEGORY for c in CATEGORIES} <= _ran(out.stdout)
+    metrics = json.loads((project / "metrics/metrics.json").read_text())
+    for category in CATEGORIES:
+        values = metrics["categories"][category]
+        assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["pixel_auroc"] <= 1.0
+        kind = _model_kind(project / f"models/{category}/model.pt")
+        assert kind == {"kind": "patchcore", "members": [[3], [2, 3], [3, 5]]}
+        assert not any((project / f"models/{category}/history").glob("*"))  # no epochs: no history
+        registered = json.loads((project / f"registry/{category}.json").read_text())
+        assert registered["registered_model"] == f"anomaly-spotter-{category}"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {f"train@{c}" for c in CATEGORIES} <= {r.info.run_name for r in runs}
+
+
+def _model_kind(path: Path) -> dict[str, object]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {"kind": state["kind"], "members": [list(m) for m in state["config"]["members"]]}

@@ -135,25 +135,22 @@ class PatchCoreDetector(Detector):
         return None
 
     def _preselect(self, patches: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
-        """Each image's patches `(B, P, D)` -> the ceil(pool_ratio * P) most spread out of each image
-        (k-center greedy, all B images at once), as rows `(B * k, D)`.
-
-        Done while streaming, so fitting holds only the pool, not every patch, and the final selection
-        runs on pool_ratio of the patches.
-        """
-        k = coreset_size(patches.shape[1], self.config.pool_ratio)
-        if k >= patches.shape[1]:
-            return patches.reshape(-1, patches.shape[2]).clone()
-        feats = patches if projection is None else patches @ projection
-        chosen = k_center_greedy(feats, k, self.config.seed)  # (B, k)
-        return patches[torch.arange(len(patches))[:, None], chosen].reshape(-1, patches.shape[2])
+        """Each image's patches `(B, P, D)` -> the ceil(pool_ratio * P) most spread out of each image,
+        as rows `(B * k, D)`. Done while streaming, so fitting holds only the pool, not every patch, and
+        the final selection runs on pool_ratio of the patches."""
+        return self._coreset(patches, coreset_size(patches.shape[1], self.config.pool_ratio), projection)
 
     def _coreset(self, patches: torch.Tensor, k: int, projection: torch.Tensor | None) -> torch.Tensor:
-        """`k` rows of `(P, D)` patch embeddings chosen by k-center greedy on their projection."""
-        if k >= len(patches):
-            return patches.clone()
+        """`k` rows of `(P, D)` patch embeddings, or of each of B sets `(B, P, D)` at once, chosen by
+        k-center greedy on their projection -> `(k, D)` or `(B * k, D)`."""
+        dim = patches.shape[-1]
+        if k >= patches.shape[-2]:
+            return patches.reshape(-1, dim).clone()
         feats = patches if projection is None else patches @ projection
-        return patches[k_center_greedy(feats, k, self.config.seed)]
+        chosen = k_center_greedy(feats, k, self.config.seed)  # (k,) or (B, k)
+        if patches.ndim == 2:
+            return patches[chosen]
+        return patches[torch.arange(len(patches))[:, None], chosen].reshape(-1, dim)
 
     def _smooth(self, maps: np.ndarray) -> np.ndarray:
         """Gaussian(sigma) over the last two axes of `(..., H, W)` maps."""

@@ -1,14 +1,23 @@
 """Anomaly-map post-processing, the original's chain, one small function a step.
 
-residual (|x - x_hat| averaged over channels) -> Gaussian smoothing -> min-max -> Otsu -> binary mask.
-The smoothed, un-normalised map is the *raw map*: image scores come from it, because a per-image
-min-max erases the difference between a clean image and a defective one.
+residual (|x - x_hat| averaged over channels) -> Gaussian smoothing -> *raw map*. Image scores come
+from the raw map, because a per-image min-max erases the difference between a clean image and a
+defective one. The predicted defect *region* of a raw map is one of (`RegionRule`):
+
+- `calibrated` (default): pixels above the category's pixel threshold, a high quantile (e.g. 99.9 %) of
+  the raw maps of the validation good images (`PixelCalibration`, fitted by `train`, kept in the model);
+  a good part shows ~0 % region, a defective one its defect.
+- `otsu` (the original's): min-max normalise each map, then Otsu's split. Otsu always finds a split, so
+  even a clean part shows a large "anomalous" area; kept for comparison with the original's figures.
+
 Maps are float32 `(N, H, W)` or `(H, W)`; higher = more anomalous.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -78,9 +87,70 @@ def image_scores(maps: np.ndarray, reduction: str = "max") -> np.ndarray:
     )
 
 
-def map_stats(raw: np.ndarray) -> dict[str, float]:
-    """The original's per-image stats of one raw map `(H, W)`: mean, max and % of pixels Otsu flags."""
-    mask = otsu_mask(minmax_normalize(raw))
+REGION_METHODS = ("calibrated", "otsu")
+
+
+@dataclass(frozen=True)
+class PixelCalibration:
+    """The pixel threshold of one category, fitted on the raw maps of its validation good images.
+
+    threshold: the `quantile` of all their pixels; good_max: their highest pixel (anchors the overlay
+    colour scale when the image score is not the map maximum); n_images: how many maps it was fitted on.
+    """
+
+    quantile: float
+    threshold: float
+    good_max: float
+    n_images: int
+
+    @classmethod
+    def fit(cls, maps: np.ndarray, quantile: float) -> PixelCalibration:
+        """Calibrate on raw maps `(N, H, W)` of good images; ValueError when there are none."""
+        maps = np.asarray(maps, dtype=np.float32)
+        if maps.ndim != 3 or len(maps) == 0:
+            raise ValueError(
+                f"pixel calibration needs good-image maps (N, H, W) with N >= 1, got {maps.shape}"
+            )
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"pixel quantile must be in (0, 1), got {quantile}")
+        return cls(float(quantile), float(np.quantile(maps, quantile)), float(maps.max()), len(maps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PixelCalibration:
+        return cls(
+            float(raw["quantile"]), float(raw["threshold"]), float(raw["good_max"]), int(raw["n_images"])
+        )
+
+
+@dataclass(frozen=True)
+class RegionRule:
+    """How a raw map becomes the predicted region: `calibrated` (pixels > pixel_threshold) or `otsu`."""
+
+    method: str = "otsu"
+    pixel_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in REGION_METHODS:
+            raise ValueError(f"region threshold {self.method!r}: use one of {', '.join(REGION_METHODS)}")
+        if self.method == "calibrated" and self.pixel_threshold is None:
+            raise ValueError(
+                "the calibrated region needs a pixel threshold (PixelCalibration, fitted by train)"
+            )
+
+    def mask(self, raw: np.ndarray) -> np.ndarray:
+        """Predicted region `(H, W)` bool of one raw map `(H, W)`."""
+        if self.method == "otsu":
+            return otsu_mask(minmax_normalize(raw))
+        return np.asarray(raw) > self.pixel_threshold
+
+
+def map_stats(raw: np.ndarray, region: RegionRule = RegionRule()) -> dict[str, float]:
+    """The original's per-image stats of one raw map `(H, W)`: mean, max and % of pixels in the region
+    `region` predicts (default: the original's min-max + Otsu)."""
+    mask = region.mask(raw)
     return {
         "mean_score": float(raw.mean()),
         "max_score": float(raw.max()),

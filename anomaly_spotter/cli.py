@@ -37,7 +37,11 @@ PREDICT_EPILOG = """examples:
 
 --model takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/service_model or a local
 pyfunc model folder. The CSV (columns: path, score, verdict, threshold, anomaly_percentage) goes to
---csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold.
+--csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold;
+anomaly_percentage is the share of its pixels in the predicted region (above the category's calibrated
+pixel threshold, unless the model was registered with process.region_threshold: otsu). Each overlay
+(--out) shows the map on the category's fixed colour scale (transparent below the pixel threshold, warm
+above it), the region outlined in cyan, the verdict, score and threshold, and a colour bar.
 Exit status 1 when any image could not be read (each is named on stderr; the others are still scored).
 A last line sums up: images scored, defective, unreadable, where the CSV and overlays went (on stderr
 when the CSV goes to stdout). models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default
@@ -178,20 +182,12 @@ def _overlay_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def write_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None:
-    """Heatmap of the raw map on the original image, with the predicted (Otsu) mask outlined."""
-    import cv2
+def write_overlay(overlay: np.ndarray, path: Path) -> None:
+    """Save one annotated overlay (`overlay.render_overlay`'s RGB image) as PNG."""
     from PIL import Image
 
-    from anomaly_spotter.anomaly_map import minmax_normalize, otsu_mask
-    from anomaly_spotter.plots import overlay_heatmap
-
-    height, width = image.shape[:2]
-    mask = otsu_mask(minmax_normalize(anomaly_map)).astype(np.uint8)
-    big_map = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    big_mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_heatmap(image, big_map, big_mask)).save(path)
+    Image.fromarray(overlay).save(path)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -222,13 +218,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 except ImageInputError as err:
                     n_failed += 1
                     tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)
-            rows = model.score([img for _, img in ok], return_map=args.out is not None)
+            rows = model.score(
+                [img for _, img in ok], return_map=args.out is not None, titles=[p.name for p, _ in ok]
+            )
             n_scored += len(rows)
             n_defective += sum(row["verdict"] == "defective" for row in rows)
-            for (path, image), row in zip(ok, rows, strict=True):
+            for (path, _), row in zip(ok, rows, strict=True):
                 writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
                 if args.out is not None:
-                    write_overlay(image, row["anomaly_map"], args.out / _overlay_name(stems[path], used))
+                    write_overlay(row["overlay"], args.out / _overlay_name(stems[path], used))
             handle.flush()
             bar.update(len(chunk))
         bar.close()

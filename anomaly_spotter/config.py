@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.anomaly_map import check_reduction
+from anomaly_spotter.anomaly_map import REGION_METHODS, check_reduction
 from anomaly_spotter.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
@@ -56,9 +56,9 @@ class BuiltinParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """How `train` fits the detector: `num_threads` (params.yaml `train.num_threads`, both detectors)
-    and the U-Net autoencoder's training loop (params.yaml `model.unet_ae.training.*`; PatchCore has
-    no training loop and ignores them)."""
+    """How `train` fits the detector: `num_threads` and `pixel_quantile` (params.yaml `train.*`, both
+    detectors) and the U-Net autoencoder's training loop (params.yaml `model.unet_ae.training.*`;
+    PatchCore has no training loop and ignores them)."""
 
     batch_size: int = 32
     lr: float = 1e-4
@@ -66,8 +66,11 @@ class TrainParams:
     max_epochs: int = 100
     patience: int = 10
     num_threads: int = 2
+    pixel_quantile: float = 0.999  # pixel threshold = this quantile of validation good maps (both detectors)
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.pixel_quantile < 1.0:
+            raise ConfigError(f"train.pixel_quantile must be in [0.5, 1), got {self.pixel_quantile}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ConfigError(
                 f"model.unet_ae.{TRAINING_SECTION}: batch_size, max_epochs and patience must be >= 1, got "
@@ -94,12 +97,18 @@ class ModelParams:
 class ProcessParams:
     batch_size: int = 16
     image_score: str = "max"
+    region_threshold: str = "calibrated"  # calibrated | otsu: how a map becomes the predicted region
 
     def __post_init__(self) -> None:
         try:
             check_reduction(self.image_score)
         except ValueError as err:
             raise ConfigError(f"process.image_score: {err}") from err
+        if self.region_threshold not in REGION_METHODS:
+            raise ConfigError(
+                f"process.region_threshold is {self.region_threshold!r}; "
+                f"use one of {', '.join(REGION_METHODS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,7 +213,7 @@ def _merge_training_section(raw: dict[str, Any]) -> dict[str, Any]:
         moved = ", ".join(f"model.unet_ae.{TRAINING_SECTION}.{k}" for k in misplaced)
         raise ConfigError(
             f"train.{misplaced[0]} is the autoencoder's training loop: move {misplaced} to {moved} "
-            f"(train holds num_threads only, read for both detectors)"
+            f"(train holds num_threads and pixel_quantile only, read for both detectors)"
         )
     if training is None:
         return raw

@@ -4,7 +4,9 @@ the original `generate_overlay` API.
 decode (Pillow, exactly as `data.images.read_rgb`: grayscale / RGBA -> RGB) -> validate size ->
 resize (`data.images.resize_rgb`, exactly the prepare stage's) -> `Detector.anomaly_maps` in batches
 (`scoring.score_batches`, exactly process_all's) -> image score (`anomaly_map.image_scores` with the
-pipeline's `process.image_score` reduction) -> verdict: "defective" iff score > threshold.
+pipeline's `process.image_score` reduction) -> verdict: "defective" iff score > threshold; predicted
+region (`process.region_threshold`, the model's pixel calibration) -> anomaly_percentage and the
+annotated overlay (`overlay.render_overlay`).
 Sign convention: higher score = more anomalous.
 """
 
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_spotter.anomaly_map import check_reduction, map_stats
+from anomaly_spotter.anomaly_map import RegionRule, check_reduction
 from anomaly_spotter.data.images import resize_rgb
 from anomaly_spotter.errors import AnomalySpotterError, ConfigError
 from anomaly_spotter.models.base import Detector
-from anomaly_spotter.scoring import score_batches
+from anomaly_spotter.overlay import MapScale, category_scale, render_overlay
+from anomaly_spotter.scoring import region_rule, score_batches
 
 # Largest accepted image side, in pixels (decoded size, before resizing). 8192^2 RGB is 200 MB.
 MAX_SIDE = 8192
@@ -48,10 +51,17 @@ class InferenceConfig:
     threshold_method: str = "recall_target"
     reduction: str = "max"
     batch_size: int = 16
+    # the predicted region (anomaly_percentage, outline): process.region_threshold ("calibrated" needs
+    # the model's pixel calibration: `for_model` sets it, with the highest validation good pixel, which
+    # anchors the colour scale); without a calibration, the original's Otsu
+    region_threshold: str = "otsu"
+    pixel_threshold: float | None = None
+    good_max: float | None = None
 
     def __post_init__(self) -> None:
         try:
             check_reduction(self.reduction)
+            self.region()
         except ValueError as err:
             raise ConfigError(str(err)) from err
         if self.image_size < 1 or self.batch_size < 1:
@@ -62,8 +72,46 @@ class InferenceConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> InferenceConfig:
+        """From `to_dict`'s output (one saved before pixel calibration existed gets the default region,
+        the original's Otsu, which it was served with)."""
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in raw.items() if k in names})
+
+    @classmethod
+    def for_model(
+        cls,
+        detector: Detector,
+        category: str,
+        image_size: int,
+        threshold: float,
+        threshold_method: str,
+        reduction: str,
+        batch_size: int,
+        region_threshold: str,
+    ) -> InferenceConfig:
+        """The config of a fitted detector: its pixel calibration travels with it."""
+        calibration = detector.pixel_calibration_
+        region_rule(region_threshold, calibration, f"the {category} model")
+        return cls(
+            category,
+            image_size,
+            threshold,
+            threshold_method,
+            reduction,
+            batch_size,
+            region_threshold,
+            None if calibration is None else calibration.threshold,
+            None if calibration is None else calibration.good_max,
+        )
+
+    def region(self) -> RegionRule:
+        """How a map becomes the predicted region (ValueError if `calibrated` lacks a pixel threshold)."""
+        pixel = self.pixel_threshold if self.region_threshold == "calibrated" else None
+        return RegionRule(self.region_threshold, pixel)
+
+    def map_scale(self, raw_map: np.ndarray) -> MapScale:
+        """The category's overlay colour scale (per-image only for a model without pixel calibration)."""
+        return category_scale(self.pixel_threshold, self.good_max, self.threshold, self.reduction, raw_map)
 
 
 def check_array(image: Any, name: str = "image") -> np.ndarray:
@@ -157,26 +205,40 @@ def score_images(
     images: Sequence[np.ndarray],
     config: InferenceConfig,
     return_map: bool = False,
+    titles: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per image: score, verdict, threshold, anomaly_percentage (and `anomaly_map` if asked).
+    """One row per image: score, verdict, threshold, anomaly_percentage (and, if `return_map`,
+    `anomaly_map` and `overlay`).
 
     `images` are decoded RGB uint8 arrays of any size (see `check_array`); maps are `(S, S)` float32 at
-    the model's input size.
+    the model's input size; overlays are `overlay.render_overlay`'s annotated RGB images (the category's
+    colour scale, `titles[i]` in the header).
     """
     if len(images) == 0:
         return []
     batch = preprocess(images, config.image_size)
     maps, scores = score_batches(detector, batch, config.batch_size, config.reduction, progress=False)
+    region = config.region()
     rows = []
-    for amap, score in zip(maps, scores, strict=True):
+    for i, (amap, score) in enumerate(zip(maps, scores, strict=True)):
         score = float(score)
+        mask = region.mask(amap)
         row: dict[str, Any] = {
             "score": score,
             "verdict": DEFECTIVE if score > config.threshold else GOOD,
             "threshold": float(config.threshold),
-            "anomaly_percentage": map_stats(amap)["anomaly_percentage"],
+            "anomaly_percentage": float(100.0 * mask.mean()),
         }
         if return_map:
             row["anomaly_map"] = amap
+            row["overlay"] = render_overlay(
+                check_array(images[i], f"image {i}"),
+                amap,
+                mask,
+                config.map_scale(amap),
+                score,
+                config.threshold,
+                titles[i] if titles is not None else "",
+            )
         rows.append(row)
     return rows

@@ -136,6 +136,29 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------
 
 
+def region_metrics(masks: np.ndarray, regions: np.ndarray) -> dict[str, float]:
+    """How well predicted regions `(N, H, W)` bool match ground-truth masks `(N, H, W)` bool, all pixels
+    of all images pooled: pixel_precision TP/(TP+FP), pixel_recall TP/(TP+FN), pixel_iou TP/(TP+FP+FN).
+
+    Good images count too (every pixel they flag is a false positive). A ratio with a zero denominator
+    is nan (no predicted pixel: precision; no defective pixel: recall; neither: IoU).
+    """
+    masks, regions = _check_pixel_inputs(masks, regions)
+    regions = regions.astype(bool, copy=False)
+    tp = int(np.count_nonzero(masks & regions))
+    fp = int(np.count_nonzero(regions)) - tp
+    fn = int(np.count_nonzero(masks)) - tp
+    return {
+        "pixel_precision": _ratio(tp, tp + fp),
+        "pixel_recall": _ratio(tp, tp + fn),
+        "pixel_iou": _ratio(tp, tp + fp + fn),
+    }
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """Exact pixel-level AUROC of maps `(N, H, W)` float against masks `(N, H, W)` bool.
 

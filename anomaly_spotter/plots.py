@@ -3,7 +3,8 @@
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, so no global figure
 registry and no GUI backend): each plot function writes exactly one PNG of a fixed pixel size
 (`figsize * DPI`, no tight bounding box) and releases its figure. `overlay_heatmap` is pure (no I/O)
-and returns an RGB uint8 image for the CLI's overlay PNGs.
+and returns an RGB uint8 image: the original's per-image heatmap (`legacy.generate_overlay`); the
+pipeline's overlays, on one colour scale per category, are `overlay.render_overlay`'s.
 
 Conventions: higher score = more anomalous, label 1 = defective, flagged iff `score > threshold`.
 Images are RGB uint8 `(H, W, 3)`; maps and masks are `(H, W)`.
@@ -33,7 +34,6 @@ TITLE_INCHES = 0.6
 HIST_BINS = 30
 # Use a log y axis for the loss history when max / min of the positive losses exceeds this.
 LOG_RANGE_RATIO = 30.0
-HEATMAP_CMAP = "jet"
 GOOD_COLOR = "tab:blue"
 DEFECT_COLOR = "tab:red"
 PRED_COLOR = "red"
@@ -339,21 +339,22 @@ def overlay_heatmap(
 def plot_example(
     image: np.ndarray,
     reconstruction: np.ndarray | None,
-    raw_map: np.ndarray,
+    overlay: np.ndarray,
     pred_mask: np.ndarray,
     gt_mask: np.ndarray | None,
     path: Path,
     title: str,
 ) -> None:
-    """One row of panels for one test image: input, reconstruction, heatmap, overlay, masks.
+    """One row of panels for one test image: input, reconstruction, annotated overlay, masks.
 
     image: RGB uint8 `(H, W, 3)`; reconstruction: `(H, W, 3)` uint8 or float in [0, 1], panel omitted
-    if None; raw_map `(H, W)` float (heatmap with colorbar); pred_mask / gt_mask `(H, W)` bool. The
-    last panel outlines the predicted mask (red) and the ground truth (green, if given) on the image.
+    if None; overlay: `overlay.render_overlay`'s RGB image (the category's colour scale, verdict, colour
+    bar; what `predict --out` writes); pred_mask / gt_mask `(H, W)` bool. The last panel outlines the
+    predicted region (red) and the ground truth (green, if given) on the image.
     """
     image = _check_rgb(image)
     height, width = image.shape[:2]
-    amap = _check_map(raw_map, (height, width), "raw_map")
+    overlay = _check_rgb(overlay, "overlay")
     pred = np.asarray(pred_mask) != 0
     if pred.shape != (height, width):
         raise ValueError(f"pred_mask shape {pred.shape} must equal the image's (H, W) {(height, width)}")
@@ -368,9 +369,11 @@ def plot_example(
             f"(H, W) {(height, width)}"
         )
 
-    n_panels = 4 + (reconstruction is not None)
-    fig = _new_figure((PANEL_INCHES * n_panels, PANEL_INCHES + TITLE_INCHES))
-    axes = fig.subplots(1, n_panels)
+    n_small = 2 + (reconstruction is not None)
+    overlay_ratio = overlay.shape[1] / overlay.shape[0]
+    widths = [1.0] * (n_small - 1) + [overlay_ratio, 1.0]
+    fig = _new_figure((PANEL_INCHES * sum(widths), PANEL_INCHES + TITLE_INCHES))
+    axes = fig.subplots(1, len(widths), gridspec_kw={"width_ratios": widths})
     panel = iter(axes)
 
     ax = next(panel)
@@ -382,12 +385,8 @@ def plot_example(
         ax.imshow(shown_recon, cmap="gray" if shown_recon.ndim == 2 else None)
         ax.set_title("reconstruction")
     ax = next(panel)
-    shown = ax.imshow(amap, cmap=HEATMAP_CMAP)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title("anomaly map")
-    ax = next(panel)
-    ax.imshow(overlay_heatmap(image, amap, pred))
-    ax.set_title("overlay")
+    ax.imshow(overlay)
+    ax.set_title("overlay (category colour scale)")
     ax = next(panel)
     ax.imshow(image)
     handles = []
@@ -399,7 +398,7 @@ def plot_example(
             ax.contour(gt.astype(np.float32), levels=[0.5], colors=GT_COLOR, linewidths=1.5)
         handles.append(Line2D([], [], color=GT_COLOR, label=f"ground truth ({100 * gt.mean():.1f}%)"))
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.02), fontsize=7, framealpha=0.8)
-    ax.set_title("masks")
+    ax.set_title("region vs ground truth")
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -10,14 +10,27 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from anomaly_spotter.anomaly_map import image_scores, map_stats
+from anomaly_spotter.anomaly_map import PixelCalibration, RegionRule, image_scores, map_stats
+from anomaly_spotter.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: extract_metrics (load_maps) does not run detector code
     from anomaly_spotter.models.base import Detector
 
 SCORES_FILE = "scores.csv"
 STATS_FILE = "stats.json"
+REGION_FILE = "region.json"
 MAPS_DIR = "maps"
+
+
+def region_rule(method: str, calibration: PixelCalibration | None, model: str = "the model") -> RegionRule:
+    """The predicted-region rule for `process.region_threshold` = `method` with the model's calibration;
+    ConfigError when `calibrated` is asked of a model saved without one."""
+    if method == "calibrated" and calibration is None:
+        raise ConfigError(
+            f"{model} has no pixel calibration (it was trained before calibration existed); retrain it "
+            "(dvc repro) or set process.region_threshold: otsu"
+        )
+    return RegionRule(method, calibration.threshold if method == "calibrated" and calibration else None)
 
 
 def score_batches(
@@ -43,11 +56,19 @@ def map_path(out_dir: Path, row: pd.Series | tuple) -> Path:
     return out_dir / MAPS_DIR / row.split / row.defect_type / f"{Path(row.image_path).stem}.npy"
 
 
-def write_scores(out_dir: Path, index: pd.DataFrame, maps: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Write one .npy map per image, scores.csv and the original's stats.json; returns the scores table."""
+def write_scores(
+    out_dir: Path,
+    index: pd.DataFrame,
+    maps: np.ndarray,
+    scores: np.ndarray,
+    region: RegionRule,
+    calibration: PixelCalibration | None,
+) -> pd.DataFrame:
+    """Write one .npy map per image, scores.csv, the original's stats.json (anomaly_percentage: the share
+    of pixels in `region`) and region.json (the rule and the model's calibration); returns the table."""
     table = index.copy()
     table["score"] = scores
-    stats = [map_stats(m) for m in maps]
+    stats = [map_stats(m, region) for m in maps]
     for key in ("mean_score", "max_score", "anomaly_percentage"):
         table[key] = [s[key] for s in stats]
     for row, amap in zip(table.itertuples(), maps, strict=True):
@@ -56,7 +77,16 @@ def write_scores(out_dir: Path, index: pd.DataFrame, maps: np.ndarray, scores: n
         np.save(path, amap)
     table.to_csv(out_dir / SCORES_FILE, index=False)
     (out_dir / STATS_FILE).write_text(json.dumps(stats_json(table), indent=2) + "\n")
+    record = {"method": region.method, "pixel_threshold": region.pixel_threshold}
+    record["calibration"] = calibration.to_dict() if calibration is not None else None
+    (out_dir / REGION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return table
+
+
+def load_region(out_dir: Path) -> RegionRule:
+    """The region rule process_all applied (its region.json)."""
+    raw = json.loads((out_dir / REGION_FILE).read_text())
+    return RegionRule(raw["method"], raw["pixel_threshold"])
 
 
 def stats_json(table: pd.DataFrame) -> dict[str, dict[str, list[dict[str, float | str]]]]:

@@ -2,7 +2,8 @@
 
 It holds the fitted detector (weights + config, `Detector.save`'s file), the preprocessing (resize to
 the pipeline's `data.image_size`), the anomaly-map post-processing (`process.image_score` reduction,
-Otsu anomaly percentage) and the category's calibrated threshold; all scoring goes through
+`process.region_threshold` region with the model's pixel calibration) and the category's calibrated
+threshold; all scoring goes through
 `anomaly_spotter.inference`, so its scores equal the pipeline's process_all scores.
 
 Input (signature): a DataFrame with one column `image` of type binary: encoded image bytes (PNG, JPEG,
@@ -12,7 +13,10 @@ Input (signature): a DataFrame with one column `image` of type binary: encoded i
     {"dataframe_records": [{"image": "<base64 PNG>"}], "params": {"return_map": true}}
 
 Output: one row per image: score, verdict ("defective" iff score > threshold, else "good"), threshold,
-anomaly_percentage and, with the param `return_map=true`, anomaly_map (nested lists, S x S).
+anomaly_percentage (share of pixels in the predicted region: above the category's calibrated pixel
+threshold, or the original's Otsu split, per `process.region_threshold`) and, with the param
+`return_map=true`, anomaly_map (nested lists, S x S, raw map) and overlay (base64 PNG: the annotated
+overlay of `anomaly_spotter.overlay`, the category's colour scale, as `predict --out` writes it).
 Bad input (not an image, empty, 0 or more than `inference.MAX_SIDE` pixels on a side) raises
 MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400.
 From Python, `load_model(uri).unwrap_python_model().predict(None, arrays)` also takes uint8 arrays.
@@ -75,9 +79,11 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         self.config = InferenceConfig.from_dict(raw)
         self.detector = load_detector(Path(context.artifacts[DETECTOR_ARTIFACT]))
 
-    def score(self, images: Sequence[np.ndarray], return_map: bool = False) -> list[dict[str, Any]]:
-        """Rows for decoded uint8 RGB images (any size): the CLI's entry point."""
-        return score_images(self.detector, images, self.config, return_map)
+    def score(
+        self, images: Sequence[np.ndarray], return_map: bool = False, titles: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows for decoded uint8 RGB images (any size): the CLI's entry point (`inference.score_images`)."""
+        return score_images(self.detector, images, self.config, return_map, titles)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -96,13 +102,14 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(rows, columns=[*_output_columns(return_map)])
         if return_map:
             frame["anomaly_map"] = [np.asarray(m).tolist() for m in frame["anomaly_map"]]
+            frame["overlay"] = [base64.b64encode(png_bytes(o)).decode("ascii") for o in frame["overlay"]]
         return frame
 
 
 def _output_columns(return_map: bool) -> list[str]:
     from anomaly_spotter.inference import OUTPUT_COLUMNS
 
-    return [*OUTPUT_COLUMNS, *(["anomaly_map"] if return_map else [])]
+    return [*OUTPUT_COLUMNS, *(["anomaly_map", "overlay"] if return_map else [])]
 
 
 def _images_from_input(model_input: Any) -> list[np.ndarray]:
@@ -312,6 +319,12 @@ def decide_promotion(
     )
 
 
+def _region_text(config: InferenceConfig) -> str:
+    if config.region_threshold == "calibrated":
+        return f"pixels above the calibrated pixel threshold {config.pixel_threshold:.6g}"
+    return "the original's per-image min-max + Otsu"
+
+
 def service_version_metadata(
     config: InferenceConfig,
     kind: str,
@@ -334,6 +347,8 @@ def service_version_metadata(
         "threshold_method": config.threshold_method,
         "image_score": config.reduction,
         "image_size": config.image_size,
+        "region_threshold": config.region_threshold,
+        "pixel_threshold": config.pixel_threshold,
         **metrics,
     }
     metrics_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -342,6 +357,6 @@ def service_version_metadata(
         f"{network_ref}), trained on data/prepared/{config.category} (DVC md5 {data_hash}) at git commit "
         f"{commit}{' (dirty)' if dirty else ''}. Threshold {config.threshold:.6g} "
         f"({config.threshold_method}), image score {config.reduction} of the raw map at "
-        f"{config.image_size}px. Test metrics: {metrics_text}."
+        f"{config.image_size}px; region: {_region_text(config)}. Test metrics: {metrics_text}."
     )
     return tags, description

@@ -3,7 +3,7 @@
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
 from anomaly_spotter.pipeline.process import run_process
-from anomaly_spotter.scoring import SCORES_FILE, STATS_FILE
+from anomaly_spotter.scoring import REGION_FILE, SCORES_FILE, STATS_FILE
 from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
 
 
@@ -17,7 +17,7 @@ def run() -> None:
             "process_all", category, flatten(params.process, "process."), tracking.model_tags(model)
         ) as run:
             tracking.log_metrics(metrics)
-            tracking.log_artifacts([out / SCORES_FILE, out / STATS_FILE])
+            tracking.log_artifacts([out / SCORES_FILE, out / STATS_FILE, out / REGION_FILE])
             tracking.tag_model_version(model, "process_all", run.info.run_id)
 
 

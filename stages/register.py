@@ -29,14 +29,17 @@ def run() -> None:
         image_metrics = json.loads(paths.METRICS_JSON.read_text())["categories"][category]
         thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())
         threshold = threshold_from(thresholds, category, reg.threshold)
-        kind = load_detector(model_dir / paths.MODEL_FILE).kind
-        config = InferenceConfig(
+        detector = load_detector(model_dir / paths.MODEL_FILE)
+        kind = detector.kind
+        config = InferenceConfig.for_model(
+            detector,
             category,
             params.data.image_size,
             threshold,
             reg.threshold,
             params.process.image_score,
             params.process.batch_size,
+            params.process.region_threshold,
         )
         headline = {k: image_metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
         headline["f1"] = thresholds[category]["recall_target"].get("f1")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from anomaly_spotter.anomaly_map import PixelCalibration
 from anomaly_spotter.config import Params
 from anomaly_spotter.errors import ConfigError
-from anomaly_spotter.models.base import Detector
+from anomaly_spotter.models.base import CALIBRATION_KEY, Detector
 
 __all__ = ["Detector", "build_detector", "load_detector", "detector_class"]
 
@@ -36,4 +37,7 @@ def load_detector(path: Path) -> Detector:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found; run the train stage first (dvc repro)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return detector_class(state["kind"]).from_state(state)
+    detector = detector_class(state["kind"]).from_state(state)
+    if CALIBRATION_KEY in state:
+        detector.pixel_calibration_ = PixelCalibration.from_dict(state[CALIBRATION_KEY])
+    return detector

@@ -17,11 +17,19 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
+from anomaly_spotter.anomaly_map import PixelCalibration
+
+# Key of the pixel calibration in a saved detector file (absent in files saved before it existed).
+CALIBRATION_KEY = "pixel_calibration"
+
 
 class Detector(ABC):
     """A fitted-on-good-images anomaly detector (scikit-learn style: learned state ends in `_`)."""
 
     kind: ClassVar[str]
+    # The category's pixel threshold, fitted after `fit` on validation good maps (pipeline.train);
+    # saved with the detector, so every consumer of the model file gets the same predicted region.
+    pixel_calibration_: PixelCalibration | None = None
 
     @abstractmethod
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
@@ -49,5 +57,9 @@ class Detector(ABC):
         return None
 
     def save(self, path: Path) -> None:
+        """`state()` (plus the pixel calibration, if fitted) to `path`, loadable with weights_only."""
+        state = self.state()
+        if self.pixel_calibration_ is not None:
+            state[CALIBRATION_KEY] = self.pixel_calibration_.to_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state(), path)
+        torch.save(state, path)

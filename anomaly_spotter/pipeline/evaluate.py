@@ -8,13 +8,24 @@ import numpy as np
 import pandas as pd
 
 from anomaly_spotter import paths
+from anomaly_spotter.anomaly_map import RegionRule
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.metrics import summarize_category
+from anomaly_spotter.metrics import region_metrics, summarize_category
 from anomaly_spotter.pipeline.results import write_json
-from anomaly_spotter.scoring import SCORES_FILE, load_maps
+from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
 
-HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+HEADLINE_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "pixel_precision",
+    "pixel_recall",
+    "pixel_iou",
+    "anomaly_pct_good",
+    "anomaly_pct_defective",
+)
 
 
 def _map_stats_table(table: pd.DataFrame, maps: np.ndarray) -> pd.DataFrame:
@@ -25,6 +36,21 @@ def _map_stats_table(table: pd.DataFrame, maps: np.ndarray) -> pd.DataFrame:
     stats["map_std"] = flat.std(axis=1)
     stats["map_p90"] = np.percentile(flat, 90, axis=1)
     return stats
+
+
+def _region_summary(
+    test: pd.DataFrame, masks: np.ndarray, maps: np.ndarray, region: RegionRule
+) -> dict[str, float]:
+    """Pixel precision / recall / IoU of process_all's predicted regions against the ground truth, and
+    the mean anomaly_percentage of the good and of the defective test images."""
+    labels = test["label"].to_numpy()
+    pct = test["anomaly_percentage"].to_numpy(dtype=np.float64)
+    regions = np.stack([region.mask(m) for m in maps]) if len(maps) else np.zeros(masks.shape, bool)
+    return {
+        **region_metrics(masks, regions),
+        "anomaly_pct_good": float(pct[labels == 0].mean()) if (labels == 0).any() else float("nan"),
+        "anomaly_pct_defective": float(pct[labels == 1].mean()) if (labels == 1).any() else float("nan"),
+    }
 
 
 def run_extract_metrics(params: Params) -> dict[str, Any]:
@@ -41,6 +67,7 @@ def run_extract_metrics(params: Params) -> dict[str, Any]:
         summary[category] = summarize_category(
             table[test].reset_index(drop=True), masks, maps[test], params.metrics.aupro_fpr_limit
         )
+        summary[category] |= _region_summary(table[test], masks, maps[test], load_region(out))
     overall = {k: float(np.nanmean([summary[c][k] for c in summary])) for k in HEADLINE_METRICS}
     result = {"overall": overall, "categories": summary}
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)

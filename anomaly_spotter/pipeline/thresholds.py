@@ -20,7 +20,7 @@ from anomaly_spotter.thresholds import (
 
 # The DVC metrics files (metrics/categories/<c>.json, metrics/overall.json): image metrics from
 # extract_metrics, then the out-of-fold figures at the recall-target threshold.
-IMAGE_HEADLINE = ("image_auroc", "pixel_auroc", "aupro")
+IMAGE_HEADLINE = ("image_auroc", "pixel_auroc", "aupro", "pixel_precision", "pixel_recall", "pixel_iou")
 THRESHOLD_HEADLINE = ("f1", "precision", "recall")
 
 
@@ -28,7 +28,8 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
     """Recall-target thresholds (out-of-fold figures) and good-only calibration, per category and type.
 
     Writes thresholds.csv / .json (full detail) and the DVC metrics: metrics/categories/<c>.json (image
-    AUROC, pixel AUROC, AUPRO from metrics.json; F1, precision, recall out-of-fold) and their mean,
+    AUROC, pixel AUROC, AUPRO and the predicted region's pixel precision / recall / IoU from
+    metrics.json; F1, precision, recall out-of-fold) and their mean,
     metrics/overall.json. Returns those per category (plus good_only_f1) and overall, for MLflow.
     """
     tp = params.thresholds

@@ -8,15 +8,20 @@ import numpy as np
 import pandas as pd
 
 from anomaly_spotter import paths
+from anomaly_spotter.anomaly_map import PixelCalibration
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
 from anomaly_spotter.detectors import build_detector
 from anomaly_spotter.models.base import Detector
+from anomaly_spotter.scoring import score_batches
+
+CALIBRATION_BATCH = 16
 
 
 def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]]:
     """Fit the configured detector on the category's train split (val split for early stopping).
 
+    Then fits the pixel threshold (`train.pixel_quantile` of the validation good maps), kept in the model.
     Writes models/<c>/model.pt and, for a detector with epochs, models/<c>/history/ (losses CSV + PNG).
     """
     import torch
@@ -30,6 +35,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     start = time.perf_counter()
     detector.fit(np.asarray(train.images), np.asarray(val.images))
     fit_seconds = time.perf_counter() - start
+    calibration = calibrate_pixels(detector, np.asarray(val.images), params.train.pixel_quantile)
     out = paths.model_dir(category)
     history_dir = out / paths.HISTORY_DIR
     history_dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +49,8 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
         "n_train": len(train.index),
         "n_val": len(val.index),
         "model_size_mb": (out / paths.MODEL_FILE).stat().st_size / 1e6,
+        "pixel_threshold": calibration.threshold,
+        "good_pixel_max": calibration.good_max,
     }
     if len(history) and history["val_loss"].notna().any():
         best = history.loc[history["val_loss"].idxmin()]
@@ -52,6 +60,16 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
             "best_val_loss": float(best["val_loss"]),
         }
     return detector, metrics
+
+
+def calibrate_pixels(detector: Detector, val_images: np.ndarray, quantile: float) -> PixelCalibration:
+    """Fit the detector's pixel threshold on the raw maps of the validation good images and attach it
+    (`Detector.save` then keeps it in the model file)."""
+    if len(val_images) == 0:
+        raise ValueError("no validation images to calibrate the pixel threshold on; raise data.val_fraction")
+    maps, _ = score_batches(detector, val_images, CALIBRATION_BATCH, "max", progress=False)
+    detector.pixel_calibration_ = PixelCalibration.fit(maps, quantile)
+    return detector.pixel_calibration_
 
 
 def training_history(detector: Detector) -> pd.DataFrame:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from anomaly_spotter import paths
-from anomaly_spotter.anomaly_map import minmax_normalize, otsu_mask
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
 from anomaly_spotter.detectors import load_detector
+from anomaly_spotter.overlay import category_scale, render_overlay
 from anomaly_spotter.plots import (
     plot_example,
     plot_pr,
@@ -21,11 +21,14 @@ from anomaly_spotter.plots import (
     pr_points,
     roc_points,
 )
-from anomaly_spotter.scoring import SCORES_FILE, load_maps
+from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
 
 
 def run_visualize(params: Params, category: str) -> dict[str, float]:
-    """Example panels (capped per defect type), ROC / PR curves and score distributions."""
+    """Example panels (capped per defect type), ROC / PR curves and score distributions.
+
+    Each example panel holds the annotated overlay `predict --out` writes (the category's colour scale,
+    the recall-target threshold's verdict) and the predicted region against the ground truth."""
     out = paths.plots_dir(category)
     examples = out / "examples"
     examples.mkdir(parents=True, exist_ok=True)
@@ -47,17 +50,27 @@ def run_visualize(params: Params, category: str) -> dict[str, float]:
     images = np.asarray(prepared.images[shown["row"].to_numpy()])
     gt = np.asarray(prepared.masks[shown["row"].to_numpy()])
     detector = load_detector(paths.model_dir(category) / paths.MODEL_FILE)
+    calibration = detector.pixel_calibration_
+    region = load_region(paths.outputs_dir(category))
     recon = detector.reconstruct(images)
     maps = load_maps(paths.outputs_dir(category), shown)
     for i, row in enumerate(shown.itertuples()):
-        verdict = "DEFECTIVE" if row.score > threshold else "good"
+        name = f"{category}/{row.defect_type}/{Path(row.image_path).name}"
+        mask = region.mask(maps[i])
+        scale = category_scale(
+            None if calibration is None else calibration.threshold,
+            None if calibration is None else calibration.good_max,
+            threshold,
+            params.process.image_score,
+            maps[i],
+        )
         plot_example(
             images[i],
             None if recon is None else recon[i],
-            maps[i],
-            otsu_mask(minmax_normalize(maps[i])),
+            render_overlay(images[i], maps[i], mask, scale, row.score, threshold, Path(row.image_path).name),
+            mask,
             gt[i] if row.label else None,
             examples / f"{row.defect_type}_{Path(row.image_path).stem}.png",
-            f"{category}/{row.defect_type}/{Path(row.image_path).name}: score {row.score:.4f} -> {verdict}",
+            name,
         )
     return {"n_examples": len(shown)}

@@ -159,6 +159,7 @@ def test_served_scores_equal_predict_cli(store: ServiceStore, server: str, tmp_p
     assert status == 200, text
     pred = json.loads(text)["predictions"][0]
     assert np.asarray(pred["anomaly_map"]).shape == (32, 32)
+    assert base64.b64decode(pred["overlay"]).startswith(b"\x89PNG")  # the annotated overlay
     assert pred["score"] == pytest.approx(float(expected[str(store.image_paths[0])]["score"]), rel=1e-6)
     status, text = _request(f"{server}/invocations", json.dumps({"inputs": {"image": [b64]}}).encode())
     assert status == 200, text

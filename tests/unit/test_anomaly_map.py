@@ -4,6 +4,8 @@ from scipy import ndimage
 from skimage import exposure, filters
 
 from anomaly_spotter.anomaly_map import (
+    PixelCalibration,
+    RegionRule,
     gaussian_smooth,
     image_scores,
     map_stats,
@@ -68,3 +70,34 @@ def test_image_scores_and_stats_on_known_map() -> None:
     for bad in ("median", "top", "top0", "top150", "p", "max5", "mean1.5"):
         with pytest.raises(ValueError, match="unknown image score"):
             image_scores(maps, bad)
+
+
+def test_pixel_calibration_is_a_quantile_of_all_good_pixels() -> None:
+    maps = np.arange(2 * 10 * 50, dtype=np.float32).reshape(2, 10, 50)  # 1000 distinct values 0..999
+    cal = PixelCalibration.fit(maps, 0.99)
+    assert cal.threshold == pytest.approx(np.quantile(np.arange(1000), 0.99))
+    assert (cal.good_max, cal.n_images, cal.quantile) == (999.0, 2, 0.99)
+    assert PixelCalibration.from_dict(cal.to_dict()) == cal
+    assert (maps > cal.threshold).mean() == pytest.approx(0.01, abs=1e-3)  # 1 % of good pixels above it
+    with pytest.raises(ValueError, match="N >= 1"):
+        PixelCalibration.fit(np.zeros((0, 4, 4), np.float32), 0.99)
+    with pytest.raises(ValueError, match="quantile"):
+        PixelCalibration.fit(maps, 1.0)
+
+
+def test_calibrated_region_flags_only_pixels_above_the_threshold_otsu_always_splits() -> None:
+    clean = np.full((20, 20), 0.1, np.float32)
+    clean[0, 0] = 0.2  # a clean map with a little noise: Otsu still splits it
+    clean[5:15, 5:15] += 0.05
+    defect = clean.copy()
+    defect[8:12, 8:12] = 3.0
+    calibrated = RegionRule("calibrated", 1.0)
+    assert map_stats(clean, calibrated)["anomaly_percentage"] == 0.0
+    assert map_stats(defect, calibrated)["anomaly_percentage"] == pytest.approx(100 * 16 / 400)
+    np.testing.assert_array_equal(calibrated.mask(defect), defect > 1.0)
+    assert map_stats(clean)["anomaly_percentage"] > 20.0  # the original's Otsu on a clean part
+    assert map_stats(clean, RegionRule("otsu")) == map_stats(clean)
+    with pytest.raises(ValueError, match="pixel threshold"):
+        RegionRule("calibrated")
+    with pytest.raises(ValueError, match="calibrated, otsu"):
+        RegionRule("quantile", 1.0)

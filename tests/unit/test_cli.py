@@ -23,6 +23,7 @@ import pytest
 from anomaly_spotter import cli, tracking
 from anomaly_spotter.data.prepare import load_prepared, prepare_category
 from anomaly_spotter.inference import InferenceConfig
+from anomaly_spotter.pipeline.train import calibrate_pixels
 from anomaly_spotter.scoring import score_batches
 from anomaly_spotter.serving import decide_promotion, log_service_model
 from tests.conftest import make_mvtec_category
@@ -61,6 +62,7 @@ def build_store(root: Path) -> ServiceStore:
     prepare_category(data_root, CATEGORY, prepared_dir, IMAGE_SIZE, 0.2, 0, progress=False)
     prepared = load_prepared(prepared_dir)
     detector = tiny_detector(np.asarray(prepared.split("train").images))
+    calibrate_pixels(detector, np.asarray(prepared.split("val").images), 0.99)
     detector.save(root / "model.pt")
     test = prepared.split("val", "test")
     _, scores = score_batches(detector, np.asarray(test.images), 16, "max", progress=False)
@@ -69,9 +71,10 @@ def build_store(root: Path) -> ServiceStore:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     tracking.connect()
     with mlflow.start_run():
-        info = log_service_model(
-            root / "model.pt", InferenceConfig(CATEGORY, IMAGE_SIZE, threshold), NAME, detector.kind
+        config = InferenceConfig.for_model(
+            detector, CATEGORY, IMAGE_SIZE, threshold, "recall_target", "max", 16, "calibrated"
         )
+        info = log_service_model(root / "model.pt", config, NAME, detector.kind)
     tracking.set_model_version_tags(
         NAME, info["model_version"], {"category": CATEGORY, "image_auroc": 0.8, "pixel_auroc": 0.7}
     )
@@ -115,6 +118,22 @@ def test_pyfunc_scores_equal_process_all(store: ServiceStore) -> None:
     assert (out["verdict"].eq("defective") == (out["score"] > store.threshold)).all()
     with_map = model.predict(frame.head(1), params={"return_map": True})
     assert np.asarray(with_map["anomaly_map"][0]).shape == (IMAGE_SIZE, IMAGE_SIZE)
+    # the served overlay is the annotated PNG predict --out writes (same renderer, same category scale)
+    import base64
+    import io
+
+    from PIL import Image
+
+    from anomaly_spotter.inference import read_image
+    from anomaly_spotter.overlay import BAR_PX, HEADER_PX, MIN_SIDE
+
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(with_map["overlay"][0]))))
+    assert served.shape == (MIN_SIDE + HEADER_PX, MIN_SIDE + BAR_PX, 3)
+    direct = model.unwrap_python_model().score([read_image(store.image_paths[0])], return_map=True)[0]
+    np.testing.assert_array_equal(served, direct["overlay"])
+    pixel = model.unwrap_python_model().config.pixel_threshold
+    share = 100.0 * float((np.asarray(with_map["anomaly_map"][0]) > pixel).mean())
+    assert with_map["anomaly_percentage"][0] == pytest.approx(share)  # the calibrated region
     # a batch of arrays, via the unwrapped model
     arrays = [np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in store.image_paths[:2]]
     rows = model.unwrap_python_model().predict(None, arrays)
@@ -161,8 +180,10 @@ def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
     assert len(overlays) == len(store.image_paths)
     from PIL import Image
 
-    with Image.open(overlays[0]) as img:
-        assert img.size == (40, 40) and img.mode == "RGB"
+    from anomaly_spotter.overlay import BAR_PX, HEADER_PX, MIN_SIDE
+
+    with Image.open(overlays[0]) as img:  # 40x40 inputs are shown at MIN_SIDE, plus header and colour bar
+        assert img.size == (MIN_SIDE + BAR_PX, MIN_SIDE + HEADER_PX) and img.mode == "RGB"
 
 
 def test_predict_cli_local_model_dir_and_stdout(

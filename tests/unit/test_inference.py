@@ -148,3 +148,37 @@ def test_verdict_is_strict(detector: UNetAEDetector) -> None:
     below = InferenceConfig("w", 32, score - 1e-6)
     assert score_images(detector, [image], below)[0]["verdict"] == "defective"
     assert score_images(detector, [], InferenceConfig("w", 32, 0.0)) == []
+
+
+def test_pixel_calibration_travels_with_the_model_file(tmp_path: Path) -> None:
+    from anomaly_spotter.detectors import load_detector
+    from anomaly_spotter.errors import ConfigError
+    from anomaly_spotter.pipeline.train import calibrate_pixels
+
+    rng = np.random.default_rng(1)
+    val = (100 + rng.integers(0, 40, (4, 32, 32, 3))).astype(np.uint8)
+    detector = tiny_detector()
+    cal = calibrate_pixels(detector, val, 0.99)
+    maps, _ = score_batches(detector, val, 16, "max", progress=False)
+    assert cal.threshold == pytest.approx(float(np.quantile(maps, 0.99)))
+    detector.save(tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt")
+    assert loaded.pixel_calibration_ == cal
+    config = InferenceConfig.for_model(loaded, "w", 32, 1.0, "recall_target", "max", 16, "calibrated")
+    assert (config.pixel_threshold, config.good_max) == (cal.threshold, cal.good_max)
+    row = score_images(loaded, list(val[:1]), config)[0]
+    assert row["anomaly_percentage"] == pytest.approx(100 * float((maps[0] > cal.threshold).mean()))
+    # a model saved without a calibration: the calibrated region is refused by name, Otsu still works
+    tiny_detector().save(tmp_path / "old.pt")
+    old = load_detector(tmp_path / "old.pt")
+    assert old.pixel_calibration_ is None
+    with pytest.raises(ConfigError, match="no pixel calibration.*region_threshold: otsu"):
+        InferenceConfig.for_model(old, "w", 32, 1.0, "recall_target", "max", 16, "calibrated")
+    assert (
+        InferenceConfig.for_model(old, "w", 32, 1.0, "recall_target", "max", 16, "otsu").pixel_threshold
+        is None
+    )
+    # a served config saved before calibration existed keeps the original's Otsu region
+    legacy = {"category": "w", "image_size": 32, "threshold": 1.0, "reduction": "max", "batch_size": 16}
+    assert InferenceConfig.from_dict(legacy).region_threshold == "otsu"
+    assert InferenceConfig.from_dict(config.to_dict()) == config

@@ -17,6 +17,7 @@ from anomaly_spotter.metrics import (
     image_auroc,
     pixel_auroc,
     pro_curve,
+    region_metrics,
     strict_threshold_between,
     summarize_category,
 )
@@ -377,3 +378,17 @@ def test_summarize_category_uses_the_aupro_fpr_limit_it_is_given() -> None:
     assert default == pytest.approx(aupro(masks, maps, fpr_limit=0.3))
     assert strict == pytest.approx(aupro(masks, maps, fpr_limit=0.05))
     assert abs(strict - default) > 0.01
+
+
+def test_region_metrics_count_pooled_pixels() -> None:
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2, :2] = True  # 4 defective pixels, image 1 is good
+    regions = np.zeros((2, 4, 4), bool)
+    regions[0, :2, :3] = True  # 4 TP + 2 FP
+    regions[1, 3, 3] = True  # 1 FP on the good image
+    out = region_metrics(masks, regions)
+    assert out == {"pixel_precision": 4 / 7, "pixel_recall": 1.0, "pixel_iou": 4 / 7}
+    empty = region_metrics(masks, np.zeros_like(regions))
+    assert math.isnan(empty["pixel_precision"]) and empty["pixel_recall"] == 0.0 and empty["pixel_iou"] == 0.0
+    none = region_metrics(np.zeros_like(masks), np.zeros_like(regions))
+    assert all(math.isnan(v) for v in none.values())

@@ -96,11 +96,23 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
         [_per_image("a", [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]), _per_image("b", [0.1, 0.5], [0.3, 0.9])]
     ).to_csv(paths.PER_IMAGE_CSV, index=False)
     image_metrics = {
-        "a": {"image_auroc": 1.0, "pixel_auroc": 0.9, "aupro": 0.8, "f1_max": 1.0, "image_auroc.hole": 1.0},
+        "a": {
+            "image_auroc": 1.0,
+            "pixel_auroc": 0.9,
+            "aupro": 0.8,
+            "pixel_precision": 0.5,
+            "pixel_recall": 0.4,
+            "pixel_iou": 0.3,
+            "f1_max": 1.0,
+            "image_auroc.hole": 1.0,
+        },
         "b": {
             "image_auroc": 0.75,
             "pixel_auroc": None,
             "aupro": 0.6,
+            "pixel_precision": None,
+            "pixel_recall": None,
+            "pixel_iou": None,
             "f1_max": 0.8,
             "image_auroc.hole": 0.75,
         },
@@ -110,8 +122,19 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
     result = thresholds_stage.run_compute_thresholds(params)
 
     a = json.loads(paths.category_metrics_file("a").read_text())
-    assert list(a) == ["image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall"]
+    assert list(a) == [
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "pixel_precision",
+        "pixel_recall",
+        "pixel_iou",
+        "f1",
+        "precision",
+        "recall",
+    ]
     assert (a["image_auroc"], a["pixel_auroc"], a["aupro"]) == (1.0, 0.9, 0.8)
+    assert (a["pixel_precision"], a["pixel_recall"], a["pixel_iou"]) == (0.5, 0.4, 0.3)
     detail = json.loads(paths.THRESHOLDS_JSON.read_text())
     assert set(detail["a"]) == {"recall_target", "per_defect", "good_only", "method"}
     assert [a[k] for k in ("f1", "precision", "recall")] == [

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_curve
 
+from anomaly_spotter.overlay import MapScale, render_overlay
 from anomaly_spotter.plots import (
     CURVE_FIGSIZE,
     DPI,
@@ -112,13 +113,18 @@ def test_example_plot_panels(tmp_path: Path) -> None:
     gt = np.zeros((64, 64), bool)
     gt[10:20, 10:30] = True
     recon = rng.random((64, 64, 3)).astype(np.float32)
-    plot_example(image, recon, raw, pred, gt, tmp_path / "with_recon.png", "bottle/crack/000")
-    plot_example(image, None, raw, pred, None, tmp_path / "no_recon.png", "bottle/good/001")
+    overlay = render_overlay(image, raw, pred, MapScale(0.8, 1.2, 0.8, 1.0), 0.99, 1.0, "000.png")
+    ratio = overlay.shape[1] / overlay.shape[0]
+    plot_example(image, recon, overlay, pred, gt, tmp_path / "with_recon.png", "bottle/crack/000")
+    plot_example(image, None, overlay, pred, None, tmp_path / "no_recon.png", "bottle/good/001")
     height = round((PANEL_INCHES + TITLE_INCHES) * DPI)
-    assert _png_size(tmp_path / "with_recon.png") == (round(5 * PANEL_INCHES * DPI), height)
-    assert _png_size(tmp_path / "no_recon.png") == (round(4 * PANEL_INCHES * DPI), height)
-    with pytest.raises(ValueError, match="raw_map shape"):
-        plot_example(image, None, raw[:32], pred, None, tmp_path / "bad.png", "bad")
+    for name, n_small in (("with_recon.png", 3), ("no_recon.png", 2)):  # + the overlay's aspect ratio
+        width, png_height = _png_size(tmp_path / name)
+        assert png_height == height and width == pytest.approx((n_small + ratio) * PANEL_INCHES * DPI, abs=1)
+    with pytest.raises(ValueError, match="pred_mask shape"):
+        plot_example(image, None, overlay, pred[:32], None, tmp_path / "bad.png", "bad")
+    with pytest.raises(ValueError, match="overlay must be uint8"):
+        plot_example(image, None, raw, pred, None, tmp_path / "bad.png", "bad")
 
 
 def test_plots_do_not_touch_pyplot(tmp_path: Path) -> None:

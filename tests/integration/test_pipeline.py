@@ -24,6 +24,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO
@@ -52,7 +53,17 @@ PER_CATEGORY = ("prepare", "train", "process_all", "visualize", "register")
 PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", ".dvcignore", ".gitignore")
 DVC_FILES = (".dvc/config", ".dvc/plots_page.html")
 MAX_METRICS_WIDTH = 160
-HEADLINE = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall")
+HEADLINE = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "pixel_precision",
+    "pixel_recall",
+    "pixel_iou",
+    "f1",
+    "precision",
+    "recall",
+)
 CHROMIUM_BUDGET_MS = 20_000
 
 
@@ -158,6 +169,12 @@ def test_repro_builds_every_output(origin: Path, logs: Path) -> None:
         assert set(stats) == {category} and "good" in stats[category]
         first = next(iter(stats[category]["good"]))
         assert set(first) == {"image", "mean_score", "max_score", "anomaly_percentage"}
+        # the calibrated region: the pixel threshold kept in the model is the one process_all applied
+        region = json.loads((origin / f"outputs/{category}/region.json").read_text())
+        model = torch.load(origin / f"models/{category}/model.pt", weights_only=True)
+        assert region["method"] == "calibrated"
+        assert region["pixel_threshold"] == model["pixel_calibration"]["threshold"]
+        assert 0.0 <= values["anomaly_pct_good"] <= 100.0 and 0.0 <= values["pixel_iou"] <= 1.0
         assert (origin / f"plots/{category}/roc.png").stat().st_size > 1000
         assert any((origin / f"plots/{category}/examples").glob("*.png"))
         history = (origin / f"models/{category}/history/history.csv").read_text().splitlines()

@@ -17,6 +17,14 @@ number comes from a choice that looked at it. `--cache FILE` keeps finished (var
 in a JSON-lines file, so an interrupted or extended run recomputes only what is new (a row is keyed
 by the variant, the category, the data and the params file, not by the code: start a new cache file
 after changing the code).
+
+`--fit-sizes 50 200 1000 2000` measures how fitting scales instead: for each category and size N, the
+first variant is fitted on N training images (the category's train split repeated with light
+augmentation: mirror flips and shifts of up to 8 px, seeded) and the table gives fit time, peak memory,
+memory-bank size (patches, all members) and ms per scored test image, with the test AUROCs for reference.
+
+    python -m anomaly_spotter.bench --root ../shared/data/mvtec_ad_256 --categories pill \
+        --fit-sizes 50 200 1000 2000 --out benchmarks/fit_scaling.md
 """
 
 from __future__ import annotations
@@ -78,8 +86,38 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
-def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str, Any]:
-    """Fit and evaluate one variant on one category in this process."""
+SCALING_COLUMNS = ("category", "n_train", "fit_s", "peak_mb", "bank_size", "ms_per_image", "image_auroc")
+MAX_SHIFT = 8
+
+
+def grow_training_set(images: Any, n: int, seed: int) -> Any:
+    """`n` training images from `images` `(M, H, W, 3)`: the originals first (cycled), each copy after
+    the first M randomly mirrored (left-right and/or up-down) and shifted by up to MAX_SHIFT px (edge
+    pixels repeated), so repeats are not identical patches."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, *images.shape[1:]), dtype=images.dtype)
+    for i in range(n):
+        img = images[i % len(images)]
+        if i >= len(images):
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            if rng.random() < 0.5:
+                img = img[::-1]
+            dy, dx = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=2)
+            pad = np.pad(img, ((MAX_SHIFT, MAX_SHIFT), (MAX_SHIFT, MAX_SHIFT), (0, 0)), mode="edge")
+            h, w = img.shape[:2]
+            img = pad[MAX_SHIFT + dy : MAX_SHIFT + dy + h, MAX_SHIFT + dx : MAX_SHIFT + dx + w]
+        out[i] = img
+    return out
+
+
+def run_job(
+    root: Path, category: str, spec: str, params_path: Path, n_train: int | None = None
+) -> dict[str, Any]:
+    """Fit and evaluate one variant on one category in this process (on `n_train` training images grown
+    by `grow_training_set`, if given)."""
     import numpy as np
     import torch
 
@@ -108,11 +146,14 @@ def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str
         prepare_category(root, category, Path(tmp), image_size, params.data.val_fraction, params.seed, False)
         data = load_prepared(Path(tmp))
         train, val, test = data.split("train"), data.split("val"), data.split("test")
+        train_images = np.asarray(train.images)
+        if n_train is not None:
+            train_images = grow_training_set(train_images, n_train, params.seed)
         detector = build_detector(params)
         if hasattr(detector, "progress"):
             detector.progress = False
         start = time.perf_counter()
-        detector.fit(np.asarray(train.images), np.asarray(val.images))
+        detector.fit(train_images, np.asarray(val.images))
         fit_s = time.perf_counter() - start
         images = np.asarray(test.images)
         start = time.perf_counter()
@@ -121,8 +162,15 @@ def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str
         )
         ms = 1000 * (time.perf_counter() - start) / len(images)
         frame = test.index.assign(score=image_scores(maps, params.process.image_score))
-        summary = summarize_category(frame, np.asarray(test.masks), maps, params.metrics.aupro_fpr_limit)
+        summary = summarize_category(
+            frame,
+            np.asarray(test.masks),
+            maps,
+            params.metrics.aupro_fpr_limit,
+            pixel_rows=test.index["has_mask"].to_numpy().astype(bool),
+        )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    banks = [b for n, b in detector.module().named_buffers() if n.startswith("memory_bank")]
     return {
         "variant": label,
         "category": category,
@@ -130,6 +178,8 @@ def run_job(root: Path, category: str, spec: str, params_path: Path) -> dict[str
         "fit_s": fit_s,
         "ms_per_image": ms,
         "peak_mb": peak_mb,
+        "n_train": len(train_images),
+        "bank_size": sum(len(b) for b in banks),
     }
 
 
@@ -202,6 +252,24 @@ def loco_table(rows: list[dict[str, Any]], metric: str = "image_auroc") -> tuple
     return "\n".join(lines + per_variant), out
 
 
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (category, training-set size)."""
+    names = ("category", "training images", "fit s", "peak MB", "bank (patches)", "ms / image", "image AUROC")
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = [
+            row["category"],
+            str(row["n_train"]),
+            f"{row['fit_s']:.1f}",
+            f"{row['peak_mb']:.0f}",
+            f"{row['bank_size']:,}",
+            f"{row['ms_per_image']:.1f}",
+            f"{row['image_auroc']:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _job_key(spec: str, category: str, root: Path, params: Path) -> str:
     """Cache key of one (variant, category) job: the spec, the data and the params file's content."""
     text = json.dumps([spec, category, str(root.resolve()), params.read_text()])
@@ -249,11 +317,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loco", action="store_true", help="leave-one-category-out selection table")
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
+    parser.add_argument(
+        "--fit-sizes",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="scaling mode: fit the first variant on N training images each (grown by augmentation)",
+    )
     parser.add_argument("--job", nargs=2, metavar=("VARIANT", "CATEGORY"), help=argparse.SUPPRESS)
+    parser.add_argument("--job-n-train", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
-        print(json.dumps(run_job(args.root, args.job[1], args.job[0], args.params)))
+        print(json.dumps(run_job(args.root, args.job[1], args.job[0], args.params, args.job_n_train)))
         return
+    if args.fit_sizes:
+        if args.root is None or not args.categories:
+            parser.error("--fit-sizes needs --root and --categories")
+        if min(args.fit_sizes) < 1:
+            parser.error("--fit-sizes: sizes must be >= 1")
+        return _run_scaling(args)
     if args.categories and args.root is None:
         parser.error("--categories needs --root")
     if not args.categories and not args.builtin:
@@ -283,6 +365,46 @@ def main(argv: list[str] | None = None) -> None:
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def _run_scaling(args: argparse.Namespace) -> None:
+    """`--fit-sizes`: one subprocess per (category, size), the table printed and written to --out."""
+    spec = (args.variant or ["patchcore"])[0]
+    rows = []
+    for category in args.categories:
+        for n in args.fit_sizes:
+            rows.append(_subprocess_job(args.root, category, spec, args.params, n))
+            row = rows[-1]
+            print(
+                f"{category:<12} {n:>6} images  fit {row['fit_s']:.1f}s  peak {row['peak_mb']:.0f} MB  "
+                f"bank {row['bank_size']}  {row['ms_per_image']:.1f} ms/img  "
+                f"image AUROC {row['image_auroc']:.4f}",
+                flush=True,
+            )
+    machine = f"{platform.machine()}, {_cpus()} CPU cores, Python {platform.python_version()}"
+    text = (
+        f"{scaling_table(rows)}\n\nvariant: {spec}; machine: {machine}; data: {args.root} "
+        f"({' '.join(args.categories)}), training images grown by mirror flips and shifts <= {MAX_SHIFT} px\n"
+    )
+    print(f"\n{text}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _subprocess_job(
+    root: Path, category: str, spec: str, params: Path, n_train: int | None = None
+) -> dict[str, Any]:
+    """`run_job` in a fresh process (its peak memory is its own); SystemExit with its stderr on failure."""
+    cmd = [sys.executable, "-m", "anomaly_spotter.bench", "--root", str(root)]
+    cmd += ["--params", str(params), "--job", spec, category]
+    if n_train is not None:
+        cmd += ["--job-n-train", str(n_train)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {spec} on {category} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_size: int) -> list[dict]:
     """Every (variant, category) job in its own subprocess, reusing and extending `args.cache`."""
     cache = _read_cache(args.cache)
@@ -295,12 +417,7 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
             if key in cache:
                 row = cache[key]
             else:
-                cmd = [sys.executable, "-m", "anomaly_spotter.bench", "--root", str(root)]
-                cmd += ["--params", str(args.params), "--job", spec, category]
-                result = subprocess.run(cmd, capture_output=True, text=True)
-                if result.returncode != 0:
-                    raise SystemExit(f"bench: {spec} on {category} failed:\n{result.stderr[-3000:]}")
-                row = json.loads(result.stdout.strip().splitlines()[-1])
+                row = _subprocess_job(root, category, spec, args.params)
                 if args.cache:
                     args.cache.parent.mkdir(parents=True, exist_ok=True)
                     with args.cache.open("a") as f:

@@ -42,7 +42,8 @@ anomaly_percentage is the share of its pixels in the predicted region (above the
 pixel threshold, unless the model was registered with process.region_threshold: otsu). Each overlay
 (--out) shows the map on the category's fixed colour scale (transparent below the pixel threshold, warm
 above it), the region outlined in cyan, the verdict, score and threshold, and a colour bar.
-Exit status 1 when any image could not be read (each is named on stderr; the others are still scored).
+Exit status 1 when any image could not be read or is too small to score (registry.min_image_side; each
+is named on stderr; the others are still scored).
 A last line sums up: images scored, defective, unreadable, where the CSV and overlays went (on stderr
 when the CSV goes to stdout). models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default
 sqlite:///mlflow.db in the working directory), which must exist: predict never creates a store.
@@ -190,6 +191,20 @@ def write_overlay(overlay: np.ndarray, path: Path) -> None:
     Image.fromarray(overlay).save(path)
 
 
+def check_min_side(image: np.ndarray, min_side: int, path: Path) -> np.ndarray:
+    """`image`, or ImageInputError naming `path` when it is smaller than the model can score (as the
+    served model refuses it: registry.min_image_side, capped at the model's input size)."""
+    from anomaly_spotter.inference import ImageInputError
+
+    height, width = image.shape[:2]
+    if min(height, width) < min_side:
+        raise ImageInputError(
+            f"{path}: image is {width}x{height}, smaller than {min_side} pixels on a side "
+            "(registry.min_image_side), too small to score; use a larger image"
+        )
+    return image
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -214,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             ok: list[tuple[Path, np.ndarray]] = []
             for path in chunk:
                 try:
-                    ok.append((path, read_image(path)))
+                    ok.append((path, check_min_side(read_image(path), model.config.min_side, path)))
                 except ImageInputError as err:
                     n_failed += 1
                     tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)

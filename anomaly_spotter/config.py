@@ -28,6 +28,8 @@ MODEL_NAMES = ("unet_ae", "patchcore")
 # The autoencoder's training loop: `model.unet_ae.training` in params.yaml, merged into Params.train.
 TRAINING_SECTION = "training"
 TRAINING_KEYS = ("batch_size", "lr", "betas", "max_epochs", "patience")
+# Largest data.image_size: 1000 images cached at 1024 px are 3 GB (images.npy is N x S x S x 3 bytes)
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,11 @@ class DataParams:
             raise ConfigError("data.categories is empty: list at least one category folder name")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.image_size < 16:
-            raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
+        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"data.image_size is {self.image_size}; set it between 16 and {MAX_IMAGE_SIZE} (prepare "
+                f"caches every image at image_size^2 x 3 bytes, and the detectors are built for 128-320 px)"
+            )
 
 
 @dataclass(frozen=True)
@@ -144,10 +149,17 @@ class RegistryParams:
     threshold: str = "recall_target"  # which calibrated threshold the served model applies
     promote_metric: str = "image_auroc"  # higher is better; champion moves only if the new version is >=
     tiebreak_metric: str = "pixel_auroc"
+    # request limits of the served model (stored in its config; a request over one is answered 400)
+    max_images_per_request: int = 64
+    max_request_megapixels: float = 100.0  # decoded pixels of all images of one request, in millions
+    min_image_side: int = 32  # smaller images are refused (capped at data.image_size)
 
     def __post_init__(self) -> None:
         if self.threshold not in THRESHOLD_METHODS:
             raise ConfigError(f"registry.threshold is {self.threshold!r}; use one of {THRESHOLD_METHODS}")
+        for key in ("max_images_per_request", "max_request_megapixels", "min_image_side"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"registry.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Scoring new images: the one path shared by the served pyfunc model, `anomaly-spotter predict` and
 the original `generate_overlay` API.
 
-decode (Pillow, exactly as `data.images.read_rgb`: grayscale / RGBA -> RGB) -> validate size ->
-resize (`data.images.resize_rgb`, exactly the prepare stage's) -> `Detector.anomaly_maps` in batches
+decode (`data.images.decode_rgb`, also `read_rgb`'s: 8/16-bit grayscale, palette, RGB(A) -> RGB) ->
+validate size -> resize (`data.images.resize_rgb`, exactly the prepare stage's) ->
+`Detector.anomaly_maps` in batches
 (`scoring.score_batches`, exactly process_all's) -> image score (`anomaly_map.image_scores` with the
 pipeline's `process.image_score` reduction) -> verdict: "defective" iff score > threshold; predicted
 region (`process.region_threshold`, the model's pixel calibration) -> anomaly_percentage and the
@@ -12,33 +13,27 @@ Sign convention: higher score = more anomalous.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from anomaly_spotter.anomaly_map import RegionRule, check_reduction
-from anomaly_spotter.data.images import resize_rgb
-from anomaly_spotter.errors import AnomalySpotterError, ConfigError
+from anomaly_spotter.data.images import ImageInputError, decode_rgb, resize_rgb, rgb_array
+from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.models.base import Detector
 from anomaly_spotter.overlay import MapScale, category_scale, render_overlay
 from anomaly_spotter.scoring import region_rule, score_batches
 
 # Largest accepted image side, in pixels (decoded size, before resizing). 8192^2 RGB is 200 MB.
 MAX_SIDE = 8192
-NPY_MAGIC = b"\x93NUMPY"
 DEFECTIVE = "defective"
 GOOD = "good"
 OUTPUT_COLUMNS = ("score", "verdict", "threshold", "anomaly_percentage")
-
-
-class ImageInputError(AnomalySpotterError):
-    """An input image is empty, not decodable, or of an unsupported size."""
+# the served model's request limits: InferenceConfig fields, from params.yaml registry.<same key>
+LIMIT_KEYS = ("max_images_per_request", "max_request_megapixels", "min_image_side")
 
 
 @dataclass(frozen=True)
@@ -57,6 +52,11 @@ class InferenceConfig:
     region_threshold: str = "otsu"
     pixel_threshold: float | None = None
     good_max: float | None = None
+    # request limits of the served model (params.yaml registry.*; a config saved before they existed gets
+    # these defaults): images per request, decoded megapixels per request, smallest image side
+    max_images_per_request: int = 64
+    max_request_megapixels: float = 100.0
+    min_image_side: int = 32
 
     def __post_init__(self) -> None:
         try:
@@ -66,6 +66,40 @@ class InferenceConfig:
             raise ConfigError(str(err)) from err
         if self.image_size < 1 or self.batch_size < 1:
             raise ConfigError(f"image_size, batch_size must be >= 1: {self.image_size}, {self.batch_size}")
+        for key in LIMIT_KEYS:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"registry.{key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side served: min_image_side, capped at the model's input size."""
+        return min(self.min_image_side, self.image_size)
+
+    def check_count(self, n_images: int) -> None:
+        """ImageInputError naming registry.max_images_per_request when a request has more images."""
+        if n_images > self.max_images_per_request:
+            raise ImageInputError(
+                f"request has {n_images} images, over the limit of {self.max_images_per_request} "
+                "(registry.max_images_per_request); send fewer images per request"
+            )
+
+    def check_request(self, sizes: Sequence[tuple[int, int]]) -> None:
+        """ImageInputError naming the limit and its params.yaml key when a request of images of these
+        `(width, height)` sizes (from their headers) is over one of the served model's limits."""
+        self.check_count(len(sizes))
+        for i, (width, height) in enumerate(sizes):
+            if 0 < min(width, height) < self.min_side:
+                raise ImageInputError(
+                    f"image {i}: image is {width}x{height}, smaller than {self.min_side} pixels on a side "
+                    "(registry.min_image_side), too small to score; send a larger image"
+                )
+        megapixels = sum(w * h for w, h in sizes) / 1e6
+        if megapixels > self.max_request_megapixels:
+            raise ImageInputError(
+                f"request has {megapixels:.1f} megapixels of images, over the limit of "
+                f"{self.max_request_megapixels:g} (registry.max_request_megapixels); send fewer or smaller "
+                "images"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,8 +122,10 @@ class InferenceConfig:
         reduction: str,
         batch_size: int,
         region_threshold: str,
+        **limits: Any,
     ) -> InferenceConfig:
-        """The config of a fitted detector: its pixel calibration travels with it."""
+        """The config of a fitted detector: its pixel calibration travels with it; `limits` are the request
+        limits (LIMIT_KEYS, defaults if not given)."""
         calibration = detector.pixel_calibration_
         region_rule(region_threshold, calibration, f"the {category} model")
         return cls(
@@ -102,6 +138,7 @@ class InferenceConfig:
             region_threshold,
             None if calibration is None else calibration.threshold,
             None if calibration is None else calibration.good_max,
+            **limits,
         )
 
     def region(self) -> RegionRule:
@@ -115,69 +152,23 @@ class InferenceConfig:
 
 
 def check_array(image: Any, name: str = "image") -> np.ndarray:
-    """Validate a decoded image and return it as uint8 RGB `(H, W, 3)`.
+    """Validate a decoded image and return it as uint8 RGB `(H, W, 3)` (`data.images.rgb_array`).
 
-    Accepts uint8 `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)` (alpha dropped, as Pillow's
-    convert("RGB") does for an opaque image). Raises ImageInputError naming `name`.
+    Accepts uint8 or uint16 `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)` (alpha dropped, as Pillow's
+    convert("RGB") does for an opaque image), 1 to MAX_SIDE pixels a side. Raises ImageInputError naming
+    `name`.
     """
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ImageInputError(f"{name}: pixels must be uint8 (0-255), got {arr.dtype}; convert the image")
-    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
-        arr = arr[..., :3] if arr.shape[2] != 1 else arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ImageInputError(f"{name}: expected an (H, W) or (H, W, 3) image array, got shape {arr.shape}")
-    _check_size(arr.shape[1], arr.shape[0], name)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    return np.ascontiguousarray(arr)
-
-
-def _check_size(width: int, height: int, name: str) -> None:
-    if width < 1 or height < 1:
-        raise ImageInputError(f"{name}: image has no pixels ({width}x{height}); send a real image")
-    if max(width, height) > MAX_SIDE:
-        raise ImageInputError(
-            f"{name}: image is {width}x{height}, larger than {MAX_SIDE} pixels on a side; downscale it first"
-        )
+    return rgb_array(image, name, MAX_SIDE)
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes (PNG, JPEG, BMP, TIFF, ... or a NumPy .npy array) to uint8 RGB `(H, W, 3)`.
 
-    Decoding equals `data.images.read_rgb` on the same file. The size is checked from the header before
-    the pixels are decoded, so a huge image is refused cheaply. Raises ImageInputError naming `name`.
+    `data.images.decode_rgb`, the decoder `data.images.read_rgb` (prepare) uses, limited to MAX_SIDE
+    pixels a side. The size is checked from the header before the pixels are decoded, so a huge image
+    is refused cheaply. Raises ImageInputError naming `name`.
     """
-    if isinstance(data, str):
-        raise ImageInputError(f"{name}: expected image bytes, got text; base64-decode it first")
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ImageInputError(f"{name}: expected encoded image bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise ImageInputError(f"{name}: empty image data; send a PNG or JPEG file's bytes")
-    if data.startswith(NPY_MAGIC):
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ImageInputError(f"{name}: cannot read .npy array ({err})") from err
-        return check_array(array, name)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                _check_size(img.width, img.height, name)
-                img.load()  # decodes fully: a truncated file raises here
-                return check_array(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
-    except ImageInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageInputError(
-            f"{name}: image is too large to decode safely ({err}); the limit is {MAX_SIDE} pixels on a side"
-        ) from err
-    except UnidentifiedImageError as err:
-        raise ImageInputError(f"{name}: not a recognised image format; send PNG or JPEG bytes") from err
-    except (OSError, SyntaxError, ValueError, TypeError, MemoryError) as err:
-        raise ImageInputError(f"{name}: cannot decode image ({err}); re-export or replace the file") from err
+    return decode_rgb(data, name, MAX_SIDE)
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -140,19 +140,28 @@ def region_metrics(masks: np.ndarray, regions: np.ndarray) -> dict[str, float]:
     """How well predicted regions `(N, H, W)` bool match ground-truth masks `(N, H, W)` bool, all pixels
     of all images pooled: pixel_precision TP/(TP+FP), pixel_recall TP/(TP+FN), pixel_iou TP/(TP+FP+FN).
 
-    Good images count too (every pixel they flag is a false positive). A ratio with a zero denominator
-    is nan (no predicted pixel: precision; no defective pixel: recall; neither: IoU).
+    Good images count too (every pixel they flag is a false positive). All three are nan when the masks
+    hold no defective pixel (nothing to match: a good image's flagged area is anomaly_pct_good's), and
+    precision is nan when no pixel is predicted.
     """
     masks, regions = _check_pixel_inputs(masks, regions)
     regions = regions.astype(bool, copy=False)
     tp = int(np.count_nonzero(masks & regions))
     fp = int(np.count_nonzero(regions)) - tp
     fn = int(np.count_nonzero(masks)) - tp
+    if tp + fn == 0:
+        return {"pixel_precision": math.nan, "pixel_recall": math.nan, "pixel_iou": math.nan}
     return {
         "pixel_precision": _ratio(tp, tp + fp),
         "pixel_recall": _ratio(tp, tp + fn),
         "pixel_iou": _ratio(tp, tp + fp + fn),
     }
+
+
+def mean_present(values: list[float | None]) -> float:
+    """Mean of the finite values (None / nan are absent metrics); nan, without a warning, if none."""
+    present = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(present)) if present else math.nan
 
 
 def _ratio(num: int, den: int) -> float:
@@ -331,12 +340,15 @@ def summarize_category(
     masks: np.ndarray | None,
     maps: np.ndarray | None,
     aupro_fpr_limit: float = AUPRO_FPR_LIMIT,
+    pixel_rows: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of one category's test set.
 
     frame: one row per test image with columns label (0/1), defect_type (str, "good" for good), score.
     masks `(N, H, W)` bool and maps `(N, H, W)` float are aligned with the frame's rows; if either is
-    None the pixel metrics are nan. `aupro_fpr_limit` is AUPRO's integration limit (params.yaml
+    None the pixel metrics are nan. `pixel_rows` `(N,)` bool, if given, marks the rows whose masks are
+    known (the prepared index's has_mask): pixel AUROC and AUPRO use those rows only, so a defect image
+    without a mask is not counted as all good. `aupro_fpr_limit` is AUPRO's integration limit (params.yaml
     `metrics.aupro_fpr_limit`). Returns image_auroc, pixel_auroc, aupro, f1_max (value only: its
     threshold is fitted on the test set), n_images and n_defective (ints), and `image_auroc.<type>` per
     defect type (that type's images vs all good images).
@@ -354,6 +366,13 @@ def summarize_category(
                 f"masks ({len(masks)}) and maps ({len(maps)}) must have one entry per frame row "
                 f"({len(frame)}), in the same order"
             )
+        if pixel_rows is not None:
+            keep = np.asarray(pixel_rows, dtype=bool).reshape(-1)
+            if keep.size != len(frame):
+                raise ValueError(
+                    f"pixel_rows has {keep.size} entries; it needs one per frame row ({len(frame)})"
+                )
+            masks, maps = np.asarray(masks)[keep], np.asarray(maps)[keep]
         out["pixel_auroc"] = pixel_auroc(masks, maps)
         out["aupro"] = aupro(masks, maps, fpr_limit=aupro_fpr_limit)
     out["f1_max"] = f1_max(labels, scores)[0]

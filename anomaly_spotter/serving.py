@@ -17,8 +17,14 @@ anomaly_percentage (share of pixels in the predicted region: above the category'
 threshold, or the original's Otsu split, per `process.region_threshold`) and, with the param
 `return_map=true`, anomaly_map (nested lists, S x S, raw map) and overlay (base64 PNG: the annotated
 overlay of `anomaly_spotter.overlay`, the category's colour scale, as `predict --out` writes it).
-Bad input (not an image, empty, 0 or more than `inference.MAX_SIDE` pixels on a side) raises
-MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400.
+Images are decoded as the pipeline decodes them (`data.images.decode_rgb`: 8/16-bit grayscale, palette,
+RGB(A), 16-bit RGB). Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server
+answers with HTTP 400 and the decoder's or the limit's reason: not an image, empty, truncated, 0 or more
+than `inference.MAX_SIDE` pixels on a side, and, checked from the headers before any pixels are decoded,
+the request limits stored in the model's config (params.yaml `registry.*`): more than
+`max_images_per_request` images, an image smaller than `min_image_side` on a side (capped at the model's
+input size), more than `max_request_megapixels` decoded megapixels in all. `ServiceModel.score` (the
+CLI's entry, which scores in chunks of 16 and checks each file itself) applies no request limits.
 From Python, `load_model(uri).unwrap_python_model().predict(None, arrays)` also takes uint8 arrays.
 """
 
@@ -42,9 +48,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
-from anomaly_spotter.config import THRESHOLD_METHODS
+from anomaly_spotter.data.images import check_size, image_size
 from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.inference import (
+    MAX_SIDE,
     ImageInputError,
     InferenceConfig,
     check_array,
@@ -95,7 +102,7 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         """
         return_map = bool((params or {}).get("return_map", False))
         try:
-            images = _images_from_input(model_input)
+            images = _images_from_input(model_input, self.config)
             rows = self.score(images, return_map)
         except AnomalySpotterError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
@@ -112,8 +119,12 @@ def _output_columns(return_map: bool) -> list[str]:
     return [*OUTPUT_COLUMNS, *(["anomaly_map", "overlay"] if return_map else [])]
 
 
-def _images_from_input(model_input: Any) -> list[np.ndarray]:
-    """Decoded RGB arrays from a DataFrame/dict with an `image` column, a list of bytes or of arrays."""
+def _images_from_input(model_input: Any, config: InferenceConfig | None = None) -> list[np.ndarray]:
+    """Decoded RGB arrays from a DataFrame/dict with an `image` column, a list of bytes or of arrays.
+
+    With `config`, the request is checked against its limits (images per request, smallest side,
+    megapixels per request) from the image headers, before any pixels are decoded.
+    """
     if isinstance(model_input, Mapping):
         model_input = pd.DataFrame(dict(model_input))
     if isinstance(model_input, pd.DataFrame):
@@ -133,30 +144,44 @@ def _images_from_input(model_input: Any) -> list[np.ndarray]:
         )
     if not values:
         raise AnomalySpotterError("no images in the request; send at least one")
-    images = []
-    for i, value in enumerate(values):
-        name = f"image {i}"
-        if isinstance(value, np.ndarray):
-            images.append(check_array(value, name))
-        elif isinstance(value, str):
-            images.append(decode_image(_b64decode(value, name), name))
+    if config is not None:
+        config.check_count(len(values))
+    sources = [_image_source(value, f"image {i}") for i, value in enumerate(values)]
+    sizes = []
+    for i, source in enumerate(sources):
+        if isinstance(source, np.ndarray):
+            sizes.append((source.shape[1], source.shape[0]))
         else:
-            images.append(_decode_maybe_base64(value, name))
-    return images
+            width, height = image_size(source, f"image {i}", MAX_SIDE)
+            check_size(width, height, f"image {i}", MAX_SIDE)
+            sizes.append((width, height))
+    if config is not None:
+        config.check_request(sizes)
+    return [
+        source if isinstance(source, np.ndarray) else decode_image(source, f"image {i}")
+        for i, source in enumerate(sources)
+    ]
 
 
-def _decode_maybe_base64(value: Any, name: str) -> np.ndarray:
-    """Decode image bytes; the JSON `inputs` format hands over the base64 text as bytes: decode it too."""
+def _image_source(value: Any, name: str) -> np.ndarray | bytes:
+    """A checked uint8 RGB array, or encoded image bytes: base64 text (str, or the bytes the JSON
+    `inputs` format hands over) is decoded; bytes that are neither an image nor base64 get the decoder's
+    own reason (too large, truncated, no pixels, not an image format)."""
+    if isinstance(value, np.ndarray):
+        return check_array(value, name)
+    if isinstance(value, str):
+        return _b64decode(value, name)
     try:
-        return decode_image(value, name)
-    except ImageInputError:
-        if not isinstance(value, bytes) or not value:
-            raise
+        image_size(value, name, MAX_SIDE)
+        return bytes(value)
+    except ImageInputError as err:
+        reason = err
+    if isinstance(value, bytes) and value:
         try:
-            raw = base64.b64decode(value, validate=True)
+            return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise ImageInputError(f"{name}: not a recognised image format; send PNG or JPEG bytes") from None
-        return decode_image(raw, name)
+            pass
+    raise reason  # not base64 either: the decoder's own reason
 
 
 def _b64decode(text: str, name: str) -> bytes:
@@ -213,15 +238,13 @@ def service_requirements(detector_kind: str) -> list[str]:
 
 
 def threshold_from(thresholds: Mapping[str, Any], category: str, method: str) -> float:
-    """The calibrated threshold of `category` from metrics/thresholds.json's content."""
-    if method not in THRESHOLD_METHODS:
-        raise AnomalySpotterError(f"threshold method {method!r}: use one of {THRESHOLD_METHODS}")
-    try:
-        return float(thresholds[category][method]["threshold"])
-    except (KeyError, TypeError) as err:
-        raise AnomalySpotterError(
-            f"metrics/thresholds.json has no {category}.{method}.threshold; run `dvc repro`"
-        ) from err
+    """The calibrated threshold `category` is served with, from metrics/thresholds.json's content: see
+    `anomaly_spotter.thresholds.served_threshold` (which also says which method it comes from: a category
+    without defective test images falls back from recall_target to good_only)."""
+    # imported here: the served model never calls this, and its environment need not hold scikit-learn
+    from anomaly_spotter.thresholds import served_threshold
+
+    return served_threshold(thresholds, category, method).threshold
 
 
 def log_service_model(

@@ -6,20 +6,26 @@ Rule everywhere: an image is flagged defective iff `score > threshold` (strict);
   category (or defect type), but the precision / recall it is reported with are out-of-fold: each fold
   is predicted with a threshold fitted on the other folds only.
 - `good_only_threshold`: calibration from good images alone, for users without defective examples.
+- `served_threshold`: which of the two a category's served model (and its plots) applies.
 
-Precision when nothing is flagged is 0.0 (sklearn's `zero_division=0`); recall and F1 are nan when
-there is no defective image to recall.
+Precision when nothing is flagged is 0.0 (sklearn's `zero_division=0`); precision, recall and F1 are
+nan when there is no defective image (a good-only test set: only false_positives / n_good mean
+anything there).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from anomaly_spotter.config import THRESHOLD_METHODS
+from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.metrics import GOOD_TYPE, _check_frame, _check_image_inputs, strict_threshold_between
 
 ALL_TYPES = "all"
@@ -98,11 +104,11 @@ def good_only_threshold(good_scores: np.ndarray, target_fpr: float = DEFAULT_GOO
 def _counts_to_metrics(
     n_defective: int, n_good: int, detected: int, false_positives: int
 ) -> dict[str, float | int]:
-    """Precision (0 if nothing flagged), recall and F1 (nan if no defective image) from counts."""
+    """Precision (0 if nothing flagged), recall and F1 (all three nan if no defective image) from counts."""
     flagged = detected + false_positives
     precision = detected / flagged if flagged else 0.0
     if n_defective == 0:
-        recall = f1 = math.nan
+        precision = recall = f1 = math.nan
     else:
         recall = detected / n_defective
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -131,8 +137,8 @@ def _evaluate_predictions(labels: np.ndarray, flagged: np.ndarray) -> dict[str, 
 def evaluate_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | int]:
     """precision, recall, f1, detected, n_defective, false_positives, n_good of `score > threshold`.
 
-    labels `(N,)` 0/1 and scores `(N,)`. Precision is 0.0 when nothing is flagged; recall and F1 are
-    nan when there is no defective image.
+    labels `(N,)` 0/1 and scores `(N,)`. Precision is 0.0 when nothing is flagged; precision, recall and
+    F1 are nan when there is no defective image.
     """
     labels, scores = _check_image_inputs(labels, scores)
     return _evaluate_predictions(labels, scores > threshold)
@@ -273,6 +279,52 @@ def recall_thresholds_out_of_fold(
     return rows
 
 
+@dataclass(frozen=True)
+class ServedThreshold:
+    """The image threshold a category is served with: its value, the method it comes from
+    (recall_target | good_only) and, when that is not the method asked for, why (`note`)."""
+
+    threshold: float
+    method: str
+    note: str | None = None
+
+
+def served_threshold(thresholds: Mapping[str, Any], category: str, method: str) -> ServedThreshold:
+    """The threshold `category` is served with, from metrics/thresholds.json's content (`thresholds`).
+
+    `method` is params.yaml registry.threshold. A category without defective test images has no
+    recall-target threshold: asked for recall_target, it gets its good_only threshold, and `note` says
+    so (register prints it and records the method used). Raises AnomalySpotterError for an unknown method
+    or when the threshold is missing otherwise (thresholds.json out of date).
+    """
+    if method not in THRESHOLD_METHODS:
+        raise AnomalySpotterError(f"registry.threshold is {method!r}; use one of {THRESHOLD_METHODS}")
+    entry = thresholds.get(category)
+    calibrated = entry.get(method) if isinstance(entry, Mapping) else None
+    value = calibrated.get("threshold") if isinstance(calibrated, Mapping) else None
+    if value is not None:
+        return ServedThreshold(float(value), method)
+    good_only = entry.get("good_only") if isinstance(entry, Mapping) else None
+    if (
+        method == "recall_target"
+        and isinstance(calibrated, Mapping)
+        and calibrated.get("n_defective") == 0
+        and isinstance(good_only, Mapping)
+        and good_only.get("threshold") is not None
+    ):
+        note = (
+            f"{category} has no defective test image, so no recall-target threshold: serving the good-only "
+            f"threshold {float(good_only['threshold']):.6g} (at most thresholds.good_fpr = "
+            f"{good_only.get('target_fpr')} of the validation good images above it); set "
+            "registry.threshold: good_only to choose it explicitly"
+        )
+        return ServedThreshold(float(good_only["threshold"]), "good_only", note)
+    raise AnomalySpotterError(
+        f"metrics/thresholds.json has no {category}.{method}.threshold; run `dvc repro` "
+        "(compute_thresholds writes it)"
+    )
+
+
 def rows_to_frame(rows: list[ThresholdRow]) -> pd.DataFrame:
     """One column per ThresholdRow field (in field order); detected / false_positives as nullable Int64."""
     columns = [f.name for f in fields(ThresholdRow)]
@@ -285,11 +337,13 @@ def rows_to_frame(rows: list[ThresholdRow]) -> pd.DataFrame:
 __all__ = [
     "ALL_TYPES",
     "GOOD_TYPE",
+    "ServedThreshold",
     "ThresholdRow",
     "evaluate_threshold",
     "good_only_threshold",
     "recall_thresholds_out_of_fold",
     "rows_to_frame",
+    "served_threshold",
     "stratified_folds",
     "threshold_for_recall",
 ]

@@ -1,5 +1,7 @@
 """Stage `extract_metrics`: per-image map stats; image/pixel AUROC, AUPRO, F1-max per category and overall."""
 
+import math
+
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.config import flatten
 from anomaly_spotter.pipeline.evaluate import run_extract_metrics
@@ -21,7 +23,12 @@ def run() -> None:
             for model in models.values():
                 tracking.tag_model_version(model, "extract_metrics", run.info.run_id)
     for category, values in result["categories"].items():
-        print(f"{category}: image AUROC {values['image_auroc']:.4f}  pixel AUROC {values['pixel_auroc']:.4f}")
+        image = _shown(values["image_auroc"], "needs good and defective test images")
+        print(f"{category}: image AUROC {image}  pixel AUROC {_shown(values['pixel_auroc'], 'needs masks')}")
+
+
+def _shown(value: float, why_absent: str) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else f"absent ({why_absent})"
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from pathlib import Path
 from anomaly_spotter import paths, tracking
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.serving import log_service_model, service_version_metadata, threshold_from
+from anomaly_spotter.serving import log_service_model, service_version_metadata
 from anomaly_spotter.stage import main, parse_args, stage_outputs
+from anomaly_spotter.thresholds import served_threshold
 
 DVC_LOCK = Path("dvc.lock")
 
@@ -28,18 +29,24 @@ def run() -> None:
         network = tracking.train_run(category, model_dir / paths.MODEL_FILE)
         image_metrics = json.loads(paths.METRICS_JSON.read_text())["categories"][category]
         thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())
-        threshold = threshold_from(thresholds, category, reg.threshold)
+        # a category without defective test images is served with its good-only threshold (served.note)
+        served = served_threshold(thresholds, category, reg.threshold)
+        if served.note:
+            print(f"register {category}: {served.note}")
         detector = load_detector(model_dir / paths.MODEL_FILE)
         kind = detector.kind
         config = InferenceConfig.for_model(
             detector,
             category,
             params.data.image_size,
-            threshold,
-            reg.threshold,
+            served.threshold,
+            served.method,
             params.process.image_score,
             params.process.batch_size,
             params.process.region_threshold,
+            max_images_per_request=reg.max_images_per_request,
+            max_request_megapixels=reg.max_request_megapixels,
+            min_image_side=reg.min_image_side,
         )
         headline = {k: image_metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
         headline["f1"] = thresholds[category]["recall_target"].get("f1")
@@ -62,6 +69,8 @@ def run() -> None:
                 config, kind, network_ref, data_hash, commit, dirty, headline
             )
             tags |= {**lineage, "run.register": run.info.run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
+            if served.note:
+                tags["threshold_note"] = served.note
             tracking.set_model_version_tags(name, version["model_version"], tags)
             tracking.set_model_version_description(name, version["model_version"], description)
             tracking.tag_model_version(network, "register", run.info.run_id)
@@ -72,6 +81,7 @@ def run() -> None:
                 "data_dvc_hash": data_hash,
                 **config.to_dict(),
                 **headline,
+                **({"threshold_note": served.note} if served.note else {}),
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=2) + "\n")

@@ -5,8 +5,13 @@
     <root>/<category>/ground_truth/<defect_type>/<name>_mask.png
 
 Every downstream step reads the table this module builds (columns in INDEX_COLUMNS).
-Nothing is skipped silently: a stray file, an image without its mask or the reverse raises
-DatasetError naming the file.
+Nothing is skipped silently: a stray file, a mask without its image, or a defect type whose masks
+cover only some of its images raises DatasetError naming the file.
+
+Masks are optional per defect type: a category without ground_truth/, or a defect type without its
+ground_truth/<defect_type>/ folder, is indexed with `mask_path` empty and `has_mask` 0 for those
+images; they count in image-level metrics only. `has_mask` is 1 for every image whose pixel labels are
+known: a defect image with its mask, and every good image (all pixels good).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 
 from anomaly_spotter.errors import DatasetError
 
-INDEX_COLUMNS = ("category", "split", "defect_type", "label", "image_path", "mask_path")
+INDEX_COLUMNS = ("category", "split", "defect_type", "label", "image_path", "mask_path", "has_mask")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
 MASK_SUFFIX = "_mask"
@@ -45,8 +50,9 @@ def _subfolders(folder: Path) -> list[Path]:
 def make_category_index(root: Path, category: str) -> pd.DataFrame:
     """Index one category of an MVTec-layout folder: one row per image, split train or test.
 
-    Raises DatasetError if the folder is not in the MVTec layout, a category is empty, or an
-    image and its mask do not pair.
+    Raises DatasetError if the folder is not in the MVTec layout, a category is empty, a mask has no
+    image, or a defect type has masks for some of its images but not all. A defect type without any
+    mask (no ground_truth/<defect_type>/ folder, or an empty one) is indexed with has_mask 0.
     """
     root = Path(root)
     cat_dir = root / category
@@ -87,12 +93,16 @@ def make_category_index(root: Path, category: str) -> pd.DataFrame:
         masks = (
             {p.stem.removesuffix(MASK_SUFFIX): p for p in _image_files(mask_dir)} if mask_dir.is_dir() else {}
         )
+        if not masks:  # no masks for this defect type: image-level labels only
+            rows += [_row(category, "test", type_dir.name, p, None) for p in files]
+            continue
         for path in files:
             mask = masks.pop(path.stem, None)
             if mask is None:
                 raise DatasetError(
-                    f"{path}: defect image has no mask; "
-                    f"expected {mask_dir / (path.stem + MASK_SUFFIX + '.png')}"
+                    f"{path}: defect image has no mask, but other {type_dir.name} images have one; "
+                    f"add {mask_dir / (path.stem + MASK_SUFFIX + '.png')}, or remove {mask_dir} to "
+                    f"evaluate {type_dir.name} at image level only"
                 )
             rows.append(_row(category, "test", type_dir.name, path, mask))
         if masks:
@@ -118,6 +128,7 @@ def _row(category: str, split: str, defect_type: str, image: Path, mask: Path | 
         "label": int(defect_type != GOOD),
         "image_path": str(image),
         "mask_path": str(mask) if mask is not None else "",
+        "has_mask": int(defect_type == GOOD or mask is not None),
     }
 
 

@@ -75,30 +75,31 @@ class PatchCoreDetector(Detector):
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
         """Build the memory banks from good images `(N, H, W, 3)` uint8 and standardise the members.
 
-        Each member keeps ceil(coreset_ratio * N*h*w) of its training patch embeddings, chosen by greedy
-        k-center on a seeded random projection to `projection_dim` dimensions, in two steps: each
-        image's patches are pre-selected to pool_ratio of them as they stream in, then the bank is
-        selected from that pool. `val_images` (good images held out from the banks) give each member's
-        border correction (`PatchCore.set_border_baseline`) and its location and scale: the mean and
-        standard deviation of their image scores (max of the smoothed, corrected map). An ensemble needs
-        them; a single member without them keeps raw distances.
+        Each member keeps ceil(coreset_ratio * N*h*w) of its training patch embeddings (at most
+        `max_bank_size`), chosen by greedy k-center on a seeded random projection to `projection_dim`
+        dimensions, in two steps: each image's patches are pre-selected to pool_ratio of them (at most
+        `max_pool_size` in all) as they stream in, then the bank is selected from that pool. With both
+        caps, fit time is linear in N and memory bounded. `val_images` (good images held out from the
+        banks) give each member's border correction (`PatchCore.set_border_baseline`) and its location
+        and scale: the mean and standard deviation of their image scores (max of the smoothed, corrected
+        map). An ensemble needs them; a single member without them keeps raw distances.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
         n_members = len(self.config.members)
         projections = [self._projection(dim) for dim in model.embedding_dims]
+        n_images = len(train_images) * len(AUGMENTS[self.config.augment])
         with torch.inference_mode():
             pools: list[list[torch.Tensor]] = [[] for _ in range(n_members)]
             n_patches = [0] * n_members
             for x in self._augmented_batches(train_images):
                 for k, emb in enumerate(model.embed(x)):
                     per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
-                    pools[k].append(self._preselect(per_image, projections[k]))
+                    pools[k].append(self._preselect(per_image, projections[k], n_images))
                     n_patches[k] += per_image.shape[0] * per_image.shape[1]
             for k in range(n_members):
                 pool = torch.cat(pools[k])
                 pools[k] = []
-                bank_size = coreset_size(n_patches[k], self.config.coreset_ratio)
-                model.set_memory_bank(k, self._coreset(pool, bank_size, projections[k]))
+                model.set_memory_bank(k, self._coreset(pool, self._bank_size(n_patches[k]), projections[k]))
                 del pool
             loc, scale = torch.zeros(n_members), torch.ones(n_members)
             if val_images is not None and len(val_images) >= 2:
@@ -134,11 +135,21 @@ class PatchCoreDetector(Detector):
             return random_projection(dim, self.config.projection_dim, self.config.seed)
         return None
 
-    def _preselect(self, patches: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
-        """Each image's patches `(B, P, D)` -> the ceil(pool_ratio * P) most spread out of each image,
-        as rows `(B * k, D)`. Done while streaming, so fitting holds only the pool, not every patch, and
-        the final selection runs on pool_ratio of the patches."""
-        return self._coreset(patches, coreset_size(patches.shape[1], self.config.pool_ratio), projection)
+    def _bank_size(self, n_patches: int) -> int:
+        """ceil(coreset_ratio * training patches), at most `max_bank_size` (if set)."""
+        size = coreset_size(n_patches, self.config.coreset_ratio)
+        return min(size, self.config.max_bank_size) if self.config.max_bank_size else size
+
+    def _preselect(
+        self, patches: torch.Tensor, projection: torch.Tensor | None, n_images: int
+    ) -> torch.Tensor:
+        """Each image's patches `(B, P, D)` -> the k most spread out of each image, as rows `(B * k, D)`:
+        k = ceil(pool_ratio * P), at most max_pool_size // n_images (and at least 1). Done while
+        streaming, so fitting holds only the pool (bounded), never every patch."""
+        k = coreset_size(patches.shape[1], self.config.pool_ratio)
+        if self.config.max_pool_size:
+            k = max(1, min(k, self.config.max_pool_size // max(n_images, 1)))
+        return self._coreset(patches, k, projection)
 
     def _coreset(self, patches: torch.Tensor, k: int, projection: torch.Tensor | None) -> torch.Tensor:
         """`k` rows of `(P, D)` patch embeddings, or of each of B sets `(B, P, D)` at once, chosen by

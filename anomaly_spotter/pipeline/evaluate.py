@@ -11,7 +11,7 @@ from anomaly_spotter import paths
 from anomaly_spotter.anomaly_map import RegionRule
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.metrics import region_metrics, summarize_category
+from anomaly_spotter.metrics import mean_present, region_metrics, summarize_category
 from anomaly_spotter.pipeline.results import write_json
 from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
 
@@ -25,6 +25,7 @@ HEADLINE_METRICS = (
     "pixel_iou",
     "anomaly_pct_good",
     "anomaly_pct_defective",
+    "masked",
 )
 
 
@@ -41,15 +42,22 @@ def _map_stats_table(table: pd.DataFrame, maps: np.ndarray) -> pd.DataFrame:
 def _region_summary(
     test: pd.DataFrame, masks: np.ndarray, maps: np.ndarray, region: RegionRule
 ) -> dict[str, float]:
-    """Pixel precision / recall / IoU of process_all's predicted regions against the ground truth, and
-    the mean anomaly_percentage of the good and of the defective test images."""
+    """Pixel precision / recall / IoU of process_all's predicted regions against the ground truth (test
+    images whose pixel labels are known only: has_mask), the mean anomaly_percentage of the good and of
+    the defective test images, and `masked`: the share of defective test images with a mask (nan
+    without defective images), with its count n_masked_defective."""
     labels = test["label"].to_numpy()
+    known = test["has_mask"].to_numpy().astype(bool)
     pct = test["anomaly_percentage"].to_numpy(dtype=np.float64)
     regions = np.stack([region.mask(m) for m in maps]) if len(maps) else np.zeros(masks.shape, bool)
+    n_defective = int((labels == 1).sum())
+    n_masked = int(((labels == 1) & known).sum())
     return {
-        **region_metrics(masks, regions),
+        **region_metrics(masks[known], regions[known]),
         "anomaly_pct_good": float(pct[labels == 0].mean()) if (labels == 0).any() else float("nan"),
         "anomaly_pct_defective": float(pct[labels == 1].mean()) if (labels == 1).any() else float("nan"),
+        "masked": n_masked / n_defective if n_defective else float("nan"),
+        "n_masked_defective": n_masked,
     }
 
 
@@ -65,10 +73,14 @@ def run_extract_metrics(params: Params) -> dict[str, Any]:
         prepared = load_prepared(paths.prepared_dir(category))
         masks = np.asarray(prepared.masks[table.loc[test, "row"].to_numpy()])
         summary[category] = summarize_category(
-            table[test].reset_index(drop=True), masks, maps[test], params.metrics.aupro_fpr_limit
+            table[test].reset_index(drop=True),
+            masks,
+            maps[test],
+            params.metrics.aupro_fpr_limit,
+            pixel_rows=table.loc[test, "has_mask"].to_numpy().astype(bool),
         )
         summary[category] |= _region_summary(table[test], masks, maps[test], load_region(out))
-    overall = {k: float(np.nanmean([summary[c][k] for c in summary])) for k in HEADLINE_METRICS}
+    overall = {k: mean_present([summary[c][k] for c in summary]) for k in HEADLINE_METRICS}
     result = {"overall": overall, "categories": summary}
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)
     pd.concat(per_image, ignore_index=True).to_csv(paths.PER_IMAGE_CSV, index=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from anomaly_spotter import paths
 from anomaly_spotter.config import Params
+from anomaly_spotter.metrics import mean_present
 from anomaly_spotter.pipeline.results import k_of_n, py, write_json
 from anomaly_spotter.thresholds import (
     evaluate_threshold,
@@ -19,8 +19,18 @@ from anomaly_spotter.thresholds import (
 )
 
 # The DVC metrics files (metrics/categories/<c>.json, metrics/overall.json): image metrics from
-# extract_metrics, then the out-of-fold figures at the recall-target threshold.
-IMAGE_HEADLINE = ("image_auroc", "pixel_auroc", "aupro", "pixel_precision", "pixel_recall", "pixel_iou")
+# extract_metrics (`masked`: the share of defective test images with a mask, i.e. those the pixel
+# metrics cover), then the out-of-fold figures at the recall-target threshold. A metric that needs
+# defective images (or masks) the category lacks is null: `dvc metrics show` prints "-".
+IMAGE_HEADLINE = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "pixel_precision",
+    "pixel_recall",
+    "pixel_iou",
+    "masked",
+)
 THRESHOLD_HEADLINE = ("f1", "precision", "recall")
 
 
@@ -86,8 +96,7 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
         for c, s in summary.items()
     }
     overall = {
-        k: float(np.nanmean([np.nan if h[k] is None else h[k] for h in headline.values()]))
-        for k in IMAGE_HEADLINE + THRESHOLD_HEADLINE
+        k: mean_present([h[k] for h in headline.values()]) for k in IMAGE_HEADLINE + THRESHOLD_HEADLINE
     }
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)
     frame.to_csv(paths.THRESHOLDS_CSV, index=False)

@@ -22,20 +22,28 @@ from anomaly_spotter.plots import (
     roc_points,
 )
 from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
+from anomaly_spotter.thresholds import served_threshold
 
 
 def run_visualize(params: Params, category: str) -> dict[str, float]:
     """Example panels (capped per defect type), ROC / PR curves and score distributions.
 
     Each example panel holds the annotated overlay `predict --out` writes (the category's colour scale,
-    the recall-target threshold's verdict) and the predicted region against the ground truth."""
+    the verdict at the threshold the category is served with: registry.threshold, or good_only for a
+    category without defective test images, as register applies it) and the predicted region against the
+    ground truth (none drawn for a defect image without a mask). The returned metrics include
+    `threshold_good_only` (1 when the good-only threshold was used)."""
     out = paths.plots_dir(category)
     examples = out / "examples"
     examples.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(paths.outputs_dir(category) / SCORES_FILE, keep_default_na=False)
     test = table[table["split"] == "test"].reset_index(drop=True)
-    thresholds = json.loads(paths.THRESHOLDS_JSON.read_text())[category]
-    threshold = float(thresholds["recall_target"]["threshold"])
+    served = served_threshold(
+        json.loads(paths.THRESHOLDS_JSON.read_text()), category, params.registry.threshold
+    )
+    threshold = served.threshold
+    if served.note:
+        print(f"visualize {category}: {served.note}")
     labels, scores = test["label"].to_numpy(), test["score"].to_numpy()
     roc_points(labels, scores).to_csv(out / "roc.csv", index=False)
     pr_points(labels, scores).to_csv(out / "pr.csv", index=False)
@@ -69,8 +77,8 @@ def run_visualize(params: Params, category: str) -> dict[str, float]:
             None if recon is None else recon[i],
             render_overlay(images[i], maps[i], mask, scale, row.score, threshold, Path(row.image_path).name),
             mask,
-            gt[i] if row.label else None,
+            gt[i] if row.label and row.has_mask else None,
             examples / f"{row.defect_type}_{Path(row.image_path).stem}.png",
             name,
         )
-    return {"n_examples": len(shown)}
+    return {"n_examples": len(shown), "threshold_good_only": int(served.method == "good_only")}

@@ -60,6 +60,7 @@ HEADLINE = (
     "pixel_precision",
     "pixel_recall",
     "pixel_iou",
+    "masked",
     "f1",
     "precision",
     "recall",

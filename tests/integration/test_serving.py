@@ -7,6 +7,7 @@ answer 4xx with a message (never 500) and the server keeps serving.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from anomaly_spotter import cli
 from anomaly_spotter.serving import png_bytes
+from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
 from tests.unit.test_inference import png_header
 
@@ -185,3 +188,50 @@ def test_malformed_requests_are_4xx(server: str, case: str) -> None:
     assert 400 <= status < 500, (status, body)
     assert json.loads(body)["message"]
     assert _request(f"{server}/ping")[0] == 200
+
+
+def _zero_pixel_npy() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((0, 40, 3), np.uint8))
+    return buf.getvalue()
+
+
+_SMALL_PNG = png_bytes(np.full((40, 40, 3), 120, np.uint8))
+# (body, what the 400 message says): the decoder's own reason, or the request limit and its param
+REASONS = {
+    "20000 px header": (_split([png_header(20000, 20000)]), "8192 pixels on a side"),
+    "20000 px header, inputs format": (
+        json.dumps({"inputs": {"image": [base64.b64encode(png_header(20000, 20000)).decode()]}}).encode(),
+        "8192 pixels on a side",
+    ),
+    "truncated png": (
+        _split([png_bytes(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))[:400]]),
+        "image 0: cannot decode image (image file is truncated",
+    ),
+    "zero-pixel array": (_split([_zero_pixel_npy()]), "image 0: image has no pixels"),
+    "65 images": (_split([_SMALL_PNG] * 65), "over the limit of 64 (registry.max_images_per_request)"),
+    "1x1 image": (_split([png_bytes(np.zeros((1, 1, 3), np.uint8))]), "(registry.min_image_side)"),
+    "128 megapixels": (
+        _split([png_header(8000, 8000)] * 2),
+        "128.0 megapixels of images, over the limit of 100 (registry.max_request_megapixels)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REASONS))
+def test_400_says_the_real_reason(server: str, case: str) -> None:
+    body, reason = REASONS[case]
+    status, text = _request(f"{server}/invocations", body)
+    assert status == 400, (status, text)
+    message = json.loads(text)["message"]
+    assert reason in message and "not a recognised image format" not in message, message
+
+
+def test_16bit_grayscale_scores_as_its_8bit_version(store: ServiceStore, server: str) -> None:
+    gray8 = np.asarray(Image.open(store.image_paths[0]).convert("L"))
+    status, text = _request(
+        f"{server}/invocations", _split([png_bytes(gray8), png16(gray8.astype(np.uint16) * 257)])
+    )
+    assert status == 200, text
+    score8, score16 = (p["score"] for p in json.loads(text)["predictions"])
+    assert score16 == pytest.approx(score8, rel=1e-6)

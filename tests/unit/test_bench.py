@@ -54,3 +54,30 @@ def test_loco_breaks_ties_by_the_worst_case_and_needs_a_full_grid() -> None:
         loco_table(_rows(grid)[:-1])
     with pytest.raises(SystemExit, match="two categories"):
         loco_table(_rows({"spiky": {"a": 0.5}}))
+
+
+def test_grown_training_set_repeats_with_flips_and_small_shifts() -> None:
+    import numpy as np
+
+    from anomaly_spotter.bench import MAX_SHIFT, grow_training_set
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    grown = grow_training_set(images, 50, seed=1)
+    assert grown.shape == (50, 32, 32, 3) and grown.dtype == np.uint8
+    np.testing.assert_array_equal(grown[:3], images)  # the originals first, untouched
+    assert not any(np.array_equal(grown[i], images[i % 3]) for i in range(3, 50))  # every copy altered
+    np.testing.assert_array_equal(grown, grow_training_set(images, 50, seed=1))  # seeded
+    # a copy is its original mirrored and shifted by at most MAX_SHIFT px: some placement matches exactly
+    copy, original = grown[3], images[0]
+    found = False
+    for flip_lr in (False, True):
+        for flip_ud in (False, True):
+            img = original[:, ::-1] if flip_lr else original
+            img = img[::-1] if flip_ud else img
+            for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
+                for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
+                    inner = copy[MAX_SHIFT:-MAX_SHIFT, MAX_SHIFT:-MAX_SHIFT]
+                    ref = img[MAX_SHIFT + dy : 32 - MAX_SHIFT + dy, MAX_SHIFT + dx : 32 - MAX_SHIFT + dx]
+                    found |= np.array_equal(inner, ref)
+    assert found

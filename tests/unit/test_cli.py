@@ -146,6 +146,9 @@ def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
     for p in store.image_paths:
         (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (120, 120, 120)).save(folder / "tiny.png")  # too small to score
     out = tmp_path / "out"
     code = cli.main(
         [
@@ -163,11 +166,12 @@ def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
     err = captured.err
     assert code == 1
     assert "broken.png" in err and "missing.png" in err
+    assert "tiny.png: image is 1x1, smaller than 32 pixels on a side (registry.min_image_side)" in err
     rows = read_csv(out / "predictions.csv")
     assert len(rows) == len(store.image_paths)
     n_defective = sum(row["verdict"] == "defective" for row in rows.values())
     assert captured.out.splitlines()[-1] == (
-        f"scored {len(rows)} images: {n_defective} defective, 2 unreadable; "
+        f"scored {len(rows)} images: {n_defective} defective, 3 unreadable; "
         f"CSV: {out / 'predictions.csv'}; overlays: {out}/"
     )
     for p in store.image_paths:
@@ -341,3 +345,27 @@ def test_promote_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
     tags = MlflowClient().get_model_version(NAME, forced).tags
     assert tags["promoted_by"] == "alice" and "QA sign-off" in tags["promotion_reason"]
     assert tags["promotion_forced"] == "true" and tags["previous_champion"] == tie_better
+
+
+def test_predict_reads_16bit_files_as_their_8bit_versions(store: ServiceStore, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from anomaly_spotter.serving import png_bytes
+    from tests.unit.data.test_images import png16
+
+    original = store.image_paths[0]
+    rgb8 = np.asarray(Image.open(original).convert("RGB"))
+    files = {
+        "rgb16.png": png16(rgb8.astype(np.uint16) * 257),
+        "gray8.png": png_bytes(rgb8[..., 0]),
+        "gray16.png": png16(rgb8[..., 0].astype(np.uint16) * 257),  # was read as a white image
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    csv_path = tmp_path / "pred.csv"
+    paths = [str(tmp_path / name) for name in files]
+    args = ["predict", *paths, "--model", f"models:/{NAME}/1", "--csv", str(csv_path), "--no-progress"]
+    assert cli.main(args) == 0
+    scores = {Path(p).name: float(row["score"]) for p, row in read_csv(csv_path).items()}
+    assert scores["rgb16.png"] == pytest.approx(store.pipeline_scores[str(original)], rel=1e-6)
+    assert scores["gray16.png"] == pytest.approx(scores["gray8.png"], rel=1e-6)

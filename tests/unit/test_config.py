@@ -71,3 +71,19 @@ def test_training_keys_under_train_are_refused_with_their_new_place() -> None:
 
 def test_defaults_without_sections() -> None:
     assert params_from_dict({}) == Params()
+
+
+def test_image_size_and_request_limits_are_bounded_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"data\.image_size is 99999999; set it between 16 and 1024"):
+        params_from_dict({"data": {"image_size": 99999999}})
+    assert params_from_dict({"data": {"image_size": 1024}}).data.image_size == 1024
+    with pytest.raises(ConfigError, match=r"registry\.max_images_per_request must be >= 1, got 0"):
+        params_from_dict({"registry": {"max_images_per_request": 0}})
+    with pytest.raises(ConfigError, match=r"registry\.min_image_side must be >= 1, got -3"):
+        params_from_dict({"registry": {"min_image_side": -3}})
+    registry = params_from_dict({"registry": {"max_request_megapixels": 50}}).registry
+    assert (registry.max_images_per_request, registry.max_request_megapixels, registry.min_image_side) == (
+        64,
+        50.0,
+        32,
+    )

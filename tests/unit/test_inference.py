@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from anomaly_spotter.config import TrainParams
 from anomaly_spotter.data.images import read_rgb, resize_rgb
 from anomaly_spotter.detectors.unet_ae import UNetAEDetector
-from anomaly_spotter.errors import AnomalySpotterError
+from anomaly_spotter.errors import AnomalySpotterError, ConfigError
 from anomaly_spotter.inference import (
     MAX_SIDE,
     ImageInputError,
@@ -26,6 +29,7 @@ from anomaly_spotter.inference import (
 )
 from anomaly_spotter.models.unet_ae import UNetConfig
 from anomaly_spotter.scoring import score_batches
+from anomaly_spotter.serving import ServiceModel
 
 TINY = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
 
@@ -182,3 +186,72 @@ def test_pixel_calibration_travels_with_the_model_file(tmp_path: Path) -> None:
     legacy = {"category": "w", "image_size": 32, "threshold": 1.0, "reduction": "max", "batch_size": 16}
     assert InferenceConfig.from_dict(legacy).region_threshold == "otsu"
     assert InferenceConfig.from_dict(config.to_dict()) == config
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _service(detector: UNetAEDetector, **limits: float) -> ServiceModel:
+    model = ServiceModel()
+    model.config = InferenceConfig("w", 32, 0.0, **limits)
+    model.detector = detector
+    return model
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (png_header(20000, 20000), r"image 0: image is too large to decode safely.* 8192 pixels on a side"),
+        (png_header(9000, 20), r"image 0: image is 9000x20, larger than 8192 pixels on a side"),
+        (TRUNCATED, r"image 0: cannot decode image \(image file is truncated"),
+        (_npy(np.zeros((0, 40, 3), np.uint8)), r"image 0: image has no pixels \(40x0\)"),
+        (b"hello, not an image", "image 0: not a recognised image format"),
+    ],
+    ids=["20000-header", "9000-header", "truncated", "0-pixel-array", "garbage"],
+)
+def test_served_model_answers_with_the_decoders_reason(
+    detector: UNetAEDetector, data: bytes, message: str
+) -> None:
+    model = _service(detector, min_image_side=8)
+    for value in (data, base64.b64encode(data)):  # raw bytes, and the `inputs` format's base64 bytes
+        with pytest.raises(MlflowException, match=message) as info:
+            model.predict(None, pd.DataFrame({"image": [value]}))
+        assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_request_limits_are_checked_from_headers_and_name_their_param(detector: UNetAEDetector) -> None:
+    model = _service(detector, max_images_per_request=3, max_request_megapixels=1, min_image_side=16)
+    png = encode(np.full((40, 40, 3), 120, np.uint8))
+    assert len(model.predict(None, pd.DataFrame({"image": [png] * 3}))) == 3
+    cases = {
+        r"request has 4 images, over the limit of 3 \(registry\.max_images_per_request\)": [png] * 4,
+        r"image 1: image is 15x40, smaller than 16 pixels on a side \(registry\.min_image_side\)": [
+            png,
+            encode(np.zeros((40, 15, 3), np.uint8)),
+        ],
+        # truncated headers: refused by the limit before any pixels are decoded
+        r"request has 1\.3 megapixels of images, over the limit of 1 \(registry\.max_request_megapixels\)": [
+            png_header(800, 800),
+            png_header(800, 800),
+        ],
+    }
+    for message, images in cases.items():
+        with pytest.raises(MlflowException, match=message):
+            model.predict(None, pd.DataFrame({"image": images}))
+    with pytest.raises(MlflowException, match=r"image 0: image is 1x1, smaller than 32 pixels on a side"):
+        _service(detector).predict(None, [np.zeros((1, 1, 3), np.uint8)])
+    # the CLI's entry (`score`, chunks of 16 files each checked by read_image) has no request limit
+    assert len(model.score([np.full((40, 40, 3), 120, np.uint8)] * 4)) == 4
+    # the smallest side is capped at the model's input size; a config saved before the limits existed
+    # gets the defaults
+    capped = InferenceConfig("w", 32, 0.0, min_image_side=64)
+    assert capped.min_side == 32
+    capped.check_request([(32, 32)])
+    legacy = InferenceConfig.from_dict({"category": "w", "image_size": 32, "threshold": 1.0})
+    limits = (legacy.max_images_per_request, legacy.max_request_megapixels, legacy.min_image_side)
+    assert limits == (64, 100, 32)
+    with pytest.raises(ConfigError, match=r"registry\.max_images_per_request must be >= 1, got 0"):
+        InferenceConfig("w", 32, 0.0, max_images_per_request=0)

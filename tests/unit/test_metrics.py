@@ -15,6 +15,7 @@ from anomaly_spotter.metrics import (
     curve_thresholds,
     f1_max,
     image_auroc,
+    mean_present,
     pixel_auroc,
     pro_curve,
     region_metrics,
@@ -392,3 +393,31 @@ def test_region_metrics_count_pooled_pixels() -> None:
     assert math.isnan(empty["pixel_precision"]) and empty["pixel_recall"] == 0.0 and empty["pixel_iou"] == 0.0
     none = region_metrics(np.zeros_like(masks), np.zeros_like(regions))
     assert all(math.isnan(v) for v in none.values())
+    # no defective pixel to match (a good-only test set): absent, not precision / IoU 0
+    good_only = region_metrics(np.zeros_like(masks), regions)
+    assert all(math.isnan(v) for v in good_only.values())
+
+
+def test_summarize_category_pixel_metrics_use_only_rows_with_known_masks() -> None:
+    """A defect image without a mask is not scored as all good: pixel AUROC / AUPRO skip its row."""
+    frame = _category_frame()  # rows 3-6 defective
+    masks = np.zeros((7, 8, 8), dtype=bool)
+    masks[3:5, 2:5, 2:5] = True
+    maps = np.zeros((7, 8, 8))
+    maps[3:, 2:5, 2:5] = 1.0  # rows 5, 6: a detected defect whose mask is unknown (all False)
+    known = np.array([True, True, True, True, True, False, False])
+    everything = summarize_category(frame, masks, maps)
+    assert everything["pixel_auroc"] < 1.0  # the unmasked rows' hot pixels counted as false positives
+    summary = summarize_category(frame, masks, maps, pixel_rows=known)
+    assert summary["pixel_auroc"] == pytest.approx(1.0) and summary["aupro"] == pytest.approx(1.0)
+    assert summary["pixel_auroc"] == pytest.approx(pixel_auroc(masks[known], maps[known]))
+    assert summary["image_auroc"] == everything["image_auroc"]  # image metrics use every row
+    none_known = summarize_category(frame, masks, maps, pixel_rows=np.arange(7) < 3)  # good rows only
+    assert math.isnan(none_known["pixel_auroc"]) and math.isnan(none_known["aupro"])
+    with pytest.raises(ValueError, match="pixel_rows has 3 entries"):
+        summarize_category(frame, masks, maps, pixel_rows=np.ones(3, bool))
+
+
+def test_mean_present_skips_absent_metrics() -> None:
+    assert mean_present([0.5, None, float("nan"), 1.0]) == 0.75
+    assert math.isnan(mean_present([None, float("nan")]))

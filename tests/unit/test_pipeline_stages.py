@@ -13,10 +13,11 @@ import torch
 
 from anomaly_spotter import paths
 from anomaly_spotter.config import params_from_dict
-from anomaly_spotter.data.prepare import prepare_category
+from anomaly_spotter.data.prepare import load_prepared, prepare_category
 from anomaly_spotter.models.base import Detector
 from anomaly_spotter.pipeline import thresholds as thresholds_stage
 from anomaly_spotter.pipeline import train as train_stage
+from anomaly_spotter.pipeline import visualize as visualize_stage
 from tests.conftest import make_mvtec_category
 
 
@@ -103,6 +104,7 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
             "pixel_precision": 0.5,
             "pixel_recall": 0.4,
             "pixel_iou": 0.3,
+            "masked": 1.0,
             "f1_max": 1.0,
             "image_auroc.hole": 1.0,
         },
@@ -113,6 +115,7 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
             "pixel_precision": None,
             "pixel_recall": None,
             "pixel_iou": None,
+            "masked": 0.5,
             "f1_max": 0.8,
             "image_auroc.hole": 0.75,
         },
@@ -129,6 +132,7 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
         "pixel_precision",
         "pixel_recall",
         "pixel_iou",
+        "masked",
         "f1",
         "precision",
         "recall",
@@ -143,7 +147,7 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
     # out-of-fold: the lowest defect of a fold is below the threshold fitted on the other fold's defects
     assert (a["precision"], a["recall"]) == (1.0, 0.75)
     b = json.loads(paths.category_metrics_file("b").read_text())
-    assert b["pixel_auroc"] is None
+    assert b["pixel_auroc"] is None and b["masked"] == 0.5
     overall = json.loads(paths.OVERALL_METRICS_JSON.read_text())
     assert overall["image_auroc"] == pytest.approx(0.875) and overall["pixel_auroc"] == pytest.approx(0.9)
     assert overall["recall"] == pytest.approx((a["recall"] + b["recall"]) / 2, abs=1e-6)
@@ -151,3 +155,112 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
     assert result["categories"]["a"]["good_only_f1"] is not None and result["overall"] == pytest.approx(
         overall
     )
+
+
+def test_compute_thresholds_reports_a_good_only_category_as_absent_not_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No defective test image: no recall-target threshold, F1 / precision / recall null (also for the
+    good-only threshold), the good-only threshold calibrated; the overall mean skips the absent values."""
+    monkeypatch.chdir(tmp_path)
+    paths.METRICS_ROOT.mkdir()
+    good_only = _per_image("g", [0.1, 0.2, 0.3, 0.9], [])
+    pd.concat([_per_image("a", [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]), good_only]).to_csv(
+        paths.PER_IMAGE_CSV, index=False
+    )
+    absent = dict.fromkeys(thresholds_stage.IMAGE_HEADLINE)  # what extract_metrics writes for "g" (nan)
+    present = dict.fromkeys(thresholds_stage.IMAGE_HEADLINE, 0.5)
+    paths.METRICS_JSON.write_text(json.dumps({"overall": {}, "categories": {"a": present, "g": absent}}))
+    params = params_from_dict({"data": {"categories": ["a", "g"]}, "thresholds": {"n_folds": 2}})
+    thresholds_stage.run_compute_thresholds(params)
+
+    g = json.loads(paths.category_metrics_file("g").read_text())
+    assert g == dict.fromkeys(thresholds_stage.IMAGE_HEADLINE + thresholds_stage.THRESHOLD_HEADLINE)
+    detail = json.loads(paths.THRESHOLDS_JSON.read_text())["g"]
+    assert detail["recall_target"]["threshold"] is None and detail["recall_target"]["n_defective"] == 0
+    assert detail["per_defect"] == {} and "no defective image" in detail["method"]
+    # the good-only threshold: the top validation good score (1 % of 4 rounds to none flagged)
+    assert detail["good_only"]["threshold"] == 0.9 and detail["good_only"]["false_positives"] == 0
+    assert [detail["good_only"][k] for k in ("precision", "recall", "f1")] == [None, None, None]
+    overall = json.loads(paths.OVERALL_METRICS_JSON.read_text())
+    a = json.loads(paths.category_metrics_file("a").read_text())
+    assert overall["recall"] == a["recall"] and overall["image_auroc"] == 0.5
+
+
+class _NoReconstruction:
+    """What visualize needs of a detector: no pixel calibration, no reconstruction."""
+
+    pixel_calibration_ = None
+
+    def reconstruct(self, images: np.ndarray) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("method", "recall_t", "n_defective", "served"),
+    [
+        ("recall_target", 0.4, 4, (0.4, 0)),
+        ("good_only", 0.4, 4, (0.7, 1)),
+        ("recall_target", None, 0, (0.7, 1)),  # no defective image: the good-only threshold, as register
+    ],
+)
+def test_visualize_draws_at_the_served_threshold_without_contours_for_unmasked_defects(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    recall_t: float | None,
+    n_defective: int,
+    served: tuple[float, int],
+) -> None:
+    from anomaly_spotter.anomaly_map import RegionRule
+    from anomaly_spotter.scoring import write_scores
+
+    monkeypatch.chdir(tmp_path)
+    make_mvtec_category(tmp_path / "raw", n_train=6)
+    (tmp_path / "raw" / "widget" / "ground_truth" / "hole" / "000_mask.png").unlink()
+    (tmp_path / "raw" / "widget" / "ground_truth" / "hole" / "001_mask.png").unlink()
+    with pytest.warns(UserWarning, match="have no mask"):
+        prepare_category(tmp_path / "raw", "widget", paths.prepared_dir("widget"), 32, 0.34, 0, False)
+    data = load_prepared(paths.prepared_dir("widget")).split("val", "test")
+    rng = np.random.default_rng(0)
+    maps = rng.random((len(data.index), 32, 32)).astype(np.float32)
+    out = paths.outputs_dir("widget")
+    out.mkdir(parents=True)
+    write_scores(out, data.index, maps, maps.max(axis=(1, 2)), RegionRule("otsu"), None)
+    paths.METRICS_ROOT.mkdir()
+    detail = {
+        "recall_target": {"threshold": recall_t, "n_defective": n_defective},
+        "good_only": {"threshold": 0.7},
+    }
+    paths.THRESHOLDS_JSON.write_text(json.dumps({"widget": detail}))
+    thresholds: list[float] = []
+    ground_truth: dict[str, np.ndarray | None] = {}
+
+    def fake_overlay(image, raw_map, region, scale, score, threshold, title):  # noqa: ANN001, ANN202
+        thresholds.append(threshold)
+        return image
+
+    def fake_example(image, recon, overlay, pred, gt, path, title):  # noqa: ANN001, ANN202
+        ground_truth[title] = gt
+
+    monkeypatch.setattr(visualize_stage, "load_detector", lambda path: _NoReconstruction())
+    monkeypatch.setattr(visualize_stage, "render_overlay", fake_overlay)
+    monkeypatch.setattr(visualize_stage, "plot_example", fake_example)
+    params = params_from_dict(
+        {
+            "data": {"categories": ["widget"]},
+            "registry": {"threshold": method},
+            "visualize": {"max_per_defect": 5},
+        }
+    )
+    metrics = visualize_stage.run_visualize(params, "widget")
+
+    assert metrics["threshold_good_only"] == served[1]
+    test = data.index[data.index["split"] == "test"]
+    assert thresholds == [served[0]] * len(test)
+    for row in test.itertuples():
+        gt = ground_truth[f"widget/{row.defect_type}/{Path(row.image_path).name}"]
+        if row.defect_type == "scratch":  # masked: the ground truth is drawn
+            assert gt is not None and gt.any()
+        else:  # good, or a hole without its mask: no ground-truth contour
+            assert gt is None, row.image_path

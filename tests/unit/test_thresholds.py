@@ -8,12 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.thresholds import (
+    ServedThreshold,
     ThresholdRow,
     evaluate_threshold,
     good_only_threshold,
     recall_thresholds_out_of_fold,
     rows_to_frame,
+    served_threshold,
     stratified_folds,
     threshold_for_recall,
 )
@@ -91,9 +94,10 @@ def test_evaluate_threshold_counts() -> None:
 def test_evaluate_threshold_zero_division_conventions() -> None:
     m = evaluate_threshold(np.array([0, 1]), np.array([0.1, 0.2]), 1.0)
     assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0 and m["detected"] == 0
+    # no defective image (a good-only test set): precision, recall, F1 absent; the false alarms counted
     m = evaluate_threshold(np.array([0, 0]), np.array([0.1, 0.2]), 0.15)
-    assert m["precision"] == 0.0 and math.isnan(m["recall"]) and math.isnan(m["f1"])
-    assert m["false_positives"] == 1
+    assert math.isnan(m["precision"]) and math.isnan(m["recall"]) and math.isnan(m["f1"])
+    assert m["false_positives"] == 1 and m["n_good"] == 2 and m["n_defective"] == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,3 +262,39 @@ def test_good_only_threshold_rejects_bad_input() -> None:
         good_only_threshold(np.array([0.1, np.nan]))
     with pytest.raises(ValueError, match="target_fpr"):
         good_only_threshold(np.array([0.1]), 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# served_threshold
+# --------------------------------------------------------------------------------------------------
+
+
+def _thresholds_json(recall_threshold: float | None, n_defective: int) -> dict:
+    return {
+        "widget": {
+            "recall_target": {"threshold": recall_threshold, "n_defective": n_defective},
+            "good_only": {"threshold": 0.7, "target_fpr": 0.01},
+        }
+    }
+
+
+def test_served_threshold_is_the_method_asked_for() -> None:
+    detail = _thresholds_json(0.4, 6)
+    assert served_threshold(detail, "widget", "recall_target") == ServedThreshold(0.4, "recall_target")
+    assert served_threshold(detail, "widget", "good_only") == ServedThreshold(0.7, "good_only")
+
+
+def test_served_threshold_falls_back_to_good_only_without_defective_images() -> None:
+    served = served_threshold(_thresholds_json(None, 0), "widget", "recall_target")
+    assert (served.threshold, served.method) == (0.7, "good_only")
+    assert served.note is not None and served.note.startswith("widget has no defective test image")
+    assert "registry.threshold: good_only" in served.note
+
+
+def test_served_threshold_missing_entry_says_run_dvc_repro() -> None:
+    with pytest.raises(AnomalySpotterError, match=r"no widget.recall_target.threshold; run `dvc repro`"):
+        served_threshold(_thresholds_json(None, 3), "widget", "recall_target")  # defects, yet no threshold
+    with pytest.raises(AnomalySpotterError, match=r"no gadget.good_only.threshold"):
+        served_threshold(_thresholds_json(0.4, 6), "gadget", "good_only")
+    with pytest.raises(AnomalySpotterError, match="registry.threshold is 'f1_max'"):
+        served_threshold(_thresholds_json(0.4, 6), "widget", "f1_max")

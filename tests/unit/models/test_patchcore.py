@@ -165,6 +165,23 @@ def test_pool_ratio_bounds_the_pool_and_a_full_pool_is_the_exact_coreset() -> No
         PatchCoreConfig(coreset_ratio=0.1, pool_ratio=0.05)
 
 
+def test_bank_and_pool_caps_bound_the_fit() -> None:
+    images = good_images(6)  # 6 x 64 patches; uncapped: pool 6 x 32, bank 96
+    capped = dataclasses.replace(CONFIG, max_bank_size=40, max_pool_size=60)
+    det = PatchCoreDetector(capped)
+    pools = []
+    original = det._preselect
+    det._preselect = lambda *a: pools.append(original(*a)) or pools[-1]  # record what streaming keeps
+    det.fit(images)
+    assert det.model_.memory_bank_0.shape[0] == 40  # capped from ceil(0.25 * 384) = 96
+    assert sum(len(p) for p in pools) == 6 * (60 // 6)  # each image keeps max_pool_size // 6 = 10 patches
+    uncapped = PatchCoreDetector(dataclasses.replace(CONFIG, max_bank_size=0, max_pool_size=0)).fit(images)
+    default = PatchCoreDetector(CONFIG).fit(images)  # the default caps do not bind at this size
+    torch.testing.assert_close(uncapped.model_.memory_bank_0, default.model_.memory_bank_0, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="max_pool_size"):
+        PatchCoreConfig(max_bank_size=100, max_pool_size=50)
+
+
 def test_loading_a_state_dict_resizes_the_empty_bank(fitted: PatchCoreDetector) -> None:
     fresh = PatchCore(CONFIG)
     assert fresh.memory_bank_0.shape == (0, 64)

@@ -66,7 +66,7 @@ class PatchCoreConfig:
         pool the bank is selected from; 1 selects from all patches (exact, quadratic in their number).
     max_bank_size: most patches kept in one member's bank (0 = no cap). With the cap, fitting costs time
         linear in the number of training images (the final greedy selection is pool x bank) and scoring
-        cost stops growing; past it (1 % of 1,600 patches: 256 images at 320 px input) a larger training
+        cost stops growing; past it (1 % of 1,600 patches: 219 images at 320 px input) a larger training
         set covers normality more evenly, no longer more densely.
     max_pool_size: most pre-selected patches held per member while streaming (0 = no cap): each image
         contributes min(pool_ratio of its patches, max_pool_size / training images), so memory is bounded.
@@ -91,7 +91,7 @@ class PatchCoreConfig:
     input_size: int = 320
     coreset_ratio: float = 0.01
     pool_ratio: float = 0.1
-    max_bank_size: int = 4096
+    max_bank_size: int = 3500
     max_pool_size: int = 200_000
     projection_dim: int = 128
     sigma: float = 6.0

@@ -15,21 +15,17 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from tests.conftest import REPO, make_mvtec_category
+from tests.conftest import make_mvtec_category
 from tests.integration.test_pipeline import (
-    DVC_FILES,
     MAX_METRICS_WIDTH,
-    PROJECT_FILES,
     TINY,
-    _copy,
-    _git,
     _merge,
     _ran,
     _run,
     _set_param,
+    new_project,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,8 +40,6 @@ N_HOLE = N_SCRATCH = 3
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A git + DVC repository with the pipeline, tiny params and a users' dataset; `dvc repro` run."""
     project = tmp_path_factory.mktemp("datasets")
-    for name in PROJECT_FILES:
-        _copy(REPO / name, project / name)
     data = project / ROOT
     make_mvtec_category(data, "plain", n_train=10, n_test_good=4, defects={}, size=SIZE)
     assert not (data / "plain" / "ground_truth").exists()
@@ -56,15 +50,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     for mask_png in sorted((cat / "ground_truth" / "hole").glob("*.png")):  # hole: JPEG masks
         Image.open(mask_png).save(mask_png.with_suffix(".jpg"), quality=50)
         mask_png.unlink()
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    params["data"] |= {"root": ROOT, "categories": CATEGORIES}
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(project, "init", "-q")
-    _run(["dvc", "init", "-q"], project)
-    for name in DVC_FILES:
-        _copy(REPO / name, project / name)
-    _git(project, "add", "-A")
-    _git(project, "commit", "-qm", "users' dataset")
+    new_project(project, _merge(TINY, {"data": {"root": ROOT, "categories": CATEGORIES}}), "users' dataset")
     result = _run(["dvc", "repro"], project)
     return {"path": project, "log": result.stdout + result.stderr}
 

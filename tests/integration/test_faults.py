@@ -41,18 +41,14 @@ import pytest
 import yaml
 
 from anomaly_spotter import serve_bench
-from tests.conftest import REPO
 from tests.integration.test_pipeline import (
-    DVC_FILES,
-    PROJECT_FILES,
     TINY,
-    _copy,
     _env,
-    _git,
     _merge,
     _ran,
     _run,
     _set_param,
+    new_project,
 )
 from tests.integration.test_serving import _request, server, store  # noqa: F401 - fixtures
 from tests.unit.test_cli import NAME, ServiceStore
@@ -202,18 +198,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC repository with this repository's pipeline and code, tiny params, one category; no
     `dvc repro` run yet."""
     project = tmp_path_factory.mktemp("faults") / "repo"
-    for name in PROJECT_FILES:
-        _copy(REPO / name, project / name)
-    tiny = _merge(TINY, {"data": {"categories": [CATEGORY]}})
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(project, "init", "-q")
-    _run(["dvc", "init", "-q"], project)
-    for name in DVC_FILES:
-        _copy(REPO / name, project / name)
-    _git(project, "add", "-A")
-    _git(project, "commit", "-qm", "tiny pipeline")
-    return project
+    project.mkdir()
+    return new_project(project, _merge(TINY, {"data": {"categories": [CATEGORY]}}))
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+from anomaly_spotter.pipeline.thresholds import IMAGE_HEADLINE, THRESHOLD_HEADLINE
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -53,18 +54,7 @@ PER_CATEGORY = ("prepare", "train", "process_all", "visualize", "register")
 PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", ".dvcignore", ".gitignore")
 DVC_FILES = (".dvc/config", ".dvc/plots_page.html")
 MAX_METRICS_WIDTH = 160
-HEADLINE = (
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "pixel_precision",
-    "pixel_recall",
-    "pixel_iou",
-    "masked",
-    "f1",
-    "precision",
-    "recall",
-)
+HEADLINE = IMAGE_HEADLINE + THRESHOLD_HEADLINE  # the columns of `dvc metrics show`
 CHROMIUM_BUDGET_MS = 20_000
 
 
@@ -126,21 +116,27 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Path:
-    """A git + DVC repository with this repository's pipeline, code and tiny params; `dvc repro` run and
-    its results (dvc.lock, .gitignore files, committed metrics) committed."""
-    project = tmp_path_factory.mktemp("origin")
+def new_project(project: Path, overrides: dict, message: str = "tiny pipeline") -> Path:
+    """A git + DVC repository at `project` (which may already hold data) with this repository's pipeline
+    and code, and params.yaml = this repository's with `overrides` merged in; all committed, nothing run."""
     for name in PROJECT_FILES:
         _copy(REPO / name, project / name)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(project, "init", "-q")
     _run(["dvc", "init", "-q"], project)
     for name in DVC_FILES:
         _copy(REPO / name, project / name)
     _git(project, "add", "-A")
-    _git(project, "commit", "-qm", "tiny pipeline")
+    _git(project, "commit", "-qm", message)
+    return project
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Path:
+    """A git + DVC repository with this repository's pipeline, code and tiny params; `dvc repro` run and
+    its results (dvc.lock, .gitignore files, committed metrics) committed."""
+    project = new_project(tmp_path_factory.mktemp("origin"), TINY)
     first = _run(["dvc", "repro"], project)
     (logs / "origin_repro.log").write_text(first.stdout + first.stderr)
     _git(project, "add", "-A")

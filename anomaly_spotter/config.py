@@ -27,7 +27,7 @@ PARAMS_FILE = Path("params.yaml")
 MODEL_NAMES = ("unet_ae", "patchcore")
 # The autoencoder's training loop: `model.unet_ae.training` in params.yaml, merged into Params.train.
 TRAINING_SECTION = "training"
-TRAINING_KEYS = ("batch_size", "lr", "betas", "max_epochs", "patience")
+TRAINING_KEYS = ("batch_size", "lr", "betas", "max_epochs", "patience", "synthetic_defects")
 # Largest data.image_size: 1000 images cached at 1024 px are 3 GB (images.npy is N x S x S x 3 bytes)
 MAX_IMAGE_SIZE = 1024
 
@@ -70,10 +70,16 @@ class TrainParams:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_epochs: int = 100
     patience: int = 10
+    synthetic_defects: float = 0.0  # share of training images given a synthetic defect to remove
     num_threads: int = 2
     pixel_quantile: float = 0.999  # pixel threshold = this quantile of validation good maps (both detectors)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.synthetic_defects <= 1.0:
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}.synthetic_defects must be in [0, 1], "
+                f"got {self.synthetic_defects}"
+            )
         if not 0.5 <= self.pixel_quantile < 1.0:
             raise ConfigError(f"train.pixel_quantile must be in [0.5, 1), got {self.pixel_quantile}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:

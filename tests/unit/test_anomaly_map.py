@@ -101,3 +101,32 @@ def test_calibrated_region_flags_only_pixels_above_the_threshold_otsu_always_spl
         RegionRule("calibrated")
     with pytest.raises(ValueError, match="calibrated, otsu"):
         RegionRule("quantile", 1.0)
+
+
+def test_ssim_map_is_one_minus_skimages_ssim_per_channel() -> None:
+    from skimage.metrics import structural_similarity
+
+    from anomaly_spotter.anomaly_map import ssim_map
+
+    x = RNG.uniform(-1, 1, (2, 3, 24, 24)).astype(np.float32)
+    y = np.clip(x + RNG.normal(0, 0.2, x.shape), -1, 1).astype(np.float32)
+    out = ssim_map(x, y)
+    assert out.shape == (2, 24, 24)
+    expected = np.mean(
+        [
+            1.0
+            - structural_similarity(
+                x[1, c],
+                y[1, c],
+                data_range=2.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                full=True,
+            )[1]
+            for c in range(3)
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(out[1], expected, atol=1e-5)
+    assert float(ssim_map(x, x).max()) == pytest.approx(0.0, abs=1e-6)  # identical: no anomaly

@@ -42,6 +42,7 @@ def test_params_to_dict_restores_the_yaml_layout() -> None:
         "betas": [0.9, 0.999],
         "max_epochs": 7,
         "patience": 10,
+        "synthetic_defects": 0.0,
     }
     assert params_from_dict(raw) == params_from_dict(RAW)
     assert "model.unet_ae.training.lr" in flatten(raw) and "train.lr" not in flatten(raw)

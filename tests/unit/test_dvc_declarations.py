@@ -249,7 +249,9 @@ def test_every_params_key_sets_a_field_that_code_reads() -> None:
     unread = []
     for path in _leaves(_params_yaml()):
         cls, field = _owner(path)
-        readers = _attributes_read().get(field, set()) - {cls.__name__}
+        # a config dataclass's own body only validates its fields; a detector's methods use its options
+        own = {cls.__name__} if dataclasses.is_dataclass(cls) else set()
+        readers = _attributes_read().get(field, set()) - own
         if not readers:
             unread.append(f"{'.'.join(path)} ({cls.__name__}.{field})")
     assert unread == [], f"params.yaml keys that no code reads (remove them or use them): {unread}"

@@ -75,3 +75,30 @@ def test_side_not_multiple_of_downsampling_is_a_config_error() -> None:
     det = UNetAEDetector(UNetConfig(encoder_channels=(4, 8, 8)), progress=False)
     with pytest.raises(ConfigError, match="multiple of 8"):
         det.fit(np.zeros((2, 30, 30, 3), np.uint8))
+
+
+def test_synthetic_defects_train_to_remove_them_and_ssim_maps_survive_saving(tmp_path) -> None:
+    from anomaly_spotter.synthetic import corrupt
+
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+    train = TrainParams(batch_size=4, lr=1e-3, max_epochs=3, patience=3, synthetic_defects=1.0)
+    det = UNetAEDetector(cfg, train=train, seed=3, progress=False, map_kind="ssim")
+    det.fit(_images(8, 0), _images(4, 1))
+    # the validation loss is defect removal: the loss of the corrupted validation images vs their clean
+    # versions, recomputed here for the kept (best) weights
+    from anomaly_spotter.data.images import to_tensor_normalized
+
+    clean = to_tensor_normalized(_images(4, 1))
+    corrupted, masks = corrupt(clean, 1.0, np.random.default_rng(3 + 1))
+    assert masks.any(axis=(1, 2)).all()
+    with torch.inference_mode():
+        out = det.module()(torch.from_numpy(corrupted)).numpy()
+    best = det.history_.loc[det.history_["epoch"] == det.best_epoch_, "val_loss"].item()
+    assert float(((out - clean) ** 2).mean()) == pytest.approx(best, rel=1e-5)
+    det.save(tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt")
+    assert loaded.map_kind == "ssim"
+    test = _images(2, 5)
+    np.testing.assert_allclose(loaded.anomaly_maps(test), det.anomaly_maps(test), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="model.unet_ae.map_kind"):
+        UNetAEDetector(cfg, map_kind="l1")

@@ -169,6 +169,11 @@ class RegionRule:
         return np.asarray(raw) > self.pixel_threshold
 
 
+def region_percentage(mask: np.ndarray) -> float:
+    """The `anomaly_percentage` of a predicted region `(H, W)` bool: its share of pixels, in %."""
+    return float(100.0 * np.mean(mask))
+
+
 def map_stats(raw: np.ndarray, region: RegionRule = RegionRule()) -> dict[str, float]:
     """The original's per-image stats of one raw map `(H, W)`: mean, max and % of pixels in the region
     `region` predicts (default: the original's min-max + Otsu)."""
@@ -176,5 +181,5 @@ def map_stats(raw: np.ndarray, region: RegionRule = RegionRule()) -> dict[str, f
     return {
         "mean_score": float(raw.mean()),
         "max_score": float(raw.max()),
-        "anomaly_percentage": float(100.0 * mask.mean()),
+        "anomaly_percentage": region_percentage(mask),
     }

@@ -191,20 +191,6 @@ def write_overlay(overlay: np.ndarray, path: Path) -> None:
     Image.fromarray(overlay).save(path)
 
 
-def check_min_side(image: np.ndarray, min_side: int, path: Path) -> np.ndarray:
-    """`image`, or ImageInputError naming `path` when it is smaller than the model can score (as the
-    served model refuses it: registry.min_image_side, capped at the model's input size)."""
-    from anomaly_spotter.inference import ImageInputError
-
-    height, width = image.shape[:2]
-    if min(height, width) < min_side:
-        raise ImageInputError(
-            f"{path}: image is {width}x{height}, smaller than {min_side} pixels on a side "
-            "(registry.min_image_side), too small to score; use a larger image"
-        )
-    return image
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -229,7 +215,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             ok: list[tuple[Path, np.ndarray]] = []
             for path in chunk:
                 try:
-                    ok.append((path, check_min_side(read_image(path), model.config.min_side, path)))
+                    image = read_image(path)
+                    model.config.check_min_side(image.shape[1], image.shape[0], str(path))
+                    ok.append((path, image))
                 except ImageInputError as err:
                     n_failed += 1
                     tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter.anomaly_map import RegionRule, check_reduction
+from anomaly_spotter.anomaly_map import RegionRule, check_reduction, region_percentage
 from anomaly_spotter.data.images import ImageInputError, decode_rgb, resize_rgb, rgb_array
 from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.models.base import Detector
@@ -61,9 +61,9 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         try:
             check_reduction(self.reduction)
-            self.region()
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        self.region()  # ConfigError if calibrated without a pixel threshold
         if self.image_size < 1 or self.batch_size < 1:
             raise ConfigError(f"image_size, batch_size must be >= 1: {self.image_size}, {self.batch_size}")
         for key in LIMIT_KEYS:
@@ -74,6 +74,15 @@ class InferenceConfig:
     def min_side(self) -> int:
         """The smallest image side served: min_image_side, capped at the model's input size."""
         return min(self.min_image_side, self.image_size)
+
+    def check_min_side(self, width: int, height: int, name: str) -> None:
+        """ImageInputError naming `name` and registry.min_image_side when an image is smaller than the
+        model can meaningfully score (`min_side`); the served model and `predict` both refuse it."""
+        if 0 < min(width, height) < self.min_side:
+            raise ImageInputError(
+                f"{name}: image is {width}x{height}, smaller than {self.min_side} pixels on a side "
+                "(registry.min_image_side), too small to score; send a larger image"
+            )
 
     def check_count(self, n_images: int) -> None:
         """ImageInputError naming registry.max_images_per_request when a request has more images."""
@@ -88,11 +97,7 @@ class InferenceConfig:
         `(width, height)` sizes (from their headers) is over one of the served model's limits."""
         self.check_count(len(sizes))
         for i, (width, height) in enumerate(sizes):
-            if 0 < min(width, height) < self.min_side:
-                raise ImageInputError(
-                    f"image {i}: image is {width}x{height}, smaller than {self.min_side} pixels on a side "
-                    "(registry.min_image_side), too small to score; send a larger image"
-                )
+            self.check_min_side(width, height, f"image {i}")
         megapixels = sum(w * h for w, h in sizes) / 1e6
         if megapixels > self.max_request_megapixels:
             raise ImageInputError(
@@ -127,7 +132,6 @@ class InferenceConfig:
         """The config of a fitted detector: its pixel calibration travels with it; `limits` are the request
         limits (LIMIT_KEYS, defaults if not given)."""
         calibration = detector.pixel_calibration_
-        region_rule(region_threshold, calibration, f"the {category} model")
         return cls(
             category,
             image_size,
@@ -142,9 +146,9 @@ class InferenceConfig:
         )
 
     def region(self) -> RegionRule:
-        """How a map becomes the predicted region (ValueError if `calibrated` lacks a pixel threshold)."""
-        pixel = self.pixel_threshold if self.region_threshold == "calibrated" else None
-        return RegionRule(self.region_threshold, pixel)
+        """How a map becomes the predicted region (`scoring.region_rule`: ConfigError if `calibrated`
+        lacks a pixel threshold)."""
+        return region_rule(self.region_threshold, self.pixel_threshold, f"the {self.category} model")
 
     def map_scale(self, raw_map: np.ndarray) -> MapScale:
         """The category's overlay colour scale (per-image only for a model without pixel calibration)."""
@@ -218,7 +222,7 @@ def score_images(
             "score": score,
             "verdict": DEFECTIVE if score > config.threshold else GOOD,
             "threshold": float(config.threshold),
-            "anomaly_percentage": float(100.0 * mask.mean()),
+            "anomaly_percentage": region_percentage(mask),
         }
         if return_map:
             row["anomaly_map"] = amap

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from anomaly_spotter.anomaly_map import region_percentage
+
 # Matplotlib's YlOrRd from its second entry (the first is almost white), as RGB anchors.
 WARM_ANCHORS = np.array(
     [
@@ -196,7 +198,7 @@ def render_overlay(
         fill=(255, 255, 255),
         font=font,
     )
-    share = 100.0 * float(region.mean()) if region.size else 0.0
+    share = region_percentage(region)
     where = f"{title}  " if title else ""
     note = f"region {share:.2f}% of pixels"
     if defective and not region.any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,15 +23,19 @@ REGION_FILE = "region.json"
 MAPS_DIR = "maps"
 
 
-def region_rule(method: str, calibration: PixelCalibration | None, model: str = "the model") -> RegionRule:
-    """The predicted-region rule for `process.region_threshold` = `method` with the model's calibration;
-    ConfigError when `calibrated` is asked of a model saved without one."""
-    if method == "calibrated" and calibration is None:
+def region_rule(method: str, pixel_threshold: float | None, model: str = "the model") -> RegionRule:
+    """The predicted-region rule for `process.region_threshold` = `method`, given the model's calibrated
+    pixel threshold (None: a model saved without calibration); ConfigError when `calibrated` is asked of
+    such a model, or for an unknown method."""
+    if method == "calibrated" and pixel_threshold is None:
         raise ConfigError(
             f"{model} has no pixel calibration (it was trained before calibration existed); retrain it "
             "(dvc repro) or set process.region_threshold: otsu"
         )
-    return RegionRule(method, calibration.threshold if method == "calibrated" and calibration else None)
+    try:
+        return RegionRule(method, pixel_threshold if method == "calibrated" else None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def score_batches(
@@ -81,6 +86,17 @@ def write_scores(
     record["calibration"] = calibration.to_dict() if calibration is not None else None
     (out_dir / REGION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return table
+
+
+def anomaly_pct_by_label(table: pd.DataFrame) -> dict[str, float]:
+    """Mean anomaly_percentage of the good (label 0) and of the defective (label 1) rows of a scores
+    table: anomaly_pct_good, anomaly_pct_defective (nan where there are no such rows)."""
+    pct = table["anomaly_percentage"].to_numpy(dtype=np.float64)
+    labels = table["label"].to_numpy()
+    return {
+        f"anomaly_pct_{name}": float(pct[labels == label].mean()) if (labels == label).any() else math.nan
+        for name, label in (("good", 0), ("defective", 1))
+    }
 
 
 def load_region(out_dir: Path) -> RegionRule:

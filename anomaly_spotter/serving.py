@@ -147,41 +147,44 @@ def _images_from_input(model_input: Any, config: InferenceConfig | None = None) 
     if config is not None:
         config.check_count(len(values))
     sources = [_image_source(value, f"image {i}") for i, value in enumerate(values)]
-    sizes = []
-    for i, source in enumerate(sources):
-        if isinstance(source, np.ndarray):
-            sizes.append((source.shape[1], source.shape[0]))
-        else:
-            width, height = image_size(source, f"image {i}", MAX_SIDE)
-            check_size(width, height, f"image {i}", MAX_SIDE)
-            sizes.append((width, height))
     if config is not None:
-        config.check_request(sizes)
+        config.check_request([size for _, size in sources])
     return [
         source if isinstance(source, np.ndarray) else decode_image(source, f"image {i}")
-        for i, source in enumerate(sources)
+        for i, (source, _) in enumerate(sources)
     ]
 
 
-def _image_source(value: Any, name: str) -> np.ndarray | bytes:
-    """A checked uint8 RGB array, or encoded image bytes: base64 text (str, or the bytes the JSON
-    `inputs` format hands over) is decoded; bytes that are neither an image nor base64 get the decoder's
-    own reason (too large, truncated, no pixels, not an image format)."""
+def _image_source(value: Any, name: str) -> tuple[np.ndarray | bytes, tuple[int, int]]:
+    """A checked uint8 RGB array, or encoded image bytes whose header passed `check_size`, with its
+    `(width, height)`: base64 text (str, or the bytes the JSON `inputs` format hands over) is decoded;
+    bytes that are neither an image nor base64 get the decoder's own reason (too large, truncated, no
+    pixels, not an image format)."""
     if isinstance(value, np.ndarray):
-        return check_array(value, name)
+        array = check_array(value, name)
+        return array, (array.shape[1], array.shape[0])
     if isinstance(value, str):
-        return _b64decode(value, name)
-    try:
-        image_size(value, name, MAX_SIDE)
-        return bytes(value)
-    except ImageInputError as err:
-        reason = err
-    if isinstance(value, bytes) and value:
+        data = _b64decode(value, name)
+    else:
         try:
-            return base64.b64decode(value, validate=True)
+            return _checked_header(value, name)
+        except ImageInputError as err:
+            reason = err
+        if not isinstance(value, bytes) or not value:
+            raise reason
+        try:
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            pass
-    raise reason  # not base64 either: the decoder's own reason
+            raise reason from None  # not base64 either: the decoder's own reason
+    return _checked_header(data, name)
+
+
+def _checked_header(data: Any, name: str) -> tuple[bytes, tuple[int, int]]:
+    """`data` as bytes and its `(width, height)` from the header, checked against MAX_SIDE and the
+    decompression-bomb limit (`data.images.check_size`)."""
+    width, height = image_size(data, name, MAX_SIDE)
+    check_size(width, height, name, MAX_SIDE)
+    return bytes(data), (width, height)
 
 
 def _b64decode(text: str, name: str) -> bytes:
@@ -235,16 +238,6 @@ def service_requirements(detector_kind: str) -> list[str]:
         except PackageNotFoundError:
             reqs.append(pkg)
     return reqs
-
-
-def threshold_from(thresholds: Mapping[str, Any], category: str, method: str) -> float:
-    """The calibrated threshold `category` is served with, from metrics/thresholds.json's content: see
-    `anomaly_spotter.thresholds.served_threshold` (which also says which method it comes from: a category
-    without defective test images falls back from recall_target to good_only)."""
-    # imported here: the served model never calls this, and its environment need not hold scikit-learn
-    from anomaly_spotter.thresholds import served_threshold
-
-    return served_threshold(thresholds, category, method).threshold
 
 
 def log_service_model(

@@ -13,7 +13,7 @@ from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
 from anomaly_spotter.metrics import mean_present, region_metrics, summarize_category
 from anomaly_spotter.pipeline.results import write_json
-from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
+from anomaly_spotter.scoring import SCORES_FILE, anomaly_pct_by_label, load_maps, load_region
 
 HEADLINE_METRICS = (
     "image_auroc",
@@ -48,14 +48,12 @@ def _region_summary(
     without defective images), with its count n_masked_defective."""
     labels = test["label"].to_numpy()
     known = test["has_mask"].to_numpy().astype(bool)
-    pct = test["anomaly_percentage"].to_numpy(dtype=np.float64)
     regions = np.stack([region.mask(m) for m in maps]) if len(maps) else np.zeros(masks.shape, bool)
     n_defective = int((labels == 1).sum())
     n_masked = int(((labels == 1) & known).sum())
     return {
         **region_metrics(masks[known], regions[known]),
-        "anomaly_pct_good": float(pct[labels == 0].mean()) if (labels == 0).any() else float("nan"),
-        "anomaly_pct_defective": float(pct[labels == 1].mean()) if (labels == 1).any() else float("nan"),
+        **anomaly_pct_by_label(test),
         "masked": n_masked / n_defective if n_defective else float("nan"),
         "n_masked_defective": n_masked,
     }

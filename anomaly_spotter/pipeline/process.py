@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
-
 from anomaly_spotter import paths
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
 from anomaly_spotter.detectors import load_detector
-from anomaly_spotter.scoring import region_rule, score_batches, write_scores
+from anomaly_spotter.scoring import anomaly_pct_by_label, region_rule, score_batches, write_scores
 
 
 def run_process(params: Params, category: str, progress: bool = True) -> dict[str, float]:
@@ -21,7 +19,12 @@ def run_process(params: Params, category: str, progress: bool = True) -> dict[st
     data = load_prepared(paths.prepared_dir(category)).split("val", "test")
     model_file = paths.model_dir(category) / paths.MODEL_FILE
     detector = load_detector(model_file)
-    region = region_rule(params.process.region_threshold, detector.pixel_calibration_, str(model_file))
+    calibration = detector.pixel_calibration_
+    region = region_rule(
+        params.process.region_threshold,
+        None if calibration is None else calibration.threshold,
+        str(model_file),
+    )
     start = time.perf_counter()
     maps, scores = score_batches(
         detector,
@@ -34,15 +37,9 @@ def run_process(params: Params, category: str, progress: bool = True) -> dict[st
     seconds = time.perf_counter() - start
     out = paths.outputs_dir(category)
     out.mkdir(parents=True, exist_ok=True)
-    table = write_scores(out, data.index, maps, scores, region, detector.pixel_calibration_)
-    test = table[table["split"] == "test"]
+    table = write_scores(out, data.index, maps, scores, region, calibration)
     return {
         "n_images": len(scores),
         "ms_per_image": 1000.0 * seconds / max(len(scores), 1),
-        "anomaly_pct_good": _mean(test.loc[test["label"] == 0, "anomaly_percentage"]),
-        "anomaly_pct_defective": _mean(test.loc[test["label"] == 1, "anomaly_percentage"]),
+        **anomaly_pct_by_label(table[table["split"] == "test"]),
     }
-
-
-def _mean(values: pd.Series) -> float:
-    return float(values.mean()) if len(values) else float("nan")

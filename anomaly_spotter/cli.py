@@ -1,8 +1,10 @@
-"""`anomaly-spotter`: score new images with a registered model, and promote registered versions.
+"""`anomaly-spotter`: score new images with a registered model, promote registered versions, and run a
+team's shared MLflow tracking server.
 
     anomaly-spotter predict photos/ extra.png --model models:/anomaly-spotter-fabric@champion --out results/
     anomaly-spotter promote --category fabric
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
+    anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
 SQLite store that does not exist is refused, never created.
@@ -14,6 +16,7 @@ import argparse
 import csv
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -59,6 +62,32 @@ alias on registry.promote_metric (params.yaml; default image_auroc, ties broken 
 Serve or load the result as models:/anomaly-spotter-<category>@champion.
 """
 
+SERVER_EPILOG = """examples:
+  anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0 --port 5000
+  anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
+  anomaly-spotter server stop --dir /srv/anomaly-spotter-mlflow
+
+`start` sets up DIR the first time: a PostgreSQL cluster (initdb, from Debian's `postgresql` package:
+apt-get install -y postgresql) listening on 127.0.0.1 only, with a database `mlflow` and a random
+password kept in DIR/postgres.password, and the artifact store DIR/artifacts (or --artifacts-destination,
+e.g. s3://bucket/mlflow with AWS credentials in the environment). Then it starts PostgreSQL and, in the
+background, `mlflow server --backend-store-uri postgresql+psycopg://mlflow@127.0.0.1:<pg port>/mlflow
+--serve-artifacts --artifacts-destination ...`, waits until it answers and prints the URI to export:
+
+  export MLFLOW_TRACKING_URI=http://<this host>:5000
+
+Every stage, promote, predict and `mlflow models serve models:/...` then use the server; open the same
+URI in a browser for the UI. Started by root, PostgreSQL runs as the user `postgres` (it refuses root),
+so DIR must be reachable by that user (e.g. under /srv or /tmp, not /root). Logs: DIR/mlflow-server.log,
+DIR/postgres.log. `stop` stops both; `start` again restarts them on the same data (same PostgreSQL port
+and artifact store; host, port, workers and allowed hosts as last given unless given again).
+The server has no authentication: with --host 0.0.0.0 keep it on a trusted network. MLflow answers
+403 "Invalid Host header" to clients that reach it by a name it was not told: beyond loopback, `start`
+allows localhost, private IPs and this machine's own names; list others (a DNS alias) in --allowed-hosts
+(which then replaces that default; patterns like 'mlflow.example.com:*' allowed).
+Needs the PostgreSQL driver: pip install -e '.[team]'.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -66,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,promote}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,promote,server}")
 
     p = sub.add_parser(
         "predict",
@@ -82,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here"
     )
     p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
 
     q = sub.add_parser(
@@ -103,6 +132,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=Path, default=Path("params.yaml"), help="parameters file (registry section)"
     )
     q.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser(
+        "server",
+        help="start / stop / check a team's MLflow tracking server (PostgreSQL + served artifacts)",
+        description="A shared MLflow tracking server on this machine: PostgreSQL backend store, "
+        "served artifact store.",
+        epilog=SERVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("action", choices=("start", "stop", "status"), help="what to do")
+    s.add_argument(
+        "--dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the server's folder: PostgreSQL data, artifacts, logs, server.json (made by the first start)",
+    )
+    s.add_argument("--host", help="interface mlflow server listens on (default 127.0.0.1; 0.0.0.0: all)")
+    s.add_argument("--port", type=int, help=f"mlflow server port (default {DEFAULT_SERVER_PORT})")
+    s.add_argument(
+        "--pg-port", type=int, help="PostgreSQL port on 127.0.0.1 (first start only; default: a free one)"
+    )
+    s.add_argument(
+        "--artifacts-destination",
+        metavar="URI",
+        help="where artifacts are stored (first start only): a folder (default DIR/artifacts) or "
+        "s3://bucket/path, gs://..., wasbs://...",
+    )
+    s.add_argument("--workers", type=int, help="mlflow server worker processes (default: MLflow's, 4)")
+    s.add_argument(
+        "--allowed-hosts",
+        metavar="HOSTS",
+        help="comma-separated Host names clients may use (mlflow server --allowed-hosts; default: "
+        "localhost and private IPs)",
+    )
+    s.set_defaults(func=cmd_server)
     return parser
 
 
@@ -197,6 +262,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from anomaly_spotter.inference import ImageInputError, read_image
     from anomaly_spotter.serving import load_service_model
 
+    if args.no_progress:  # nor MLflow's bar while it downloads the model (from a tracking server)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _connect_for(args.model)
     files, stems, errors = collect_images(args.paths)
     for message in errors:
@@ -363,6 +430,49 @@ def cmd_promote(args: argparse.Namespace) -> int:
             f"version {newest.version} is now challenger, champion stays version {champ.version}: "
             f'{decision.reason}. Use --force --reason "..." to promote anyway.'
         )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# server
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_SERVER_PORT = 5000
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from anomaly_spotter import team
+
+    if args.action == "start":
+        state = team.start(
+            args.dir,
+            host=args.host,
+            port=args.port,
+            pg_port=args.pg_port,
+            artifacts_destination=args.artifacts_destination,
+            workers=args.workers,
+            allowed_hosts=args.allowed_hosts,
+        )
+        print(
+            f"mlflow server {state.tracking_uri} is up (listening on {state.host}:{state.port}, pid "
+            f"{state.mlflow_pid})"
+        )
+        print(f"backend store {state.backend_store_uri}; artifacts {state.artifacts_destination}")
+        print(f"logs {args.dir.absolute() / team.MLFLOW_LOG}, {args.dir.absolute() / team.PG_LOG}")
+        if state.host in team.LOOPBACK_HOSTS:
+            print(f"clients on this machine: export MLFLOW_TRACKING_URI={state.tracking_uri}")
+        else:  # listening on other interfaces: teammates use this machine's name
+            print(f"clients: export MLFLOW_TRACKING_URI=http://{socket.gethostname()}:{state.port}")
+            print(f"Host names it accepts (--allowed-hosts): {state.allowed_hosts}")
+    elif args.action == "stop":
+        stopped_mlflow, stopped_pg = team.stop(args.dir)
+        print(f"mlflow server: {'stopped' if stopped_mlflow else 'was not running'}")
+        print(f"PostgreSQL: {'stopped' if stopped_pg else 'was not running'}")
+    else:
+        info = team.status(args.dir)
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        return 0 if info["mlflow_server"] == "up" and info["postgres"] == "up" else 3
     return 0
 
 

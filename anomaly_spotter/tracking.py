@@ -16,6 +16,13 @@ Both experiments carry `mlflow.experimentKind = custom_model_development`, so th
 in its model-training view. A stage run finds and marks KILLED the runs of the same stage and category
 that an interrupted earlier attempt left RUNNING. `connect` refuses a store it cannot write (one line
 naming it) before any compute.
+
+Artifact locations never name one clone's folder. On a SQLite store our experiments keep their artifacts
+at `store-relative:mlruns/<experiment>` (MLflow itself would record `<clone>/mlruns/<id>`), which
+`store_relative_repository` (the `mlflow.artifact_repository` entry point of this package) resolves
+against the folder of the SQLite file in use: a copied or moved clone reads its own `mlruns/`. On a
+tracking server (`http://...`, e.g. `anomaly-spotter server start`) the server decides: with served
+artifacts, `mlflow-artifacts:/...`.
 """
 
 from __future__ import annotations
@@ -55,6 +62,11 @@ DVC_YAML = "dvc.yaml"
 KILLED_RUN_TAG = "source_run_killed"
 # Tag naming the clone a stage run was started from (host and folder); see `workspace()`.
 WORKSPACE_TAG = "workspace"
+# Artifact URI scheme of SQLite stores: relative to the store's folder (see `store_relative_repository`).
+STORE_RELATIVE_SCHEME = "store-relative"
+LOCAL_ARTIFACT_DIR = "mlruns"
+# Set by `mlflow server` / `mlflow ui` for their workers: the backend store they serve.
+SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
 
 
 def tracking_uri() -> str:
@@ -120,12 +132,80 @@ def store_error(uri: str, err: BaseException) -> TrackingError:
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     if "readonly" in first.lower() or "read-only" in first.lower():
         return _read_only(uri, sqlite_path(uri), first)
+    if "Invalid Host header" in first:
+        return TrackingError(
+            f"MLflow tracking server {uri} refuses the host name it is reached by (403 Invalid Host header); "
+            "start it with --allowed-hosts naming that host (anomaly-spotter server start --allowed-hosts, "
+            "or mlflow server --allowed-hosts)"
+        )
     return TrackingError(f"MLflow tracking store {uri} cannot be used: {first}")
+
+
+def store_relative_registered() -> bool:
+    """Whether MLflow can read `store-relative:` artifact URIs here (this package's entry point is
+    installed: `pip install -e .` registers it)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_registered_artifact_repositories
+
+    return STORE_RELATIVE_SCHEME in get_registered_artifact_repositories()
+
+
+def new_experiment_artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: on a SQLite store `store-relative:mlruns/<name>`, in
+    the store's own folder whichever folder that is later; elsewhere None (the store or server decides)."""
+    if sqlite_path(uri) is None:
+        return None
+    if not store_relative_registered():
+        print(
+            f"note: MLflow has no '{STORE_RELATIVE_SCHEME}' artifact repository (this package's entry "
+            f"point; reinstall it with pip install -e .): experiment {name!r} records absolute artifact "
+            "paths of this folder, which a moved or copied clone would not find",
+            file=sys.stderr,
+        )
+        return None
+    folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return f"{STORE_RELATIVE_SCHEME}:{LOCAL_ARTIFACT_DIR}/{folder}"
+
+
+def _sqlite_folder(tracking_uri: str | None) -> Path | None:
+    """The absolute folder of the SQLite store a `store-relative:` URI is relative to: the store served
+    by this process (`mlflow server` / `mlflow ui`), else the tracking URI given or in use."""
+    import mlflow
+
+    for uri in (os.environ.get(SERVER_BACKEND_ENV), tracking_uri, mlflow.get_tracking_uri()):
+        path = sqlite_path(uri) if uri else None
+        if path is not None:
+            return path.absolute().parent
+    return None
+
+
+def store_relative_repository(
+    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> Any:
+    """MLflow artifact repository for `store-relative:<path>` URIs (entry point `mlflow.artifact_repository`):
+    the local folder `<path>` inside the folder of the SQLite store in use."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    relative = Path(artifact_uri.split(":", 1)[1])
+    if relative.is_absolute() or ".." in relative.parts:
+        raise MlflowException(f"{artifact_uri}: a {STORE_RELATIVE_SCHEME}: location must be a relative path")
+    folder = _sqlite_folder(tracking_uri)
+    if folder is None:
+        raise MlflowException(
+            f"artifact location {artifact_uri} lies in the folder of a SQLite tracking store (mlflow.db), "
+            f"but the tracking URI is {tracking_uri or mlflow_uri()}; set "
+            "MLFLOW_TRACKING_URI=sqlite:////<folder of that mlflow.db>/mlflow.db"
+        )
+    return LocalArtifactRepository(
+        (folder / relative).as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri
+    )
 
 
 def ensure_experiment(name: str) -> str:
     """The id of experiment `name`, created or tagged as a model-training experiment for the MLflow 3 UI
-    (an existing `mlflow.experimentKind` is left as it is: someone chose it)."""
+    (an existing `mlflow.experimentKind` is left as it is: someone chose it). A new experiment on a SQLite
+    store keeps its artifacts at a location relative to the store (`new_experiment_artifact_location`)."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -133,7 +213,11 @@ def ensure_experiment(name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(
+                name,
+                artifact_location=new_experiment_artifact_location(mlflow.get_tracking_uri(), name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except MlflowException as err:
             experiment = client.get_experiment_by_name(name)  # created meanwhile by another process?
             if experiment is None:

@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from PIL import Image
 
 from anomaly_spotter import cli
 from anomaly_spotter.serving import png_bytes
+from tests.conftest import stop_process_group
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
 from tests.unit.test_inference import png_header
@@ -119,12 +119,7 @@ def server(store: ServiceStore) -> Iterator[str]:
         yield url
     finally:
         # mlflow starts uvicorn as a child: stop the whole process group we started
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)
         log.close()
 
 

@@ -39,19 +39,46 @@ SSIM_RANGE = 2.0  # images in [-1, 1]
 def ssim_map(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     """1 - local SSIM between input and reconstruction, averaged over channels: `(N, C, H, W)` x2 ->
     `(N, H, W)` in [0, 2] (0 = identical structure). Gaussian window (SSIM_SIGMA), constants of Wang et
-    al. 2004 for the data range SSIM_RANGE; sees changes of texture and edges that a flat residual misses."""
-    x = images.astype(np.float32)
-    y = reconstructions.astype(np.float32)
-    sig = (0.0, 0.0, SSIM_SIGMA, SSIM_SIGMA)
+    al. 2004 for the data range SSIM_RANGE; sees changes of texture and edges that a flat residual misses.
+    Equal to skimage's `1 - structural_similarity(..., gaussian_weights=True, full=True)` per channel."""
+    import torch
 
-    def blur(a: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(a, sigma=sig, mode="reflect", truncate=3.5)  # as skimage
+    with torch.inference_mode():
+        out = dissimilarity(
+            torch.from_numpy(np.asarray(images, np.float32)),
+            torch.from_numpy(np.asarray(reconstructions, np.float32)),
+        )
+    return out.mean(dim=1).numpy()
+
+
+def dissimilarity(x: Any, y: Any) -> Any:
+    """1 - local SSIM per channel, in torch (differentiable: the autoencoder's SSIM loss is its mean):
+    `(N, C, H, W)` x2 -> `(N, C, H, W)`. Borders as scipy's `reflect` (edge pixel repeated)."""
+    import torch
+    import torch.nn.functional as F
+
+    radius = int(3.5 * SSIM_SIGMA + 0.5)  # scipy's gaussian_filter with truncate=3.5, as skimage
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / SSIM_SIGMA) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    channels = x.shape[1]
+
+    def blur(a: torch.Tensor) -> torch.Tensor:
+        for dim, shape in ((-1, (1, radius * 2 + 1)), (-2, (radius * 2 + 1, 1))):
+            n = a.shape[dim]
+            index = torch.arange(-radius, n + radius)
+            index = torch.where(index >= n, 2 * n - 1 - index, index)  # symmetric: d c b a | a b c d
+            index = torch.where(index < 0, -index - 1, index)
+            a = a.index_select(dim, index)
+            weight = kernel.reshape(1, 1, *shape).expand(channels, 1, *shape)
+            a = F.conv2d(a, weight, groups=channels)
+        return a
 
     c1, c2 = (0.01 * SSIM_RANGE) ** 2, (0.03 * SSIM_RANGE) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return (1.0 - ssim).mean(axis=1).astype(np.float32)
+    return 1.0 - ssim
 
 
 def gaussian_smooth(maps: np.ndarray, sigma: float) -> np.ndarray:

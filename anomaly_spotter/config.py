@@ -27,7 +27,19 @@ PARAMS_FILE = Path("params.yaml")
 MODEL_NAMES = ("unet_ae", "patchcore")
 # The autoencoder's training loop: `model.unet_ae.training` in params.yaml, merged into Params.train.
 TRAINING_SECTION = "training"
-TRAINING_KEYS = ("batch_size", "lr", "betas", "max_epochs", "patience", "synthetic_defects")
+TRAINING_KEYS = (
+    "batch_size",
+    "lr",
+    "betas",
+    "max_epochs",
+    "patience",
+    "synthetic_defects",
+    "crop_size",
+    "lr_schedule",
+    "ssim_loss",
+    "device",
+)
+LR_SCHEDULES = ("constant", "onecycle")
 # Largest data.image_size: 1000 images cached at 1024 px are 3 GB (images.npy is N x S x S x 3 bytes)
 MAX_IMAGE_SIZE = 1024
 
@@ -71,6 +83,10 @@ class TrainParams:
     max_epochs: int = 100
     patience: int = 10
     synthetic_defects: float = 0.0  # share of training images given a synthetic defect to remove
+    crop_size: int = 0  # train on one random crop of this side per batch (0 = whole images)
+    lr_schedule: str = "constant"  # constant | onecycle (warm-up to lr, cosine annealing to ~0)
+    ssim_loss: float = 0.0  # weight of the mean 1 - SSIM added to the MSE
+    device: str = "cpu"  # cpu | cuda: where the autoencoder trains (scoring runs on the CPU)
     num_threads: int = 2
     pixel_quantile: float = 0.999  # pixel threshold = this quantile of validation good maps (both detectors)
 
@@ -79,6 +95,18 @@ class TrainParams:
             raise ConfigError(
                 f"model.unet_ae.{TRAINING_SECTION}.synthetic_defects must be in [0, 1], "
                 f"got {self.synthetic_defects}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}.lr_schedule is {self.lr_schedule!r}; "
+                f"use one of {', '.join(LR_SCHEDULES)}"
+            )
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"model.unet_ae.{TRAINING_SECTION}.device is {self.device!r}; use cpu or cuda")
+        if self.crop_size < 0 or self.ssim_loss < 0:
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}: crop_size and ssim_loss must be >= 0, "
+                f"got {self.crop_size}, {self.ssim_loss}"
             )
         if not 0.5 <= self.pixel_quantile < 1.0:
             raise ConfigError(f"train.pixel_quantile must be in [0.5, 1), got {self.pixel_quantile}")

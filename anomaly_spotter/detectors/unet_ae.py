@@ -1,4 +1,5 @@
-"""The original autoencoder as a Detector: fit = MSE training with early stopping, map = residual."""
+"""The original autoencoder as a Detector: fit = training with early stopping; map = the residual
+|x - x_hat| (the original's), 1 - local SSIM, or (DRAEM) a second network's segmentation of the defect."""
 
 from __future__ import annotations
 
@@ -9,25 +10,37 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from anomaly_spotter.anomaly_map import gaussian_smooth, residual_map, ssim_map
-from anomaly_spotter.config import TrainParams
+from anomaly_spotter.anomaly_map import dissimilarity, gaussian_smooth, residual_map, ssim_map
+from anomaly_spotter.config import TRAINING_SECTION, TrainParams
 from anomaly_spotter.data.images import denormalize, to_tensor_normalized
 from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.models.base import Detector
-from anomaly_spotter.models.unet_ae import UNetAutoencoder, UNetConfig
+from anomaly_spotter.models.unet_ae import (
+    ReconstructAndSegment,
+    UNetAutoencoder,
+    UNetConfig,
+    segmenter_config,
+)
 from anomaly_spotter.synthetic import corrupt
 
 DEFAULT_SIGMA = 1.0
 INFERENCE_BATCH = 16
-MAP_KINDS = ("residual", "ssim")  # |x - x_hat| (the original's) or 1 - local SSIM
+# |x - x_hat| (the original's), 1 - local SSIM, or the probability a segmentation network gives (DRAEM)
+MAP_KINDS = ("residual", "ssim", "segmentation")
+DEFAULT_SEGMENTER = (16, 32, 64)
+SEGMENTATION_WEIGHT = 10.0  # the focal loss's mean is ~10x below the reconstruction terms'
+FOCAL_GAMMA = 2.0
 
 
 class UNetAEDetector(Detector):
     """U-Net autoencoder; anomaly map = Gaussian(sigma) of |x - x_hat| averaged over channels
-    (`map_kind: residual`, the original's) or of 1 - local SSIM (`map_kind: ssim`)."""
+    (`map_kind: residual`, the original's), of 1 - local SSIM (`map_kind: ssim`), or of the defect
+    probability a second U-Net (`segmenter_channels`) reads from the image and its reconstruction
+    (`map_kind: segmentation`, DRAEM)."""
 
     kind = "unet_ae"
 
@@ -39,12 +52,15 @@ class UNetAEDetector(Detector):
         seed: int = 0,
         progress: bool = True,
         map_kind: str = "residual",
+        segmenter_channels: tuple[int, ...] = DEFAULT_SEGMENTER,
     ) -> None:
         if map_kind not in MAP_KINDS:
             raise ConfigError(f"model.unet_ae.map_kind is {map_kind!r}; use one of {', '.join(MAP_KINDS)}")
         self.config = config or UNetConfig()
         self.sigma = sigma
         self.map_kind = map_kind
+        self.segmenter_channels = tuple(int(w) for w in segmenter_channels)
+        self.segmenter = segmenter_config(self.segmenter_channels) if map_kind == "segmentation" else None
         self.train = train or TrainParams()
         self.seed = seed
         self.progress = progress
@@ -55,12 +71,17 @@ class UNetAEDetector(Detector):
         options = dict(options)
         sigma = float(options.pop("sigma", DEFAULT_SIGMA))
         map_kind = str(options.pop("map_kind", "residual"))
+        segmenter = tuple(options.pop("segmenter_channels", DEFAULT_SEGMENTER))
         try:
             config = UNetConfig(**options)
         except TypeError as err:
-            fields = [f.name for f in dataclasses.fields(UNetConfig)] + ["sigma", "map_kind"]
+            fields = [f.name for f in dataclasses.fields(UNetConfig)] + [
+                "sigma",
+                "map_kind",
+                "segmenter_channels",
+            ]
             raise ConfigError(f"model.unet_ae: {err}; valid keys: {fields}") from err
-        return cls(config, sigma=sigma, train=train, seed=seed, map_kind=map_kind)
+        return cls(config, sigma, train, seed, map_kind=map_kind, segmenter_channels=segmenter)
 
     def _check_size(self, images: np.ndarray) -> None:
         side = images.shape[1]
@@ -71,51 +92,72 @@ class UNetAEDetector(Detector):
             )
 
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
-        """Adam + MSE on good images `(N, S, S, 3)` uint8; early stopping on validation loss.
+        """Adam on good images `(N, S, S, 3)` uint8; early stopping on the validation loss.
 
-        With `train.synthetic_defects` = p > 0, a share p of each batch's images get a synthetic defect
-        (`synthetic.corrupt`, drawn anew every epoch) and the target stays the clean image: the network
-        learns to remove defects rather than copy pixels. The validation loss then scores the same task
-        on validation images corrupted once (seeded), so early stopping watches defect removal too.
-        Keeps the weights of the best validation epoch; `history_` holds one row per epoch.
+        The loss is the MSE (+ `training.ssim_loss` x the mean 1 - SSIM) between the network's output and
+        the clean image. With `training.synthetic_defects` = p > 0, a share p of each batch's images get
+        a synthetic defect (`synthetic.corrupt`, drawn anew every step) and the target stays the clean
+        image: the network learns to remove defects rather than copy pixels. With `map_kind:
+        segmentation` a second U-Net learns, from the (corrupted) image and its reconstruction, where the
+        synthetic defects are (focal loss on their masks; DRAEM). `training.crop_size` trains on one
+        random crop per batch (the networks are fully convolutional; scoring sees the whole image), and
+        `training.lr_schedule: onecycle` warms the learning rate up to `lr` and anneals it to ~0.
+
+        The validation loss scores the same objective on the whole validation images, corrupted once
+        (seeded), so early stopping watches defect removal too. Keeps the weights of the best validation
+        epoch; `history_` holds one row per epoch.
         """
         self._check_size(train_images)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        model = UNetAutoencoder(self.config)
-        opt = torch.optim.Adam(model.parameters(), lr=self.train.lr, betas=tuple(self.train.betas))
-        loss_fn = nn.MSELoss()
+        tp = self.train
+        device = self._device()
+        model = self._new_model().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=tp.lr, betas=tuple(tp.betas))
         x_train = torch.from_numpy(to_tensor_normalized(np.asarray(train_images)))
-        x_val = (
-            torch.from_numpy(to_tensor_normalized(np.asarray(val_images))) if val_images is not None else None
+        steps_per_epoch = -(-len(x_train) // tp.batch_size)
+        schedule = (
+            torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=tp.lr, total_steps=tp.max_epochs * steps_per_epoch
+            )
+            if tp.lr_schedule == "onecycle"
+            else None
         )
-        p_defect = self.train.synthetic_defects
-        x_val_in = x_val
-        if x_val is not None and p_defect > 0:
-            corrupted, _ = corrupt(x_val.numpy(), p_defect, np.random.default_rng(self.seed + 1))
-            x_val_in = torch.from_numpy(corrupted)
+        crop = self._crop_side(x_train.shape[-1])
+        val = None
+        if val_images is not None:
+            x_val = to_tensor_normalized(np.asarray(val_images))
+            val = (x_val, *corrupt(x_val, tp.synthetic_defects, np.random.default_rng(self.seed + 1)))
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
-        bar = tqdm(range(1, self.train.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
+        bar = tqdm(range(1, tp.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
         for epoch in bar:
             model.train()
-            order = torch.from_numpy(rng.permutation(len(x_train)))
+            order = rng.permutation(len(x_train))
             total = 0.0
-            for start in range(0, len(order), self.train.batch_size):
-                batch = x_train[order[start : start + self.train.batch_size]]
-                inputs = batch
-                if p_defect > 0:
-                    inputs = torch.from_numpy(corrupt(batch.numpy(), p_defect, rng)[0])
+            for start in range(0, len(order), tp.batch_size):
+                batch = x_train[torch.from_numpy(order[start : start + tp.batch_size])]
+                if crop < batch.shape[-1]:
+                    y, x = (int(v) for v in rng.integers(0, batch.shape[-1] - crop + 1, size=2))
+                    batch = batch[..., y : y + crop, x : x + crop].contiguous()
+                inputs, masks = corrupt(batch.numpy(), tp.synthetic_defects, rng)
                 opt.zero_grad()
-                loss = loss_fn(model(inputs), batch)
+                loss = self._loss(
+                    model,
+                    torch.from_numpy(inputs).to(device),
+                    batch.to(device),
+                    torch.from_numpy(masks).to(device),
+                )
                 loss.backward()
                 opt.step()
+                if schedule is not None:
+                    schedule.step()
                 total += loss.item() * len(batch)
             train_loss = total / len(x_train)
-            val_loss = _mean_loss(model, x_val_in, loss_fn, x_val) if x_val is not None else float("nan")
+            val_loss = self._val_loss(model, *val) if val is not None else float("nan")
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
-            monitored = val_loss if x_val is not None else train_loss
+            monitored = val_loss if val is not None else train_loss
             if monitored < best_loss:
                 best_loss, best_state, best_epoch, stale = (
                     monitored,
@@ -125,35 +167,92 @@ class UNetAEDetector(Detector):
                 )
             else:
                 stale += 1
-                if stale >= self.train.patience:
+                if stale >= tp.patience:
                     break
         model.load_state_dict(best_state)
         model.eval()
-        self.model_ = model
+        self.model_ = model.cpu()  # scoring runs on the CPU
         self.history_ = pd.DataFrame(history)
         self.best_epoch_ = best_epoch
         return self
 
-    def _reconstruct_normalized(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _device(self) -> torch.device:
+        if self.train.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}.device is cuda, but torch {torch.__version__} sees no "
+                "CUDA GPU here; set it to cpu (or install a CUDA build of torch on a GPU machine)"
+            )
+        return torch.device(self.train.device)
+
+    def _new_model(self) -> nn.Module:
+        if self.map_kind == "segmentation":
+            return ReconstructAndSegment(self.config, self.segmenter)
+        return UNetAutoencoder(self.config)
+
+    def _crop_side(self, side: int) -> int:
+        """The training crop: `training.crop_size` (0 = whole image), at most the image side, rounded
+        down to a multiple of what both networks downsample by."""
+        if not self.train.crop_size:
+            return side
+        step = max(self.config.downsampling, self.segmenter.downsampling if self.segmenter else 1)
+        return max(step, min(side, self.train.crop_size) // step * step)
+
+    def _loss(self, model: nn.Module, inputs: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor) -> Any:
+        """Reconstruction loss (MSE + ssim_loss x (1 - SSIM)) against the clean images, plus, for the
+        segmentation model, SEGMENTATION_WEIGHT x the focal loss of its logits on the defect masks."""
+        segment = isinstance(model, ReconstructAndSegment)
+        x_hat = model.reconstructor(inputs) if segment else model(inputs)
+        loss = F.mse_loss(x_hat, clean)
+        if self.train.ssim_loss:
+            loss = loss + self.train.ssim_loss * dissimilarity(x_hat, clean).mean()
+        if segment:
+            loss = loss + SEGMENTATION_WEIGHT * focal_loss(
+                model.logits(inputs, x_hat), masks[:, None].float()
+            )
+        return loss
+
+    def _val_loss(self, model: nn.Module, clean: np.ndarray, inputs: np.ndarray, masks: np.ndarray) -> float:
+        """Mean `_loss` over the (corrupted once, seeded) validation images, in eval mode."""
+        model.eval()
+        device = next(model.parameters()).device
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(clean), INFERENCE_BATCH):
+                part = slice(start, start + INFERENCE_BATCH)
+                loss = self._loss(
+                    model,
+                    torch.from_numpy(inputs[part]).to(device),
+                    torch.from_numpy(clean[part]).to(device),
+                    torch.from_numpy(masks[part]).to(device),
+                )
+                total += float(loss) * len(clean[part])
+        return total / len(clean)
+
+    def _reconstructor(self) -> UNetAutoencoder:
+        return self.model_.reconstructor if isinstance(self.model_, ReconstructAndSegment) else self.model_
+
+    def _run(self, images: np.ndarray, network: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised images `(N, 3, S, S)` and `network`'s output for them, in batches."""
         self._check_size(images)
         x = to_tensor_normalized(np.asarray(images))
-        out = np.empty_like(x)
+        outs = []
         with torch.inference_mode():
             for start in range(0, len(x), INFERENCE_BATCH):
-                out[start : start + INFERENCE_BATCH] = self.model_(
-                    torch.from_numpy(x[start : start + INFERENCE_BATCH])
-                )
-        return x, out
+                outs.append(network(torch.from_numpy(x[start : start + INFERENCE_BATCH])).numpy())
+        return x, np.concatenate(outs) if outs else np.empty((0, 3, *x.shape[2:]), np.float32)
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         """Raw maps `(N, S, S)`: Gaussian(sigma) of the channel-mean absolute residual in [-1, 1] units,
-        or of the channel-mean 1 - SSIM (`map_kind`)."""
-        x, x_hat = self._reconstruct_normalized(images)
-        raw = ssim_map(x, x_hat) if self.map_kind == "ssim" else residual_map(x, x_hat)
+        of the channel-mean 1 - SSIM, or of the defect probability in [0, 1] (`map_kind`)."""
+        if self.map_kind == "segmentation":
+            raw = self._run(images, self.model_)[1][:, 0]
+        else:
+            x, x_hat = self._run(images, self._reconstructor())
+            raw = ssim_map(x, x_hat) if self.map_kind == "ssim" else residual_map(x, x_hat)
         return gaussian_smooth(raw, self.sigma)
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        return denormalize(self._reconstruct_normalized(images)[1])
+        return denormalize(self._run(images, self._reconstructor())[1])
 
     def module(self) -> nn.Module:
         return self.model_
@@ -164,29 +263,27 @@ class UNetAEDetector(Detector):
             "config": dataclasses.asdict(self.config),
             "sigma": self.sigma,
             "map": self.map_kind,
+            "segmenter": dataclasses.asdict(self.segmenter) if self.segmenter else None,
             "state_dict": self.model_.state_dict(),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
-        det = cls(
-            UNetConfig(**state["config"]), sigma=float(state["sigma"]), map_kind=state.get("map", "residual")
-        )
-        det.model_ = UNetAutoencoder(det.config)
+        map_kind = state.get("map", "residual")
+        det = cls(UNetConfig(**state["config"]), sigma=float(state["sigma"]), map_kind=map_kind)
+        if state.get("segmenter"):
+            det.segmenter = UNetConfig(**state["segmenter"])
+        det.model_ = det._new_model()
         det.model_.load_state_dict(state["state_dict"])
         det.model_.eval()
         return det
 
 
-def _mean_loss(
-    model: nn.Module, x: torch.Tensor, loss_fn: nn.Module, target: torch.Tensor | None = None
-) -> float:
-    """Mean loss of model(x) against `target` (default: x itself) over batches."""
-    target = x if target is None else target
-    model.eval()
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(x), INFERENCE_BATCH):
-            batch = x[start : start + INFERENCE_BATCH]
-            total += float(loss_fn(model(batch), target[start : start + INFERENCE_BATCH])) * len(batch)
-    return total / len(x)
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Mean binary focal loss (Lin et al. 2017) of per-pixel logits against 0/1 targets: the
+    cross-entropy of each pixel scaled by (1 - p_true)^gamma, so the many easy background pixels
+    weigh little."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * target + (1 - p) * (1 - target)
+    return ((1 - p_true) ** gamma * ce).mean()

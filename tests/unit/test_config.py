@@ -43,6 +43,10 @@ def test_params_to_dict_restores_the_yaml_layout() -> None:
         "max_epochs": 7,
         "patience": 10,
         "synthetic_defects": 0.0,
+        "crop_size": 0,
+        "lr_schedule": "constant",
+        "ssim_loss": 0.0,
+        "device": "cpu",
     }
     assert params_from_dict(raw) == params_from_dict(RAW)
     assert "model.unet_ae.training.lr" in flatten(raw) and "train.lr" not in flatten(raw)

@@ -102,3 +102,147 @@ def test_synthetic_defects_train_to_remove_them_and_ssim_maps_survive_saving(tmp
     np.testing.assert_allclose(loaded.anomaly_maps(test), det.anomaly_maps(test), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="model.unet_ae.map_kind"):
         UNetAEDetector(cfg, map_kind="l1")
+
+
+def test_focal_loss_values() -> None:
+    from anomaly_spotter.detectors.unet_ae import focal_loss
+
+    # p = 0.5 for either class: cross-entropy log 2, scaled by (1 - 0.5)^2
+    assert float(focal_loss(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))) == pytest.approx(
+        0.25 * np.log(2)
+    )
+    # a confident right answer weighs ~nothing, a confident wrong one ~its full cross-entropy
+    right = float(focal_loss(torch.full((1, 1, 1, 1), 6.0), torch.ones(1, 1, 1, 1)))
+    wrong = float(focal_loss(torch.full((1, 1, 1, 1), -6.0), torch.ones(1, 1, 1, 1)))
+    assert right < 1e-7 and wrong == pytest.approx(6.0025 * (1 - 0.00247) ** 2, rel=1e-3)
+
+
+def test_ssim_loss_is_differentiable_and_zero_for_identical_images() -> None:
+    from anomaly_spotter.anomaly_map import dissimilarity
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    loss = dissimilarity(y, x).mean()
+    loss.backward()
+    assert loss.item() > 0.05 and float(y.grad.abs().sum()) > 0
+    assert float(dissimilarity(x, x).abs().max()) < 1e-5
+
+
+def test_segmentation_model_learns_where_synthetic_defects_are_and_survives_saving(tmp_path) -> None:
+    """map_kind: segmentation (DRAEM): a second U-Net reads image + reconstruction and outputs the defect
+    probability; trained on crops, it scores whole images; the saved file rebuilds both networks."""
+    from anomaly_spotter.models.unet_ae import ReconstructAndSegment
+
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8, batch_norm=True)
+    train = TrainParams(
+        batch_size=4, lr=5e-3, max_epochs=12, patience=12, synthetic_defects=1.0, crop_size=16,
+        lr_schedule="onecycle", ssim_loss=1.0,
+    )  # fmt: skip
+    det = UNetAEDetector(
+        cfg, train=train, seed=0, progress=False, map_kind="segmentation", segmenter_channels=(8, 8)
+    )
+    assert det._crop_side(32) == 16 and det._crop_side(8) == 8  # capped by the image side
+    det.fit(_images(16, 0), _images(4, 1))
+    model = det.module()
+    assert isinstance(model, ReconstructAndSegment)
+    assert det.history_["train_loss"].iloc[-1] < det.history_["train_loss"].iloc[0]
+    test = _images(2, 5)
+    test[1, 8:20, 8:20] = [250, 20, 20]  # a red square on a grey ramp
+    maps = det.anomaly_maps(test)
+    assert maps.shape == (2, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
+    assert maps[1, 10:18, 10:18].mean() > maps[1].mean() and maps[1].max() > maps[0].max()
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 1, 32, 32)
+    det.save(tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt")
+    assert loaded.map_kind == "segmentation" and loaded.segmenter == det.segmenter
+    np.testing.assert_allclose(loaded.anomaly_maps(test), maps, rtol=1e-5, atol=1e-6)
+    assert loaded.reconstruct(test).shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("lr_schedule", "cosine", "lr_schedule is 'cosine'"),
+        ("crop_size", -1, "crop_size and ssim_loss"),
+        ("device", "gpu", "device is 'gpu'; use cpu or cuda"),
+    ],
+)
+def test_training_options_are_checked(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainParams(**{key: value})
+
+
+def test_without_skip_connections_the_decoder_sees_only_the_bottleneck() -> None:
+    """skip_connections: false makes a plain encoder-decoder (DRAEM's reconstructive network): the
+    decoders get no encoder features, so nothing reaches the output but through the bottleneck."""
+    plain = UNetAutoencoder(
+        UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8, skip_connections=False)
+    )
+    skips = UNetAutoencoder(UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8))
+    assert [d[0].in_channels for d in plain.decoders] == [8, 8]  # no concatenated encoder features
+    assert [d[0].in_channels for d in skips.decoders] == [8 + 8, 8 + 4]
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert plain(x).shape == (1, 3, 16, 16)
+
+
+def _readme_command_params(heading: str):
+    """params.yaml with the `-S` overrides of the `dvc exp run` command under README heading `heading`."""
+    import re
+    import shlex
+
+    import yaml
+
+    from anomaly_spotter.config import params_from_dict
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(heading, 1)[1].split("\n#", 1)[0]
+    command = re.search(r"```bash\n(dvc exp run .*?)```", section, re.S).group(1).replace("\\\n", " ")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    words = shlex.split(command)
+    overrides = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+    assert overrides
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = raw
+        for name in parents:
+            node = node[name]
+        assert leaf in node, f"README sets {key}, which params.yaml does not have"
+        node[leaf] = yaml.safe_load(value)
+    return params_from_dict(raw)
+
+
+def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> None:
+    """README "The original configuration": its `dvc exp run -S ...` command, applied to params.yaml, gives
+    the prototype's network, map and training loop exactly (so the command cannot rot)."""
+    from anomaly_spotter.detectors import build_detector
+
+    params = _readme_command_params("### The original configuration")
+    detector = build_detector(params)
+    assert params.data.image_size == 128
+    assert isinstance(detector, UNetAEDetector) and detector.config == ORIGINAL
+    assert detector.map_kind == "residual" and detector.sigma == 1.0
+    t = params.train
+    assert (t.batch_size, t.lr, list(t.betas), t.max_epochs, t.patience) == (32, 1e-4, [0.9, 0.999], 100, 10)
+    assert (t.lr_schedule, t.synthetic_defects, t.crop_size, t.ssim_loss) == ("constant", 0.0, 0, 0.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_training_without_a_gpu_says_what_to_do() -> None:
+    cfg = UNetConfig(encoder_channels=(4, 8))
+    det = UNetAEDetector(cfg, train=TrainParams(device="cuda"), progress=False)
+    with pytest.raises(ConfigError, match="device is cuda, but torch .* no CUDA GPU here; set it to cpu"):
+        det.fit(_images(4, 0))
+
+
+def test_the_readmes_gpu_command_gives_a_valid_cuda_configuration() -> None:
+    from anomaly_spotter.detectors import build_detector
+
+    params = _readme_command_params("### A GPU-sized configuration")
+    detector = build_detector(params)
+    assert params.train.device == "cuda" and params.data.image_size == 256 and params.train.crop_size == 0
+    assert detector.map_kind == "segmentation" and detector.segmenter.encoder_channels == (32, 64, 128)

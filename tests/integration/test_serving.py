@@ -7,6 +7,7 @@ answer 4xx with a message (never 500) and the server keeps serving.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -51,10 +52,6 @@ def _request(url: str, body: bytes | None = None, content_type: str = "applicati
         return err.code, err.read().decode()
 
 
-def _log(store: ServiceStore) -> str:
-    return (store.root / "server.log").read_text()
-
-
 def _split(images: list[bytes]) -> bytes:
     data = [[base64.b64encode(b).decode()] for b in images]
     return json.dumps({"dataframe_split": {"columns": ["image"], "data": data}}).encode()
@@ -72,55 +69,52 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStore]:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-@pytest.fixture(scope="module")
-def server(store: ServiceStore) -> Iterator[str]:
+@contextlib.contextmanager
+def served_model(model_uri: str, env: dict[str, str], cwd: Path, timeout_s: float) -> Iterator[str]:
+    """`mlflow models serve -m model_uri --env-manager local` on a free loopback port, from `cwd` (its log in
+    cwd/server.log); yields its URL once /ping answers 200, stops its whole process group afterwards."""
     port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store.uri,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    log = (store.root / "server.log").open("w")
+    log_path = cwd / "server.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
-        [
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
         env=env,
-        cwd=store.root,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        start_new_session=True,  # mlflow starts uvicorn as a child: stop the group
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited ({proc.returncode}):\n{_log(store)}")
+                raise AssertionError(f"server exited ({proc.returncode}):\n{log_path.read_text()}")
             try:
                 if _request(f"{url}/ping")[0] == 200:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"server not up in {START_TIMEOUT_S}s:\n{_log(store)}")
+                raise AssertionError(f"server not up in {timeout_s}s:\n{log_path.read_text()}")
             time.sleep(0.5)
         yield url
     finally:
-        # mlflow starts uvicorn as a child: stop the whole process group we started
         stop_process_group(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(store: ServiceStore) -> Iterator[str]:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store.uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    with served_model(f"models:/{NAME}@champion", env, store.root, START_TIMEOUT_S) as url:
+        yield url
 
 
 def test_served_scores_equal_predict_cli(store: ServiceStore, server: str, tmp_path: Path) -> None:

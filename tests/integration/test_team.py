@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +36,8 @@ import yaml
 from anomaly_spotter import team
 from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.tracking import MODEL_MD5_TAG, WORKSPACE_TAG, content_md5
-from tests.conftest import stop_process_group
 from tests.integration.test_pipeline import TINY, _env, _git, _merge, _ran, _run, new_project
-from tests.integration.test_serving import _free_port, _request, _split
+from tests.integration.test_serving import _request, _split, served_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -235,38 +233,13 @@ def test_promote_from_either_clone_touches_one_category(
 
 def test_models_serve_from_the_server(server: team.ServerState, clones: dict[str, Path]) -> None:
     image = next((clones["a"] / "data/builtin/fabric/test").rglob("*.png"))
-    port = _free_port()
-    log = (clones["a"].parent / "serve.log").open("w")
-    proc = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", "models:/anomaly-spotter-fabric@champion"]
-        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=clones["a"].parent,
-        env=_team_env(clones["a"], server.tracking_uri),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVE_TIMEOUT_S
-        while _ping(url) != 200:
-            assert proc.poll() is None, (clones["a"].parent / "serve.log").read_text()
-            assert time.monotonic() < deadline, (clones["a"].parent / "serve.log").read_text()
-            time.sleep(0.5)
+    env = _team_env(clones["a"], server.tracking_uri)
+    model = "models:/anomaly-spotter-fabric@champion"
+    with served_model(model, env, clones["a"].parent, SERVE_TIMEOUT_S) as url:
         status, body = _request(f"{url}/invocations", _split([image.read_bytes()]))
-        assert status == 200, body
-        (prediction,) = json.loads(body)["predictions"]
-        assert prediction["verdict"] in ("good", "defective")
-    finally:
-        stop_process_group(proc)
-        log.close()
-
-
-def _ping(url: str) -> int:
-    try:
-        return _request(f"{url}/ping")[0]
-    except OSError:
-        return 0
+    assert status == 200, body
+    (prediction,) = json.loads(body)["predictions"]
+    assert prediction["verdict"] in ("good", "defective")
 
 
 def test_dvc_push_then_fresh_clone_pull_reproduces_nothing(

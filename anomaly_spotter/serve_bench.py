@@ -28,15 +28,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 REQUEST_TIMEOUT_S = 120
 START_TIMEOUT_S = 180
+LOG_TAIL_LINES = 40
 
 
 @dataclass
@@ -149,27 +151,36 @@ def _ping(url: str) -> bool:
 
 
 @contextmanager
-def served(model: str, workers: int | None = None, log: Path | None = None) -> Iterator[str]:
+def served(
+    model: str,
+    workers: int | None = None,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[str]:
     """`mlflow models serve -m model --env-manager local` on a free loopback port until the block ends;
-    yields its URL. The server runs in its own process group, stopped as a whole."""
+    yields its URL once /ping answers (within `timeout_s`). `env` adds to this process's environment
+    (e.g. MLFLOW_TRACKING_URI). The server runs in its own process group, stopped as a whole."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local"]
     cmd += ["-h", "127.0.0.1", "-p", str(port)] + (["-w", str(workers)] if workers else [])
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn/gunicorn by name
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     out = log.open("w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while not _ping(url):
             if proc.poll() is not None:
-                hint = f"; its output is in {log}" if log else "; rerun with --server-log FILE to see why"
-                raise SystemExit(f"serve_bench: the server for {model} exited ({proc.returncode}){hint}")
+                raise SystemExit(
+                    f"serve_bench: the server for {model} exited ({proc.returncode}){_log_hint(log, out)}"
+                )
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"serve_bench: the server for {model} did not answer /ping in {START_TIMEOUT_S}s"
+                    f"serve_bench: the server for {model} did not answer /ping in {timeout_s}s"
+                    f"{_log_hint(log, out)}"
                 )
             time.sleep(0.5)
         yield url
@@ -177,6 +188,15 @@ def served(model: str, workers: int | None = None, log: Path | None = None) -> I
         _stop_group(proc)
         if log:
             out.close()
+
+
+def _log_hint(log: Path | None, out: Any) -> str:
+    """Where the server's output is, with its last LOG_TAIL_LINES lines (or how to keep it)."""
+    if not log:
+        return "; rerun with --server-log FILE to see why"
+    out.flush()
+    tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return f"; its output is in {log}, ending:\n" + "\n".join(tail)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:

@@ -19,8 +19,9 @@ server's proxy), never a path of someone's clone. What was started, with its por
 PostgreSQL refuses to run as root: started by root, the cluster runs as the user `postgres` (which the
 Debian package creates), so DIR must be a folder that user can enter (not under /root).
 
-Only the standard library is imported here. The server needs the PostgreSQL driver psycopg (version 3,
-`pip install -e '.[team]'`), named in the URI (`postgresql+psycopg://`) whatever SQLAlchemy's default.
+Only the standard library (and the stdlib-only serve_bench) is imported here. The server needs the
+PostgreSQL driver psycopg (version 3, `pip install -e '.[team]'`), named in the URI
+(`postgresql+psycopg://`) whatever SQLAlchemy's default.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from anomaly_spotter.errors import AnomalySpotterError
+from anomaly_spotter.serve_bench import free_port
 
 STATE_FILE = "server.json"
 PG_DATA = "postgres"
@@ -173,13 +175,6 @@ def default_allowed_hosts() -> str:
     except ImportError:  # an MLflow without it: loopback names only
         base = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"]
     return ",".join([*base, *names, *(f"{name}:*" for name in names)])
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_busy(port: int, host: str = "127.0.0.1") -> bool:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +61,3 @@ def tiny_mvtec(tmp_path: Path) -> Path:
     """A dataset root with one small category, `widget`."""
     make_mvtec_category(tmp_path / "data")
     return tmp_path / "data"
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """Stop a server started with `start_new_session=True` and everything it started (mlflow runs uvicorn
-    and workers as children): SIGTERM to the group, SIGKILL if it has not exited within 20 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -168,12 +167,6 @@ def _assert_complete(project: Path) -> None:
     md5 = content_md5(project / f"models/{CATEGORY}/model.pt")
     assert newest[f"train@{CATEGORY}"].data.tags["model_md5"] == md5
     assert newest[f"process_all@{CATEGORY}"].data.tags["model_md5"] == md5
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on return: nothing listens there
 
 
 def _one_error_line(stderr: str, stage: str) -> str:
@@ -335,7 +328,7 @@ def _snapshot(project: Path) -> dict[str, object]:
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(project: Path, recovered: dict) -> None:
     _set_param(project, "visualize.max_per_defect", 2)  # visualize@fabric has to run
     before = _snapshot(project)
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{serve_bench.free_port()}"
     result = subprocess.run(
         ["dvc", "repro"],
         cwd=project,

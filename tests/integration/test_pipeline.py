@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -27,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from anomaly_spotter import serve_bench
 from anomaly_spotter.pipeline.thresholds import IMAGE_HEADLINE, THRESHOLD_HEADLINE
 from tests.conftest import REPO
 
@@ -422,10 +422,7 @@ def test_visualize_param_reruns_only_visualize(origin: Path) -> None:
 
 
 def test_unreachable_tracking_server_fails_cleanly(origin: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again below: nothing listens there
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{serve_bench.free_port()}"  # nothing listens there
     env = {**_env(origin), "MLFLOW_TRACKING_URI": uri}
     shutil.rmtree(origin / "data/prepared/fabric")
     result = subprocess.run(

@@ -7,14 +7,9 @@ answer 4xx with a message (never 500) and the server keeps serving.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,9 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_spotter import cli
+from anomaly_spotter import cli, serve_bench
 from anomaly_spotter.serving import png_bytes
-from tests.conftest import stop_process_group
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
 from tests.unit.test_inference import png_header
@@ -34,12 +28,6 @@ from tests.unit.test_inference import png_header
 pytestmark = pytest.mark.integration
 
 START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, str]:
@@ -69,51 +57,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStore]:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-@contextlib.contextmanager
-def served_model(model_uri: str, env: dict[str, str], cwd: Path, timeout_s: float) -> Iterator[str]:
-    """`mlflow models serve -m model_uri --env-manager local` on a free loopback port, from `cwd` (its log in
-    cwd/server.log); yields its URL once /ping answers 200, stops its whole process group afterwards."""
-    port = _free_port()
-    log_path = cwd / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
-        + ["-h", "127.0.0.1", "-p", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # mlflow starts uvicorn as a child: stop the group
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited ({proc.returncode}):\n{log_path.read_text()}")
-            try:
-                if _request(f"{url}/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not up in {timeout_s}s:\n{log_path.read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_process_group(proc)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def server(store: ServiceStore) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store.uri,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    with served_model(f"models:/{NAME}@champion", env, store.root, START_TIMEOUT_S) as url:
+    env = {"MLFLOW_TRACKING_URI": store.uri}
+    model = f"models:/{NAME}@champion"
+    with serve_bench.served(model, log=store.root / "server.log", env=env, timeout_s=START_TIMEOUT_S) as url:
         yield url
 
 

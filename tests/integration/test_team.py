@@ -33,11 +33,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter import team
+from anomaly_spotter import serve_bench, team
 from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.tracking import MODEL_MD5_TAG, WORKSPACE_TAG, content_md5
 from tests.integration.test_pipeline import TINY, _env, _git, _merge, _ran, _run, new_project
-from tests.integration.test_serving import _request, _split, served_model
+from tests.integration.test_serving import _request, _split
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def server() -> Iterator[team.ServerState]:
     root.chmod(0o755)
     folder = root / "server"
     try:
-        yield team.start(folder, port=team.free_port(), workers=2)
+        yield team.start(folder, port=serve_bench.free_port(), workers=2)
     finally:
         try:
             if team.load_state(folder) is not None:
@@ -235,7 +235,8 @@ def test_models_serve_from_the_server(server: team.ServerState, clones: dict[str
     image = next((clones["a"] / "data/builtin/fabric/test").rglob("*.png"))
     env = _team_env(clones["a"], server.tracking_uri)
     model = "models:/anomaly-spotter-fabric@champion"
-    with served_model(model, env, clones["a"].parent, SERVE_TIMEOUT_S) as url:
+    log = clones["a"].parent / "serve.log"
+    with serve_bench.served(model, log=log, env=env, timeout_s=SERVE_TIMEOUT_S) as url:
         status, body = _request(f"{url}/invocations", _split([image.read_bytes()]))
     assert status == 200, body
     (prediction,) = json.loads(body)["predictions"]

@@ -4,9 +4,11 @@
         --variant unet_ae --variant patchcore --out benchmarks/results.md
 
 A variant is `DETECTOR[:key=value,...]`: the detector's section of params.yaml with those keys
-overridden (`train.<key>` overrides the train section, `process.<key>` the process section), plus two
-keys of its own: `image_size` (the prepared size, default 128 for unet_ae and 256 for patchcore) and
-`label` (the row name). Each (variant, category) runs in a fresh subprocess so its peak memory (max
+overridden (`train.<key>` overrides the train section, `process.<key>` the process section), plus three
+keys of its own: `image_size` (the prepared size, default 128 for unet_ae and 256 for patchcore),
+`seed` (the detector's seed: initial weights, synthetic defects, coreset sampling; the train/val split
+keeps the params file's, so rows with different seeds are scored on the same images) and `label` (the
+row name). Each (variant, category) runs in a fresh subprocess so its peak memory (max
 RSS) is its own. Metrics are on the category's test split; nothing is tuned on it here.
 
 `--builtin fabric washer ...` adds built-in categories, generated at `--builtin-size` px with the
@@ -131,6 +133,7 @@ def run_job(
     name, options = parse_variant(spec)
     label = str(options.pop("label", spec))
     image_size = int(options.pop("image_size", DEFAULT_IMAGE_SIZE.get(name, 128)))
+    seed = options.pop("seed", None)
     train = {k.removeprefix("train."): options.pop(k) for k in list(options) if k.startswith("train.")}
     process = {k.removeprefix("process."): options.pop(k) for k in list(options) if k.startswith("process.")}
     params = load_params(params_path)
@@ -149,7 +152,7 @@ def run_job(
         train_images = np.asarray(train.images)
         if n_train is not None:
             train_images = grow_training_set(train_images, n_train, params.seed)
-        detector = build_detector(params)
+        detector = build_detector(params if seed is None else replace(params, seed=int(seed)))
         if hasattr(detector, "progress"):
             detector.progress = False
         start = time.perf_counter()

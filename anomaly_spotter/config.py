@@ -32,6 +32,7 @@ TRAINING_KEYS = (
     "lr",
     "betas",
     "max_epochs",
+    "epoch_size",
     "patience",
     "synthetic_defects",
     "crop_size",
@@ -81,14 +82,16 @@ class TrainParams:
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_epochs: int = 100
+    epoch_size: int = 0  # images per epoch, drawn cycling through the shuffled set (0 = the set)
     patience: int = 10
     synthetic_defects: float = 0.0  # share of training images given a synthetic defect to remove
     crop_size: int = 0  # train on one random crop of this side per batch (0 = whole images)
     lr_schedule: str = "constant"  # constant | onecycle (warm-up to lr, cosine annealing to ~0)
     ssim_loss: float = 0.0  # weight of the mean 1 - SSIM added to the MSE
     device: str = "cpu"  # cpu | cuda: where the autoencoder trains (scoring runs on the CPU)
-    num_threads: int = 2
+    num_threads: int = 2  # torch CPU threads in all (split between the processes when world_size > 1)
     pixel_quantile: float = 0.999  # pixel threshold = this quantile of validation good maps (both detectors)
+    world_size: int = 1  # unet_ae: train data-parallel in this many processes (torchrun; patchcore: 1 only)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.synthetic_defects <= 1.0:
@@ -103,11 +106,13 @@ class TrainParams:
             )
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"model.unet_ae.{TRAINING_SECTION}.device is {self.device!r}; use cpu or cuda")
-        if self.crop_size < 0 or self.ssim_loss < 0:
+        if self.crop_size < 0 or self.ssim_loss < 0 or self.epoch_size < 0:
             raise ConfigError(
-                f"model.unet_ae.{TRAINING_SECTION}: crop_size and ssim_loss must be >= 0, "
-                f"got {self.crop_size}, {self.ssim_loss}"
+                f"model.unet_ae.{TRAINING_SECTION}: crop_size, ssim_loss and epoch_size must be >= 0, "
+                f"got {self.crop_size}, {self.ssim_loss}, {self.epoch_size}"
             )
+        if self.world_size < 1:
+            raise ConfigError(f"train.world_size must be >= 1, got {self.world_size}")
         if not 0.5 <= self.pixel_quantile < 1.0:
             raise ConfigError(f"train.pixel_quantile must be in [0.5, 1), got {self.pixel_quantile}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
@@ -259,7 +264,7 @@ def _merge_training_section(raw: dict[str, Any]) -> dict[str, Any]:
         moved = ", ".join(f"model.unet_ae.{TRAINING_SECTION}.{k}" for k in misplaced)
         raise ConfigError(
             f"train.{misplaced[0]} is the autoencoder's training loop: move {misplaced} to {moved} "
-            f"(train holds num_threads and pixel_quantile only, read for both detectors)"
+            f"(train holds num_threads, pixel_quantile and world_size, read for both detectors)"
         )
     if training is None:
         return raw

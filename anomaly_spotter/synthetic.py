@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 MIN_AREA = 0.005  # fraction of the image a region covers: drawn log-uniformly in [MIN_AREA, MAX_AREA]
-MAX_AREA = 0.10
+MAX_AREA = 0.30  # at 0.10, bottle pixel AUROC was 0.74 against 0.87 at 0.30 (README, issue 10)
 MIN_OPACITY = 0.5
 SOURCES = ("other_image", "same_image", "noise")
 

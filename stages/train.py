@@ -1,18 +1,41 @@
-"""Stage `train`: fit the configured detector on one category's good images; log and register it."""
+"""Stage `train`: fit the configured detector on one category's good images; log and register it.
+
+With `train.world_size` > 1 (unet_ae), it relaunches itself under torchrun in that many processes; under a
+torchrun of your own (README "Scaling out") it joins that group instead."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from anomaly_spotter import paths, tracking
+from anomaly_spotter import distributed, paths, tracking
 from anomaly_spotter.config import train_params_logged
 from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.data.prepare import load_prepared
 from anomaly_spotter.detectors import load_detector
+from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.pipeline.train import run_train, training_history
 from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:
     params, category = parse_args(__doc__, per_category=True)
+    world_size = params.train.world_size
+    if world_size > 1 and params.model.name != "unet_ae":
+        name = params.model.name
+        print(f"train {category}: train.world_size={world_size} is for unet_ae; {name} fits in one process")
+    elif world_size > 1 and not distributed.launched():
+        command = distributed.launch_command(Path(__file__), sys.argv[1:], world_size)
+        print(f"train {category}: {world_size} processes: {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise AnomalySpotterError(f"the {world_size} training processes failed (torchrun's report above)")
+        return
+    if distributed.launched():
+        distributed.join(params.train.device)
+        if not distributed.is_main():
+            run_train(params, category)  # trains its share; rank 0 saves, logs and registers
+            return
     out = paths.model_dir(category)
     prepared_dir = paths.prepared_dir(category)
     with stage_outputs(out / paths.MODEL_FILE, out / paths.HISTORY_DIR):  # not the folder's .gitignore

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from anomaly_spotter import distributed
 from anomaly_spotter.anomaly_map import dissimilarity, gaussian_smooth, residual_map, ssim_map
 from anomaly_spotter.config import TRAINING_SECTION, TrainParams
 from anomaly_spotter.data.images import denormalize, to_tensor_normalized
@@ -102,10 +103,18 @@ class UNetAEDetector(Detector):
         synthetic defects are (focal loss on their masks; DRAEM). `training.crop_size` trains on one
         random crop per batch (the networks are fully convolutional; scoring sees the whole image), and
         `training.lr_schedule: onecycle` warms the learning rate up to `lr` and anneals it to ~0.
+        `training.epoch_size` fixes an epoch's number of images (drawn cycling through the shuffled set),
+        so training costs the same on 50 images as on 500.
 
         The validation loss scores the same objective on the whole validation images, corrupted once
         (seeded), so early stopping watches defect removal too. Keeps the weights of the best validation
         epoch; `history_` holds one row per epoch.
+
+        In a `torch.distributed` group (`anomaly_spotter.distributed`, torchrun), every process draws the
+        same batches, crops and defects (same seed) and trains on its share of each batch, with
+        DistributedDataParallel averaging the gradients; validation is split between the processes and
+        the sums added, so all of them stop at the same epoch with the same weights. Batches smaller
+        than the group are skipped. Reproducible for a given world size.
         """
         self._check_size(train_images)
         torch.manual_seed(self.seed)
@@ -113,9 +122,16 @@ class UNetAEDetector(Detector):
         tp = self.train
         device = self._device()
         model = self._new_model().to(device)
+        objective: nn.Module = _Objective(self, model)
+        world = distributed.world_size()
+        if world > 1:
+            objective = nn.parallel.DistributedDataParallel(
+                objective, device_ids=[device.index] if device.type == "cuda" else None
+            )
         opt = torch.optim.Adam(model.parameters(), lr=tp.lr, betas=tuple(tp.betas))
         x_train = torch.from_numpy(to_tensor_normalized(np.asarray(train_images)))
-        steps_per_epoch = -(-len(x_train) // tp.batch_size)
+        epoch_size = tp.epoch_size or len(x_train)
+        steps_per_epoch = -(-epoch_size // tp.batch_size)
         schedule = (
             torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=tp.lr, total_steps=tp.max_epochs * steps_per_epoch
@@ -130,10 +146,11 @@ class UNetAEDetector(Detector):
             val = (x_val, *corrupt(x_val, tp.synthetic_defects, np.random.default_rng(self.seed + 1)))
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
+        self.images_trained_ = 0  # by this process (its share of every batch, in a process group)
         bar = tqdm(range(1, tp.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
         for epoch in bar:
             model.train()
-            order = rng.permutation(len(x_train))
+            order = epoch_order(len(x_train), epoch_size, rng)
             total = 0.0
             for start in range(0, len(order), tp.batch_size):
                 batch = x_train[torch.from_numpy(order[start : start + tp.batch_size])]
@@ -141,19 +158,22 @@ class UNetAEDetector(Detector):
                     y, x = (int(v) for v in rng.integers(0, batch.shape[-1] - crop + 1, size=2))
                     batch = batch[..., y : y + crop, x : x + crop].contiguous()
                 inputs, masks = corrupt(batch.numpy(), tp.synthetic_defects, rng)
+                if len(batch) < world:
+                    continue
+                part = distributed.shard(len(batch))
                 opt.zero_grad()
-                loss = self._loss(
-                    model,
-                    torch.from_numpy(inputs).to(device),
-                    batch.to(device),
-                    torch.from_numpy(masks).to(device),
+                loss = objective(
+                    torch.from_numpy(inputs[part]).to(device),
+                    batch[part].to(device),
+                    torch.from_numpy(masks[part]).to(device),
                 )
                 loss.backward()
                 opt.step()
                 if schedule is not None:
                     schedule.step()
-                total += loss.item() * len(batch)
-            train_loss = total / len(x_train)
+                total += loss.item() * len(batch[part])
+                self.images_trained_ += len(batch[part])
+            train_loss = distributed.all_sum(total)[0] / len(order)
             val_loss = self._val_loss(model, *val) if val is not None else float("nan")
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
@@ -182,6 +202,8 @@ class UNetAEDetector(Detector):
                 f"model.unet_ae.{TRAINING_SECTION}.device is cuda, but torch {torch.__version__} sees no "
                 "CUDA GPU here; set it to cpu (or install a CUDA build of torch on a GPU machine)"
             )
+        if self.train.device == "cuda" and distributed.world_size() > 1:
+            return torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK
         return torch.device(self.train.device)
 
     def _new_model(self) -> nn.Module:
@@ -212,8 +234,12 @@ class UNetAEDetector(Detector):
         return loss
 
     def _val_loss(self, model: nn.Module, clean: np.ndarray, inputs: np.ndarray, masks: np.ndarray) -> float:
-        """Mean `_loss` over the (corrupted once, seeded) validation images, in eval mode."""
+        """Mean `_loss` over the (corrupted once, seeded) validation images, in eval mode (in a process
+        group: each process scores its share with rank 0's BatchNorm statistics, and the sums are added)."""
         model.eval()
+        distributed.sync_buffers(model)
+        share = distributed.shard(len(clean))
+        clean, inputs, masks = clean[share], inputs[share], masks[share]
         device = next(model.parameters()).device
         total = 0.0
         with torch.inference_mode():
@@ -226,7 +252,8 @@ class UNetAEDetector(Detector):
                     torch.from_numpy(masks[part]).to(device),
                 )
                 total += float(loss) * len(clean[part])
-        return total / len(clean)
+        total, count = distributed.all_sum(total, len(clean))
+        return total / count
 
     def _reconstructor(self) -> UNetAutoencoder:
         return self.model_.reconstructor if isinstance(self.model_, ReconstructAndSegment) else self.model_
@@ -279,6 +306,18 @@ class UNetAEDetector(Detector):
         return det
 
 
+class _Objective(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel sees the whole step."""
+
+    def __init__(self, detector: UNetAEDetector, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = detector._loss
+
+    def forward(self, inputs: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model, inputs, clean, masks)
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
     """Mean binary focal loss (Lin et al. 2017) of per-pixel logits against 0/1 targets: the
     cross-entropy of each pixel scaled by (1 - p_true)^gamma, so the many easy background pixels
@@ -287,3 +326,11 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_
     p = torch.sigmoid(logits)
     p_true = p * target + (1 - p) * (1 - target)
     return ((1 - p_true) ** gamma * ce).mean()
+
+
+def epoch_order(n: int, epoch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The indices of one epoch of `epoch_size` draws from `n` images: shuffled passes over all of
+    them, concatenated and cut to size (so a small set is seen several times an epoch, a large one
+    partly, and every image equally often up to one)."""
+    passes = -(-epoch_size // n)
+    return np.concatenate([rng.permutation(n) for _ in range(passes)])[:epoch_size]

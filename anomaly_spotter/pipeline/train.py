@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from anomaly_spotter import paths
+from anomaly_spotter import distributed, paths
 from anomaly_spotter.anomaly_map import PixelCalibration
 from anomaly_spotter.config import Params
 from anomaly_spotter.data.prepare import load_prepared
@@ -23,18 +23,22 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
 
     Then fits the pixel threshold (`train.pixel_quantile` of the validation good maps), kept in the model.
     Writes models/<c>/model.pt and, for a detector with epochs, models/<c>/history/ (losses CSV + PNG).
+    In a torchrun group (`train.world_size` > 1) every process fits (`train.num_threads` split between
+    them) and only rank 0 goes on; the others return the detector and no metrics.
     """
     import torch
 
     from anomaly_spotter.plots import plot_training_history
 
-    torch.set_num_threads(params.train.num_threads)
+    torch.set_num_threads(max(1, params.train.num_threads // distributed.world_size()))
     data = load_prepared(paths.prepared_dir(category))
     train, val = data.split("train"), data.split("val")
     detector = build_detector(params)
     start = time.perf_counter()
     detector.fit(np.asarray(train.images), np.asarray(val.images))
     fit_seconds = time.perf_counter() - start
+    if not distributed.is_main():
+        return detector, {}
     calibration = calibrate_pixels(detector, np.asarray(val.images), params.train.pixel_quantile)
     out = paths.model_dir(category)
     history_dir = out / paths.HISTORY_DIR
@@ -48,6 +52,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
         "fit_seconds": fit_seconds,
         "n_train": len(train.index),
         "n_val": len(val.index),
+        "world_size": distributed.world_size(),
         "model_size_mb": (out / paths.MODEL_FILE).stat().st_size / 1e6,
         "pixel_threshold": calibration.threshold,
         "good_pixel_max": calibration.good_max,

@@ -44,6 +44,7 @@ TINY = {
             "training": {"max_epochs": 2, "batch_size": 4, "lr": 1.0e-3},
         },
     },
+    "train": {"world_size": 2},  # data-parallel under torchrun, as `dvc exp run -S train.world_size=2`
     "process": {"batch_size": 8},
     "thresholds": {"n_folds": 2},
     "visualize": {"max_per_defect": 1},
@@ -230,6 +231,7 @@ def test_mlflow_has_every_stage_and_a_registered_model_per_category(origin: Path
             assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
         train = by_name[f"train@{category}"]
         assert train.data.params["model.unet_ae.training.max_epochs"] == "2"
+        assert train.data.params["train.world_size"] == "2" and train.data.metrics["world_size"] == 2
         assert train.data.params["model.unet_ae.encoder_channels"] == "[4, 8, 8]"
         assert not any(k.startswith("model.patchcore") for k in train.data.params)
         assert (

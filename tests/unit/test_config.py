@@ -35,12 +35,13 @@ def test_training_section_is_merged_into_train_params() -> None:
 
 def test_params_to_dict_restores_the_yaml_layout() -> None:
     raw = params_to_dict(params_from_dict(RAW))
-    assert raw["train"] == {"num_threads": 1, "pixel_quantile": 0.999}
+    assert raw["train"] == {"num_threads": 1, "pixel_quantile": 0.999, "world_size": 1}
     assert raw["model"]["unet_ae"]["training"] == {
         "batch_size": 32,
         "lr": 0.01,
         "betas": [0.9, 0.999],
         "max_epochs": 7,
+        "epoch_size": 0,
         "patience": 10,
         "synthetic_defects": 0.0,
         "crop_size": 0,
@@ -59,6 +60,7 @@ def test_train_params_logged_are_the_active_detector_only() -> None:
         "model.patchcore.coreset_ratio": 0.05,
         "train.num_threads": 1,
         "train.pixel_quantile": 0.999,
+        "train.world_size": 1,
     }
     unet = train_params_logged(params_from_dict({**RAW, "model": {**RAW["model"], "name": "unet_ae"}}))
     assert unet["model.unet_ae.training.lr"] == 0.01 and unet["model.unet_ae.sigma"] == 2.0

@@ -165,7 +165,8 @@ def test_segmentation_model_learns_where_synthetic_defects_are_and_survives_savi
     ("key", "value", "message"),
     [
         ("lr_schedule", "cosine", "lr_schedule is 'cosine'"),
-        ("crop_size", -1, "crop_size and ssim_loss"),
+        ("crop_size", -1, "crop_size, ssim_loss and epoch_size"),
+        ("epoch_size", -5, "crop_size, ssim_loss and epoch_size must be >= 0"),
         ("device", "gpu", "device is 'gpu'; use cpu or cuda"),
     ],
 )
@@ -229,6 +230,7 @@ def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> 
     t = params.train
     assert (t.batch_size, t.lr, list(t.betas), t.max_epochs, t.patience) == (32, 1e-4, [0.9, 0.999], 100, 10)
     assert (t.lr_schedule, t.synthetic_defects, t.crop_size, t.ssim_loss) == ("constant", 0.0, 0, 0.0)
+    assert t.epoch_size == 0  # an epoch is one pass over the training images
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
@@ -245,4 +247,18 @@ def test_the_readmes_gpu_command_gives_a_valid_cuda_configuration() -> None:
     params = _readme_command_params("### A GPU-sized configuration")
     detector = build_detector(params)
     assert params.train.device == "cuda" and params.data.image_size == 256 and params.train.crop_size == 0
+    assert params.train.epoch_size == 0 and params.train.max_epochs == 700  # DRAEM's 700 passes
     assert detector.map_kind == "segmentation" and detector.segmenter.encoder_channels == (32, 64, 128)
+
+
+def test_epoch_order_cycles_through_a_small_set_and_samples_a_large_one() -> None:
+    """training.epoch_size: an epoch of a fixed number of draws, whatever the training set's size."""
+    from anomaly_spotter.detectors.unet_ae import epoch_order
+
+    rng = np.random.default_rng(0)
+    small = epoch_order(5, 12, rng)  # two full shuffled passes and 2 of a third
+    assert len(small) == 12 and sorted(small[:5]) == sorted(small[5:10]) == list(range(5))
+    large = epoch_order(100, 30, rng)
+    assert len(large) == 30 and len(set(large.tolist())) == 30 and large.max() < 100
+    whole = epoch_order(7, 7, np.random.default_rng(3))  # epoch_size 0 = the set: one permutation,
+    np.testing.assert_array_equal(whole, np.random.default_rng(3).permutation(7))  # as before

@@ -11,7 +11,9 @@ Gloo on CPU, NCCL with CUDA.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch.distributed as dist
 
 # torchrun sets these in every process it starts
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 
 
 def launched() -> bool:
@@ -46,10 +49,22 @@ def join(device: str) -> None:
     joined."""
     if dist.is_initialized():
         return
+    _die_with_launcher()
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     atexit.register(leave)
+
+
+def _die_with_launcher() -> None:
+    """torchrun starts each process in a session of its own, so killing the stage's process group (a
+    `kill -9` of `dvc repro`) would leave them training and writing outputs: on Linux, have the kernel
+    send SIGKILL when torchrun dies, and stop now if it already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # orphaned before the line above: adopted by init
+        os._exit(1)
 
 
 def leave() -> None:

@@ -362,10 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         text += f"\n## Leave-one-category-out (image AUROC)\n\n{loco}\n"
     print(f"\n{text}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        payload: Any = {"rows": rows, "loco": loco_rows} if args.loco else rows
-        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_report(args.out, text, {"rows": rows, "loco": loco_rows} if args.loco else rows)
 
 
 def _run_scaling(args: argparse.Namespace) -> None:
@@ -389,9 +386,7 @@ def _run_scaling(args: argparse.Namespace) -> None:
     )
     print(f"\n{text}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_report(args.out, text, rows)
 
 
 def _subprocess_job(
@@ -433,6 +428,13 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
                 flush=True,
             )
     return rows
+
+
+def write_report(out: Path, text: str, payload: Any) -> None:
+    """A benchmark's Markdown table to `out` and its rows, as JSON, beside it (`out` with suffix .json)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _cpus() -> int:

@@ -1,7 +1,9 @@
-"""`anomaly-spotter`: score new images with a registered model, promote registered versions, and run a
-team's shared MLflow tracking server.
+"""`anomaly-spotter`: score new images with a registered model (here, or in batch on Spark), promote
+registered versions, and run a team's shared MLflow tracking server.
 
     anomaly-spotter predict photos/ extra.png --model models:/anomaly-spotter-fabric@champion --out results/
+    anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input photos/ \\
+        --output scores.parquet --master 'local[2]'
     anomaly-spotter promote --category fabric
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
@@ -62,6 +64,42 @@ alias on registry.promote_metric (params.yaml; default image_auroc, ties broken 
 Serve or load the result as models:/anomaly-spotter-<category>@champion.
 """
 
+SCORE_SPARK_EPILOG = """examples:
+  anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion \\
+      --input data/builtin/fabric/test --output results/fabric.parquet --master 'local[2]'
+  anomaly-spotter score-spark --model models:/anomaly-spotter-fabric/3 \\
+      --input 'photos/2026-*/*.png' --output scores.parquet --overwrite
+  anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input todo.parquet \\
+      --output hdfs:///scores/fabric.parquet --master yarn --conf spark.executor.instances=8
+
+Scores every image with the registered service model through mlflow.pyfunc.spark_udf over Spark's
+binaryFile source, with the same decoding, size check, resize and scoring as `predict` (same scores).
+--input is a folder (searched recursively), a glob (Hadoop syntax, quote it) or a file; from these,
+files with the suffixes predict reads are taken (any case; Spark skips names starting with "_" or
+"."). Or a Parquet file/dataset (name ending .parquet) with a string column `path` listing image
+files: each listed file is scored, whatever its suffix, and named as listed. Paths may be local or
+any Hadoop URI the cluster reads (hdfs://, s3a://, ...).
+--output is written as a Parquet dataset folder (one part file, rows sorted by path): path, score,
+verdict, threshold, anomaly_percentage (as predict's CSV), and error: null when scored; for an image
+that could not be read or is too small (registry.min_image_side), the reason naming the file, the
+other columns null. Local files are named as predict names them (relative to the working directory
+when --input is relative). The output is written beside itself under a temporary name and renamed
+when complete; a failed job leaves no output. An existing output is refused unless --overwrite.
+A bad image never fails the job: the unreadable are counted and the first ten named on stderr; the
+exit status is 0 once the output is written (1 for an error that stops the job).
+--master: local[N] (N cores of this machine), spark://host:7077, yarn, k8s://...; default: the
+spark-submit master, else local[*]. Each executor needs this package's Python environment (pip
+install -e '.[spark]'; on a local master the workers run this interpreter). Spark needs Java 17+
+(apt-get install -y openjdk-17-jre-headless).
+Defaults set for images (override with --conf): spark.sql.execution.arrow.maxRecordsPerBatch=64
+(at most the model's registry.max_images_per_request), spark.sql.files.maxPartitionBytes=1g and
+spark.sql.files.openCostInBytes=1k (few large partitions; on a local master, where the model loads in
+every task, one partition per core), one torch thread per task (spark.executorEnv.OMP_NUM_THREADS =
+spark.task.cpus). Ctrl-C or SIGTERM cancels the Spark jobs and removes the temporary output.
+models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the
+working directory); an alias is pinned to its version when the job starts.
+"""
+
 SERVER_EPILOG = """examples:
   anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0 --port 5000
   anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
@@ -95,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,promote,server}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,score-spark,promote,server}")
 
     p = sub.add_parser(
         "predict",
@@ -113,6 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
+
+    k = sub.add_parser(
+        "score-spark",
+        help="score a folder, glob or Parquet list of images on Spark; write Parquet",
+        description="Batch scoring on Spark with a registered service model: one Parquet row per image.",
+        epilog=SCORE_SPARK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    k.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    k.add_argument(
+        "--input",
+        required=True,
+        metavar="INPUT",
+        help="folder, file, glob, or a .parquet with a `path` column (local path or Hadoop URI)",
+    )
+    k.add_argument("--output", required=True, metavar="OUTPUT", help="Parquet dataset folder to write")
+    k.add_argument("--master", help="Spark master: local[2], spark://host:7077, yarn, ... (default local[*])")
+    k.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting, repeatable (e.g. spark.driver.memory=4g)",
+    )
+    k.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    k.add_argument("--no-progress", action="store_true", help="no Spark progress bar")
+    k.set_defaults(func=cmd_score_spark)
 
     q = sub.add_parser(
         "promote",
@@ -332,6 +397,39 @@ def predict_summary(
 def _open_csv(path: Path) -> TextIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("w", newline="")
+
+
+# --------------------------------------------------------------------------------------------------
+# score-spark
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_score_spark(args: argparse.Namespace) -> int:
+    from anomaly_spotter import spark
+
+    conf = spark.parse_conf(args.conf)
+    if args.no_progress:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        conf.setdefault("spark.ui.showConsoleProgress", "false")
+    _connect_for(args.model)
+    try:
+        result = spark.run(args.model, args.input, args.output, args.master, conf, args.overwrite)
+    except KeyboardInterrupt:
+        print(f"anomaly-spotter score-spark: interrupted; nothing written to {args.output}", file=sys.stderr)
+        return 130
+    for message in result.errors:
+        print(f"anomaly-spotter score-spark: error: {message}", file=sys.stderr)
+    if result.failed:
+        more = result.failed - len(result.errors)
+        print(
+            f"anomaly-spotter score-spark: {result.failed} image(s) could not be read"
+            f"{f' ({more} more than named above)' if more else ' (named above)'}; see the error column of "
+            f"{result.output}",
+            file=sys.stderr,
+        )
+    print(result.timing())
+    print(result.summary())
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """`anomaly-spotter`: score new images with a registered model (here, or in batch on Spark), promote
-registered versions, and run a team's shared MLflow tracking server.
+registered versions, review thresholds in a dashboard, and run a team's shared MLflow tracking server.
 
     anomaly-spotter predict photos/ extra.png --model models:/anomaly-spotter-fabric@champion --out results/
     anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input photos/ \\
         --output scores.parquet --master 'local[2]'
     anomaly-spotter promote --category fabric
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
+    anomaly-spotter dashboard --port 8501
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
@@ -100,6 +101,37 @@ models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default sqlite://
 working directory); an alias is pinned to its version when the job starts.
 """
 
+EXPORT_EPILOG = """examples:
+  anomaly-spotter export --model models:/anomaly-spotter-bottle@champion --int8 --out edge/bottle
+  anomaly-spotter export --model models:/anomaly-spotter-bottle/3 --out edge/bottle-fp32 \\
+      --calibration ../shared/data/mvtec_ad_256/bottle/train/good --register
+
+Writes DIR, an MLflow pyfunc model folder (the same service model `register` logs: decoding, resize,
+image score, region, threshold) whose detector is an ONNX graph of the PatchCore network, memory banks
+and map post-processing included, run by ONNX Runtime. --int8 quantises the backbone's convolutions
+after its first two blocks (static, per-channel weights, MinMax calibration on the calibration
+images); the first ones, the nearest-neighbour search and the map post-processing stay float32.
+Prints how the export's scores compare with the torch model's on the calibration images.
+Use it with: anomaly-spotter predict IMAGES --model DIR (ONNX Runtime only, no MLflow or torch
+import), mlflow models serve -m DIR --env-manager local, anomaly-spotter score-spark --model DIR.
+--register logs it as a new version of anomaly-spotter-<category>-edge (a sibling of the service
+model: its champion and promotion are untouched). Calibration images default to
+<data.root>/<category>/train/good from --params. Only patchcore models can be exported.
+"""
+
+DASHBOARD_EPILOG = """examples:
+  anomaly-spotter dashboard                 # http://127.0.0.1:8501
+  anomaly-spotter dashboard --port 8600 --host 0.0.0.0
+
+Run it in the repository folder after `dvc repro`: it reads the pipeline's outputs (outputs/<c>/,
+data/prepared/<c>/, metrics/thresholds.json, params.yaml) and rescores nothing. Pages: a gallery of
+validation and test images sorted by score (overlay, predicted and ground-truth outlines, verdict),
+a threshold slider with precision, recall, F1, defects detected per type and false-alarm rates, ROC and
+PR curves with the operating point; a comparison of two registered versions (MLFLOW_TRACKING_URI).
+"Propose this threshold" writes proposals/<category>.json and tags the registered version
+(threshold_proposal); the deployed threshold never changes. Needs pip install -e '.[dashboard]'.
+"""
+
 SERVER_EPILOG = """examples:
   anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0 --port 5000
   anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
@@ -133,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,score-spark,promote,server}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{predict,score-spark,promote,export,server,dashboard}"
+    )
 
     p = sub.add_parser(
         "predict",
@@ -233,6 +267,47 @@ def build_parser() -> argparse.ArgumentParser:
         "localhost and private IPs)",
     )
     s.set_defaults(func=cmd_server)
+
+    e = sub.add_parser(
+        "export",
+        help="export a registered PatchCore model to ONNX (optionally int8) for edge devices",
+        description="A registered service model -> an MLflow pyfunc folder that scores with ONNX Runtime.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    e.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
+    e.add_argument("--int8", action="store_true", help="quantise (static, calibrated on good images)")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="model folder to write")
+    e.add_argument(
+        "--calibration",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="good images or folders of the category (default: <data.root>/<category>/train/good)",
+    )
+    e.add_argument(
+        "--calibration-images", type=int, default=32, metavar="N", help="use N of them, evenly spread (32)"
+    )
+    e.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="for data.root (default calibration)"
+    )
+    e.add_argument("--register", action="store_true", help="register it as anomaly-spotter-<category>-edge")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser(
+        "dashboard",
+        help="review thresholds in the browser: gallery, threshold slider, curves, version comparison",
+        description="The review dashboard (Streamlit) on the pipeline's outputs in this folder.",
+        epilog=DASHBOARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    d.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0: all)"
+    )
+    d.set_defaults(func=cmd_dashboard)
     return parser
 
 
@@ -283,19 +358,9 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 def _connect_store(wanted: str, local_hint: str = "") -> None:
     """Point MLflow at the tracking store; refuse a SQLite store whose file does not exist (reading from
     it must not leave an empty mlflow.db behind)."""
-    import mlflow
-
     from anomaly_spotter import tracking
 
-    store = tracking.tracking_uri()
-    path = tracking.sqlite_path(store)
-    if path is not None and not path.is_file():
-        raise AnomalySpotterError(
-            f"no MLflow tracking store at {store} ({path.absolute()} does not exist) to look up {wanted}; "
-            "run from the repository folder that holds mlflow.db or set "
-            f"MLFLOW_TRACKING_URI=sqlite:////<absolute path>/mlflow.db{local_hint}"
-        )
-    mlflow.set_tracking_uri(store)
+    tracking.use_existing_store(wanted, local_hint)
 
 
 def _connect_for(uri: str) -> None:
@@ -325,7 +390,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from anomaly_spotter.inference import ImageInputError, read_image
-    from anomaly_spotter.serving import load_service_model
 
     if args.no_progress:  # nor MLflow's bar while it downloads the model (from a tracking server)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -333,7 +397,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files, stems, errors = collect_images(args.paths)
     for message in errors:
         print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
-    model = load_service_model(args.model)
+    model = load_scoring_model(args.model)
     csv_path = args.csv or (args.out / PREDICTIONS_CSV if args.out else Path("-"))
     used: set[str] = set()
     n_failed, n_scored, n_defective = len(errors), 0, 0
@@ -529,6 +593,58 @@ def cmd_promote(args: argparse.Namespace) -> int:
             f'{decision.reason}. Use --force --reason "..." to promote anyway.'
         )
     return 0
+
+
+def load_scoring_model(uri: str) -> Any:
+    """The model `predict` scores with: an exported folder (`anomaly-spotter export --out`) loads with
+    ONNX Runtime alone (no MLflow, no torch: a fast cold start); anything else through MLflow."""
+    from anomaly_spotter import edge
+
+    if edge.is_edge_model(uri):
+        return edge.load_edge_model(Path(uri))
+    from anomaly_spotter.serving import load_service_model
+
+    return load_service_model(uri)
+
+
+# --------------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from anomaly_spotter import export
+    from anomaly_spotter.inference import read_image
+    from anomaly_spotter.serving import load_service_model
+
+    if args.calibration_images < 1:
+        raise AnomalySpotterError(f"--calibration-images must be >= 1, got {args.calibration_images}")
+    _connect_for(args.model)
+    service = load_service_model(args.model)
+    sources = args.calibration or [export.default_calibration(args.params, service.config.category)]
+    files, _, errors = collect_images(sources)
+    if errors:
+        raise AnomalySpotterError("; ".join(errors) + "; pass the category's good images with --calibration")
+    images = [read_image(path) for path in export.spread(files, args.calibration_images)]
+    result = export.export_model(service, args.out, images, args.int8, args.model, args.overwrite)
+    print(result.summary())
+    if args.register:
+        _connect_store(f"model {args.model}")
+        name, version = export.register_export(args.out, args.model)
+        print(f"registered {name} version {version}; serve it as models:/{name}/{version}")
+    print(f"score with: anomaly-spotter predict IMAGES --model {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# dashboard
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from anomaly_spotter import dashboard
+
+    return dashboard.serve(Path.cwd(), args.port, args.host)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,16 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anomaly_spotter.anomaly_map import RegionRule, check_reduction, region_percentage
 from anomaly_spotter.data.images import ImageInputError, decode_rgb, resize_rgb, rgb_array
 from anomaly_spotter.errors import ConfigError
-from anomaly_spotter.models.base import Detector
 from anomaly_spotter.overlay import MapScale, category_scale, render_overlay
 from anomaly_spotter.scoring import region_rule, score_batches
+
+if TYPE_CHECKING:  # annotations only: an exported model (anomaly_spotter.edge) scores without torch
+    from anomaly_spotter.models.base import Detector
 
 # Largest accepted image side, in pixels (decoded size, before resizing). 8192^2 RGB is 200 MB.
 MAX_SIDE = 8192

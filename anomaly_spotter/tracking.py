@@ -261,6 +261,23 @@ def connect() -> str:
     return uri
 
 
+def use_existing_store(wanted: str, local_hint: str = "") -> str:
+    """Point MLflow at the tracking store to read `wanted` from (e.g. "model anomaly-spotter-fabric");
+    refuse a SQLite store whose file does not exist (reading must not leave an empty mlflow.db behind)."""
+    import mlflow
+
+    store = tracking_uri()
+    path = sqlite_path(store)
+    if path is not None and not path.is_file():
+        raise TrackingError(
+            f"no MLflow tracking store at {store} ({path.absolute()} does not exist) to look up {wanted}; "
+            "run from the repository folder that holds mlflow.db or set "
+            f"MLFLOW_TRACKING_URI=sqlite:////<absolute path>/mlflow.db{local_hint}"
+        )
+    mlflow.set_tracking_uri(store)
+    return store
+
+
 def dvc_uncached_outs(dvc_yaml: Path) -> list[str]:
     """Outputs dvc.yaml declares with `cache: false` (committed to git, rewritten by `dvc repro`).
 
@@ -471,6 +488,22 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def download_run_artifact(run_id: str, artifact: str, dst: Path) -> Path:
+    """Download one artifact of run `run_id` (e.g. `scores.csv`) into folder `dst`; its local path.
+    TrackingError naming the run and the artifact when it cannot be read."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst))
+        )
+    except (MlflowException, OSError) as err:
+        raise TrackingError(
+            f"run {run_id}: cannot read its artifact {artifact} from {mlflow_uri()}: {err}"
+        ) from err
+
+
 def content_md5(path: Path) -> str:
     """md5 of a file's bytes; of a folder, md5 of its files' sorted `relative/path md5` lines.
 
@@ -659,8 +692,8 @@ def set_model_version_description(name: str, version: str, description: str) -> 
     MlflowClient().update_model_version(name, str(version), description=description)
 
 
-def latest_model_version(name: str) -> Any:
-    """The newest (highest-numbered) version of registered model `name`; TrackingError if none."""
+def model_versions(name: str) -> list[Any]:
+    """Every version of registered model `name`, newest (highest-numbered) first; [] when it has none."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -668,11 +701,17 @@ def latest_model_version(name: str) -> Any:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException as err:
         raise TrackingError(f"cannot list versions of {name!r} in {tracking_uri()}: {err.message}") from err
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def latest_model_version(name: str) -> Any:
+    """The newest (highest-numbered) version of registered model `name`; TrackingError if none."""
+    versions = model_versions(name)
     if not versions:
         raise TrackingError(
             f"no registered model {name!r} in {tracking_uri()}; run the register stage first (dvc repro)"
         )
-    return max(versions, key=lambda v: int(v.version))
+    return versions[0]
 
 
 def model_version_by_alias(name: str, alias: str) -> Any | None:

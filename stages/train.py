@@ -77,8 +77,12 @@ def run() -> None:
                     tracking.MODEL_MD5_TAG: model_md5,
                 }
             )
+        timing = f"fit {metrics['fit_seconds']:.1f} s"
+        if "seconds_per_epoch" in metrics:
+            timing += f", {metrics['epochs_run']} epochs, {metrics['seconds_per_epoch']:.2f} s/epoch"
         print(
-            f"train {category}: registered {version['registered_model']} version {version['model_version']}"
+            f"train {category}: {timing} in {metrics['world_size']} process(es); registered "
+            f"{version['registered_model']} version {version['model_version']}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from typing import Any, Self
 
 import numpy as np
@@ -147,8 +148,11 @@ class UNetAEDetector(Detector):
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
         self.images_trained_ = 0  # by this process (its share of every batch, in a process group)
+        self.epoch_seconds_: list[float] = []  # wall time per epoch, validation included (not in history_,
+        # which is a DVC output and must be the same on every run)
         bar = tqdm(range(1, tp.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
         for epoch in bar:
+            epoch_start = time.perf_counter()
             model.train()
             order = epoch_order(len(x_train), epoch_size, rng)
             total = 0.0
@@ -176,6 +180,7 @@ class UNetAEDetector(Detector):
             train_loss = distributed.all_sum(total)[0] / len(order)
             val_loss = self._val_loss(model, *val) if val is not None else float("nan")
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            self.epoch_seconds_.append(time.perf_counter() - epoch_start)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             monitored = val_loss if val is not None else train_loss
             if monitored < best_loss:

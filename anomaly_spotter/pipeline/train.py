@@ -64,6 +64,8 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
             "best_epoch": int(best["epoch"]),
             "best_val_loss": float(best["val_loss"]),
         }
+    if epoch_seconds := getattr(detector, "epoch_seconds_", None):
+        metrics["seconds_per_epoch"] = float(np.mean(epoch_seconds))
     return detector, metrics
 
 

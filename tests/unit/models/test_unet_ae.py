@@ -58,6 +58,7 @@ def test_training_is_deterministic_and_early_stops(tmp_path) -> None:
     a = UNetAEDetector(cfg, train=train, seed=3, progress=False).fit(_images(8, 0), _images(4, 1))
     b = UNetAEDetector(cfg, train=train, seed=3, progress=False).fit(_images(8, 0), _images(4, 1))
     assert a.history_.equals(b.history_)
+    assert len(a.epoch_seconds_) == len(a.history_) and min(a.epoch_seconds_) > 0  # timed apart from history_
     assert a.history_["train_loss"].iloc[-1] < a.history_["train_loss"].iloc[0]
     assert a.best_epoch_ == int(a.history_.loc[a.history_["val_loss"].idxmin(), "epoch"])
     # the saved file rebuilds the same detector (weights only)

@@ -355,18 +355,12 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def _connect_store(wanted: str, local_hint: str = "") -> None:
-    """Point MLflow at the tracking store; refuse a SQLite store whose file does not exist (reading from
-    it must not leave an empty mlflow.db behind)."""
-    from anomaly_spotter import tracking
-
-    tracking.use_existing_store(wanted, local_hint)
-
-
 def _connect_for(uri: str) -> None:
     """Registry and run URIs need the tracking store; a local model folder does not."""
     if uri.startswith(("models:", "runs:")):
-        _connect_store(uri, ", or pass a local model folder as --model")
+        from anomaly_spotter import tracking
+
+        tracking.use_existing_store(uri, ", or pass a local model folder as --model")
 
 
 def _overlay_name(stem: str, used: set[str]) -> str:
@@ -538,7 +532,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     reg = _registry_defaults(args.params)
     metric, tiebreak = args.metric or reg.promote_metric, args.tiebreak or reg.tiebreak_metric
     name = tracking.registered_model_name(args.category)
-    _connect_store(f"model {name}")
+    tracking.use_existing_store(f"model {name}")
     newest = tracking.latest_model_version(name)
     new_tags = dict(newest.tags)
     champ = tracking.model_version_by_alias(name, tracking.CHAMPION)
@@ -629,7 +623,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export.export_model(service, args.out, images, args.int8, args.model, args.overwrite)
     print(result.summary())
     if args.register:
-        _connect_store(f"model {args.model}")
+        from anomaly_spotter import tracking
+
+        tracking.use_existing_store(f"model {args.model}")
         name, version = export.register_export(args.out, args.model)
         print(f"registered {name} version {version}; serve it as models:/{name}/{version}")
     print(f"score with: anomaly-spotter predict IMAGES --model {args.out}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -45,14 +44,8 @@ from anomaly_spotter.config import PARAMS_FILE, Params, load_params
 from anomaly_spotter.data.images import read_rgb
 from anomaly_spotter.data.prepare import PreparedCategory, load_prepared
 from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.overlay import (
-    HEADER_PX,
-    _outline,
-    _resize_mask,
-    category_scale,
-    display_size,
-    render_overlay,
-)
+from anomaly_spotter.metrics import ratio
+from anomaly_spotter.overlay import HEADER_PX, category_scale, display_size, outline_at, render_overlay
 from anomaly_spotter.pipeline.results import JSON_DECIMALS, k_of_n, write_json
 from anomaly_spotter.plots import pr_points, roc_points
 from anomaly_spotter.scoring import REGION_FILE, SCORES_FILE, load_region, map_path
@@ -205,10 +198,6 @@ class OperatingPoint:
     per_defect: pd.DataFrame
 
 
-def _rate(k: int, n: int) -> float:
-    return k / n if n else math.nan
-
-
 def operating_point(review: CategoryReview, threshold: float) -> OperatingPoint:
     """Precision, recall, F1, defects detected (overall and per defect type) and false-alarm rates at
     `threshold`, computed by `thresholds.evaluate_threshold` on the test split."""
@@ -242,10 +231,10 @@ def operating_point(review: CategoryReview, threshold: float) -> OperatingPoint:
         n_defective=int(m["n_defective"]),
         false_positives=int(m["false_positives"]),
         n_good=int(m["n_good"]),
-        false_alarm_rate=_rate(int(m["false_positives"]), int(m["n_good"])),
+        false_alarm_rate=ratio(int(m["false_positives"]), int(m["n_good"])),
         val_false_alarms=val_flagged,
         n_val=len(val),
-        val_false_alarm_rate=_rate(val_flagged, len(val)),
+        val_false_alarm_rate=ratio(val_flagged, len(val)),
         per_defect=pd.DataFrame(
             rows, columns=["defect type", "detected", "missed", "recall", "precision", "F1"]
         ),
@@ -318,8 +307,7 @@ def tile(review: CategoryReview, row: Any, threshold: float) -> np.ndarray:
     picture = render_overlay(image, raw_map, review.region.mask(raw_map), scale, row.score, threshold, title)
     if int(row.label) == 1 and int(row.has_mask):
         height, width = display_size(*image.shape[:2])
-        mask = _resize_mask(np.asarray(review.prepared.masks[int(row.row)]), height, width)
-        edge = _outline(mask, max(1, min(height, width) // 160))
+        edge = outline_at(np.asarray(review.prepared.masks[int(row.row)]), height, width)
         picture = picture.copy()
         picture[HEADER_PX : HEADER_PX + height, :width][edge] = GT_OUTLINE_RGB
     return picture

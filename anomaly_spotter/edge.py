@@ -33,7 +33,7 @@ from anomaly_spotter.inference import InferenceConfig, score_images
 MANIFEST_FILE = "export.json"
 ONNX_FILE = "detector.onnx"
 EDGE_ARTIFACT_DIR = "edge"  # the detector artifact's folder name inside the pyfunc's artifacts/
-CONFIG_FILE = "service.json"  # = serving.CONFIG_FILE (serving imports MLflow, this module must not)
+CONFIG_FILE = "service.json"  # the service model's InferenceConfig (serving imports it from here)
 ARTIFACTS_DIR = "artifacts"
 INPUT_NAME = "images"
 OUTPUT_NAME = "maps"
@@ -132,10 +132,15 @@ class OnnxDetector:
         return out
 
 
+def read_config(config_path: Path) -> InferenceConfig:
+    """The service model's InferenceConfig from its service.json."""
+    return InferenceConfig.from_dict(json.loads(Path(config_path).read_text()))
+
+
 def load_scoring_parts(config_path: Path, detector_path: Path) -> tuple[InferenceConfig, Any]:
     """The served model's config (service.json) and detector: an `OnnxDetector` for an edge folder, else
     the torch detector (`detectors.load_detector`, which imports torch only then)."""
-    config = InferenceConfig.from_dict(json.loads(Path(config_path).read_text()))
+    config = read_config(config_path)
     if is_edge_folder(detector_path):
         return config, OnnxDetector(detector_path)
     from anomaly_spotter.detectors import load_detector

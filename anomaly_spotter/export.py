@@ -453,12 +453,12 @@ def register_export(out: Path, source: str) -> tuple[str, str]:
     `export@<category>` in the project's experiment), tagged with the source model, precision and the
     check against the torch model; returns (registered name, version)."""
     from anomaly_spotter import tracking
-    from anomaly_spotter.edge import ARTIFACTS_DIR, CONFIG_FILE, read_manifest
+    from anomaly_spotter.edge import ARTIFACTS_DIR, CONFIG_FILE, read_config, read_manifest
     from anomaly_spotter.serving import log_service_model
 
     edge_dir = Path(out) / ARTIFACTS_DIR / EDGE_ARTIFACT_DIR
     manifest = read_manifest(edge_dir)
-    config = InferenceConfig.from_dict(json.loads((Path(out) / ARTIFACTS_DIR / CONFIG_FILE).read_text()))
+    config = read_config(Path(out) / ARTIFACTS_DIR / CONFIG_FILE)
     name = edge_model_name(config.category)
     tags = {
         "category": config.category,

@@ -24,7 +24,6 @@ The torch rows load through MLflow and torch; the exported folders through ONNX 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter.bench import write_report
+from anomaly_spotter.bench import _cpus, cli_command, write_report
 
 CALIBRATION_IMAGES = 32
 POLL_S = 0.005
@@ -85,10 +84,6 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
     return wall, peak
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "anomaly_spotter.cli"]
 
 
 def bench_variant(
@@ -166,7 +161,7 @@ def bench_variant(
             reference = scores if reference is None else reference
             predict_wall, predict_mb = run_child(
                 [
-                    *_cli(),
+                    *cli_command(),
                     "predict",
                     str(test_dir),
                     "--model",
@@ -177,7 +172,9 @@ def bench_variant(
                 ]
             )
             cold = [
-                run_child([*_cli(), "predict", str(one), "--model", str(folder), "--csv", str(tmp / "c.csv")])
+                run_child(
+                    [*cli_command(), "predict", str(one), "--model", str(folder), "--csv", str(tmp / "c.csv")]
+                )
                 for _ in range(repeat)
             ]
             rows.append(
@@ -227,7 +224,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = _cpus()
     return f"{platform.machine()}, {cpus} CPUs, Python {platform.python_version()}"
 
 
@@ -256,11 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         command = " ".join(argv if argv is not None else sys.argv[1:])
+        host = machine()
         header = (
-            f"# Edge export: torch / ONNX fp32 / ONNX int8\n\n{machine()}; image size {args.image_size}; "
+            f"# Edge export: torch / ONNX fp32 / ONNX int8\n\n{host}; image size {args.image_size}; "
             f"`python -m anomaly_spotter.export_bench {command}`\n\n"
         )
-        write_report(args.out, header + table, {"machine": machine(), "rows": rows})
+        write_report(args.out, header + table, {"machine": host, "rows": rows})
     return 0
 
 

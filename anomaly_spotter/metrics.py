@@ -152,9 +152,9 @@ def region_metrics(masks: np.ndarray, regions: np.ndarray) -> dict[str, float]:
     if tp + fn == 0:
         return {"pixel_precision": math.nan, "pixel_recall": math.nan, "pixel_iou": math.nan}
     return {
-        "pixel_precision": _ratio(tp, tp + fp),
-        "pixel_recall": _ratio(tp, tp + fn),
-        "pixel_iou": _ratio(tp, tp + fp + fn),
+        "pixel_precision": ratio(tp, tp + fp),
+        "pixel_recall": ratio(tp, tp + fn),
+        "pixel_iou": ratio(tp, tp + fp + fn),
     }
 
 
@@ -164,7 +164,8 @@ def mean_present(values: list[float | None]) -> float:
     return float(np.mean(present)) if present else math.nan
 
 
-def _ratio(num: int, den: int) -> float:
+def ratio(num: int, den: int) -> float:
+    """num / den, NaN when den is 0."""
     return num / den if den else math.nan
 
 

@@ -146,6 +146,11 @@ def heat_layer(image: np.ndarray, raw_map: np.ndarray, scale: MapScale) -> np.nd
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def outline_at(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The outline of `mask` resized to a (height, width) display, as thick as the overlay draws it."""
+    return _outline(_resize_mask(mask, height, width), max(1, min(height, width) // 160))
+
+
 def _outline(mask: np.ndarray, thickness: int) -> np.ndarray:
     inner = ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
     return mask & ~inner
@@ -180,9 +185,8 @@ def render_overlay(
     height, width = display_size(*image.shape[:2])
     shown = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     big_map = _resize_float(raw_map, height, width)
-    big_region = _resize_mask(region, height, width)
     picture = heat_layer(shown, big_map, scale)
-    picture[_outline(big_region, max(1, min(height, width) // 160))] = OUTLINE_RGB
+    picture[outline_at(region, height, width)] = OUTLINE_RGB
 
     canvas = Image.new("RGB", (width + BAR_PX, height + HEADER_PX), (255, 255, 255))
     canvas.paste(Image.fromarray(picture), (0, HEADER_PX))

@@ -49,6 +49,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from anomaly_spotter.data.images import check_size, image_size
+from anomaly_spotter.edge import CONFIG_FILE
 from anomaly_spotter.errors import AnomalySpotterError
 from anomaly_spotter.inference import (
     MAX_SIDE,
@@ -62,7 +63,6 @@ from anomaly_spotter.inference import (
 IMAGE_COLUMN = "image"
 CONFIG_ARTIFACT = "config"
 DETECTOR_ARTIFACT = "detector"
-CONFIG_FILE = "service.json"
 DETECTOR_FILE = "model.pt"
 MODEL_ARTIFACT_NAME = "service_model"
 MODEL_CODE_FILE = "service_model.py"

@@ -355,12 +355,15 @@ class ScoreResult:
     output: str
     model: str
     images: int = 0
-    scored: int = 0
     defective: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)  # the first ERRORS_SHOWN messages
     session_s: float = 0.0
     job_s: float = 0.0
+
+    @property
+    def scored(self) -> int:
+        return self.images - self.failed
 
     def summary(self) -> str:
         """The last line, in `predict`'s words."""
@@ -554,7 +557,7 @@ def score(
     parts = []
     if files is not None:
         context = spark.sparkContext
-        balance = context.defaultParallelism if context.master.startswith("local") else None
+        balance = context.defaultParallelism if is_local_master(context.master) else None
         frame = scored_frame(spark, model, files, cwd, balance)
         if mapping is not None:  # a Parquet list: name each file as listed
             frame = frame.join(mapping, frame["uri"] == mapping["qualified"], "left").withColumn(
@@ -600,9 +603,7 @@ def score(
         raise
     _remove(fs, old)
     images, failed = int(counts["images"]), int(counts["failed"])
-    return ScoreResult(
-        output, model.pinned, images, images - failed, int(counts["defective"] or 0), failed, errors
-    )
+    return ScoreResult(output, model.pinned, images, int(counts["defective"] or 0), failed, errors)
 
 
 def _cancellable(spark: Any, job: Callable[[], ScoreResult]) -> ScoreResult:

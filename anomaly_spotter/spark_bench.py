@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anomaly_spotter.bench import write_report
+from anomaly_spotter.bench import _cpus, cli_command, write_report
 
 SAMPLE_S = 0.1
 TIMING = re.compile(r"timing: Spark session start ([\d.]+) s, scoring and writing ([\d.]+) s")
@@ -99,10 +99,6 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measu
     done.set()
     sampler.join()
     return Measured(proc.returncode, wall, peak[0] / 2**20, peak[1] / 2**20, stdout, stderr)
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "anomaly_spotter.cli"]
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -176,7 +172,7 @@ def machine() -> str:
         cpu = f"{cpu} ({model})" if model else cpu
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = _cpus()
     try:
         import psutil
 
@@ -261,14 +257,14 @@ def bench_size(args: argparse.Namespace, copies: int, tmp: Path, env: dict[str, 
     data = gather_images([p for _ in range(copies) for p in args.images], folder)
     n = data["images"]
     rows: list[dict[str, Any]] = []
-    predict = [*_cli(), "predict", str(folder), "--model", args.model, "--no-progress", "--csv"]
+    predict = [*cli_command(), "predict", str(folder), "--model", args.model, "--no-progress", "--csv"]
     csv1, csv2 = tmp / f"predict-x{copies}.csv", tmp / f"predict-1-thread-x{copies}.csv"
     rows.append(_measure("predict", [*predict, str(csv1)], csv1, env, args.repeat, n))
     one_thread = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rows.append(_measure("predict, 1 torch thread", [*predict, str(csv2)], csv2, one_thread, args.repeat, n))
     for i, master in enumerate(args.master or ["local[2]"]):
         out = tmp / f"scores-x{copies}-{i}.parquet"
-        cmd = [*_cli(), "score-spark", "--model", args.model, "--input", str(folder)]
+        cmd = [*cli_command(), "score-spark", "--model", args.model, "--input", str(folder)]
         cmd += ["--output", str(out), "--master", master, "--overwrite", "--no-progress"]
         cmd += [x for c in args.conf for x in ("--conf", c)]
         rows.append(_measure(f"score-spark --master {master}", cmd, out, env, args.repeat, n))
@@ -328,14 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += bench_size(args, copies, Path(tmp), env)
     first = next(r["data"] for r in rows if "data" in r)
     sources = " ".join(str(p) for p in args.images)
+    host = machine()
     text = (
         f"{markdown(rows)}\n\nmodel: {args.model}; data: the {first['images']} images of {sources} "
         f"({describe(first)}), copied {' and '.join(map(str, args.copies))} times; repeat: {args.repeat} "
-        f"(median wall time); machine: {machine()}\n"
+        f"(median wall time); machine: {host}\n"
     )
     print(f"\n{text}")
     if args.out:
-        payload = {"rows": rows, "model": args.model, "machine": machine(), "argv": sys.argv[1:]}
+        payload = {"rows": rows, "model": args.model, "machine": host, "argv": sys.argv[1:]}
         write_report(args.out, text, payload)
     same = all(
         r["compared"] is None or r["verdicts_equal"] == r["percentages_equal"] == r["compared"] for r in rows

@@ -12,9 +12,10 @@ shape (S, h_k)), which is cheaper than smoothing an S x S map and equal up to fl
 
 `--int8` quantises the backbone's convolutions after its first two blocks with ONNX Runtime's static
 quantisation (QDQ, int8 weights per channel, uint8 activations), calibrated on the category's good
-training images (`quantize_int8` says why not the first ones); the nearest-neighbour search and
-everything after it stay float32: distances to the nearest bank patch are small differences of large
-dot products, which int8 swamps (tried: 0.01 pixel AUROC lost on bottle).
+training images (`quantize_int8` says why not the first ones), and runs each member's nearest-neighbour
+search as one integer matrix product (`Int8Search`: bank and queries centred on the bank's mean, the
+`|b|^2` term folded in exactly, so no float work on the `(patches, bank)` block but its ReduceMax).
+Everything after the search stays float32.
 
 The result is an MLflow pyfunc folder (`serving.ServiceModel`, the same code `register` logs) whose
 detector artifact is the edge folder (`edge.OnnxDetector`), so `predict`, `mlflow models serve` and
@@ -85,16 +86,126 @@ def resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
     return out[:, 0, 0, :].T.numpy()
 
 
+# the int8 search's tensors per member (`Int8Search`), registered as buffers `<name>_<k>` of EdgePatchCore
+INT8_BUFFERS = ("mean", "low", "high", "q_scale", "q_zero", "extra", "bank_int8", "b_zero", "dot_scale")
+# quantised queries use 7 bits (0..127): an int8 weight times a uint8 activation, summed in pairs, then fits
+# in int16, which x86 CPUs without VNNI need (ONNX Runtime's `reduce_range`); with 8 bits they saturate
+Q_LEVELS = 127
+
+
+class _NearestInt8(torch.autograd.Function):
+    """Per query, the largest integer score over the bank: `max_b (u - z) . B[:, b]` for the quantised
+    queries `u` (QuantizeLinear) with constant columns `extra` appended; in ONNX, QuantizeLinear ->
+    Concat -> MatMulInteger -> ReduceMax. `forward` computes the same numbers in torch (exact in float64)
+    for tracing and tests."""
+
+    @staticmethod
+    def forward(ctx: Any, q, q_scale, q_zero, extra, bank_int8, b_zero):  # noqa: ANN001, ANN205
+        zero = q_zero.double()
+        u = torch.clamp(torch.round(q / q_scale).double() + zero, 0, 255)
+        a = torch.cat([u, extra.double().expand(q.shape[0], -1, -1)], dim=2) - zero
+        return torch.matmul(a, bank_int8.double()).max(dim=2).values.to(torch.int32)
+
+    @staticmethod
+    def symbolic(g, q, q_scale, q_zero, extra, bank_int8, b_zero):  # noqa: ANN001, ANN205
+        u = g.op("QuantizeLinear", q, q_scale, q_zero)
+        dots = g.op("MatMulInteger", g.op("Concat", u, extra, axis_i=2), bank_int8, q_zero, b_zero)
+        return g.op("ReduceMax", dots, axes_i=[2], keepdims_i=0)
+
+
+@dataclass(frozen=True)
+class Int8Search:
+    """The nearest-neighbour search of one member in int8, for `--int8` (`EdgePatchCore(int8_search=True)`).
+
+    Squared distance `|q - b|^2 = |q|^2 - 2 q.b + |b|^2` after subtracting the bank's mean from queries and
+    bank (it does not change distances and shrinks the numbers int8 must hold). The centred bank is int8
+    with one scale `s_b`; queries are clipped to the centred bank's range and quantised to 7 bits (scale
+    `s_q`, zero point `z`). The `|b|^2` term, in units of `2 s_q s_b`, is an integer per bank patch folded
+    into the same integer matrix product: constant query columns (`extra`: a coarse one with
+    `u - z = c`, |c| >= 64, repeated, and a fine one with `u - z = ±1`) against bank rows holding its
+    quotient and remainder by `c`. So one MatMulInteger and a ReduceMax give `max_b (dot_b - |b|^2 / (2
+    s_q s_b))`, and `|q|^2 - 2 s_q s_b` times it is the nearest squared distance up to the rounding of
+    q and b (measured: README "Edge export").
+    """
+
+    mean: torch.Tensor  # (D,) float32, the bank's mean
+    low: torch.Tensor  # () float32: centred queries are clipped to [low, high], the 7-bit grid's ends
+    high: torch.Tensor
+    q_scale: torch.Tensor  # () float32
+    q_zero: torch.Tensor  # () uint8
+    extra: torch.Tensor  # (1, P, E) uint8: the constant columns after the P quantised queries' D
+    bank_int8: torch.Tensor  # (D + E, M) int8: centred bank transposed, then the folded -|b|^2 rows
+    b_zero: torch.Tensor  # () int8, 0: the bank is symmetric
+    dot_scale: torch.Tensor  # () float32, 2 s_q s_b
+
+    @classmethod
+    def from_bank(cls, bank: torch.Tensor, n_queries: int) -> Int8Search:
+        """The quantised search of `bank` `(M, D)` for `n_queries` query patches per image."""
+        centred = bank.double() - bank.double().mean(0)
+        low, high = float(centred.min()), float(centred.max())
+        q_scale = max(high - low, 1e-12) / Q_LEVELS
+        zero = min(max(round(-low / q_scale), 0), Q_LEVELS)
+        b_scale = max(float(centred.abs().max()), 1e-12) / 127
+        bank_int = torch.round(centred / b_scale)
+        target = -torch.round((centred * centred).sum(1) / (2 * q_scale * b_scale))  # added to each dot
+        coarse = Q_LEVELS if zero <= Q_LEVELS // 2 else 0  # column value: u - z = coarse - zero = c
+        fine = zero + 1 if zero < Q_LEVELS else zero - 1  # u - z = ±1
+        c, f = coarse - zero, fine - zero
+        quotient = torch.round(target / c)
+        remainder = (target - c * quotient) * f  # |remainder| <= |c| / 2 <= 63.5
+        rows = max(1, math.ceil(float(quotient.abs().max()) / 127))
+        # sum over j of floor((n + j) / rows) is n (Hermite), each part within [-127, 127]
+        parts = [torch.floor((quotient + j) / rows) for j in range(rows)]
+        bank_ext = torch.cat([bank_int.T, torch.stack(parts), remainder[None]])
+        if bank_ext.abs().max() > 127:  # pragma: no cover - excluded by construction
+            raise ExportError("int8 nearest-neighbour search: a bank value does not fit in int8")
+        extra = torch.tensor([coarse] * rows + [fine], dtype=torch.uint8)
+        return cls(
+            mean=bank.double().mean(0).float(),
+            low=torch.tensor(-zero * q_scale, dtype=torch.float32),
+            high=torch.tensor((Q_LEVELS - zero) * q_scale, dtype=torch.float32),
+            q_scale=torch.tensor(q_scale, dtype=torch.float32),
+            q_zero=torch.tensor(zero, dtype=torch.uint8),
+            extra=extra.expand(1, n_queries, -1).contiguous(),
+            bank_int8=bank_ext.to(torch.int8),
+            b_zero=torch.tensor(0, dtype=torch.int8),
+            dot_scale=torch.tensor(2 * q_scale * b_scale, dtype=torch.float32),
+        )
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in INT8_BUFFERS}
+
+    @staticmethod
+    def squared_distances(
+        q: torch.Tensor,
+        mean: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        q_scale: torch.Tensor,
+        q_zero: torch.Tensor,
+        extra: torch.Tensor,
+        bank_int8: torch.Tensor,
+        b_zero: torch.Tensor,
+        dot_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Nearest squared distances `(N, P)` of queries `(N, P, D)` (arguments: `buffers()` in order)."""
+        centred = q - mean
+        clipped = torch.maximum(torch.minimum(centred, high), low)  # Min/Max: not a Clip int8 would quantise
+        best = _NearestInt8.apply(clipped, q_scale, q_zero, extra, bank_int8, b_zero)
+        return (centred * centred).sum(2) - dot_scale * best.float()
+
+
 class EdgePatchCore(nn.Module):
     """Fitted PatchCore as one graph: normalised `(N, 3, S, S)` -> smoothed raw maps `(N, S, S)`.
 
     Equal to `PatchCoreDetector.anomaly_maps` on the same images up to float32 rounding (see module doc).
     """
 
-    def __init__(self, model: PatchCore, image_size: int) -> None:
+    def __init__(self, model: PatchCore, image_size: int, int8_search: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
         self.image_size = image_size
+        self.int8_search = int8_search
         size, n_members = image_size, len(model.banks())
         self.input_size = model.config.input_size
         self.downscale = image_size > self.input_size
@@ -113,8 +224,13 @@ class EdgePatchCore(nn.Module):
             constant += weight * (rows @ baseline.double().numpy() @ cols.T + loc[k])
             self.register_buffer(f"rows_{k}", torch.from_numpy(rows * weight).float())
             self.register_buffer(f"cols_t_{k}", torch.from_numpy(cols.T.copy()).float())
-            # [q, 1] @ [-2 b^T; |b|^2] = |b|^2 - 2 q.b in one matrix product `(D + 1, M)` (x -2 is exact)
-            self.register_buffer(f"bank_t_{k}", torch.cat([-2.0 * bank.T, (bank * bank).sum(1)[None]]))
+            if int8_search:
+                search = Int8Search.from_bank(bank, h * w)
+                for name, value in search.buffers().items():
+                    self.register_buffer(f"{name}_{k}", value)
+            else:
+                # [q, 1] @ [-2 b^T; |b|^2] = |b|^2 - 2 q.b in one matrix product `(D + 1, M)` (x -2 is exact)
+                self.register_buffer(f"bank_t_{k}", torch.cat([-2.0 * bank.T, (bank * bank).sum(1)[None]]))
         self.register_buffer("constant", torch.from_numpy(constant).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +243,12 @@ class EdgePatchCore(nn.Module):
         for k, emb in enumerate(self.model.embed(x)):
             n, d, h, w = emb.shape
             q = emb.permute(0, 2, 3, 1).reshape(n, h * w, d)
-            d2 = torch.matmul(torch.cat([q, torch.ones_like(q[..., :1])], 2), getattr(self, f"bank_t_{k}"))
-            nearest = d2.min(dim=2).values + (q * q).sum(2)
+            if self.int8_search:
+                nearest = Int8Search.squared_distances(q, *(getattr(self, f"{b}_{k}") for b in INT8_BUFFERS))
+            else:
+                ones = torch.ones_like(q[..., :1])
+                d2 = torch.matmul(torch.cat([q, ones], 2), getattr(self, f"bank_t_{k}"))
+                nearest = d2.min(dim=2).values + (q * q).sum(2)
             grid = nearest.clamp_min(0.0).sqrt().reshape(n, h, w)
             out = out + getattr(self, f"rows_{k}") @ grid @ getattr(self, f"cols_t_{k}")
         return out
@@ -157,10 +277,11 @@ class ExportResult:
         )
 
 
-def export_onnx(detector: Any, image_size: int, path: Path) -> None:
-    """Write the fp32 ONNX graph of a fitted PatchCore detector to `path`: one image `(1, 3, S, S)` per
-    call, so that every shape is static (the TF "SAME" paddings fold into constants ONNX Runtime fuses into
-    the convolutions); `OnnxDetector` loops over a batch."""
+def export_onnx(detector: Any, image_size: int, path: Path, int8_search: bool = False) -> None:
+    """Write the ONNX graph of a fitted PatchCore detector to `path` (float32; with `int8_search`, the
+    nearest-neighbour search as `Int8Search`): one image `(1, 3, S, S)` per call, so that every shape is
+    static (the TF "SAME" paddings fold into constants ONNX Runtime fuses into the convolutions);
+    `OnnxDetector` loops over a batch."""
     if getattr(detector, "kind", None) != "patchcore":
         raise ExportError(
             f"only patchcore models can be exported (this one is {getattr(detector, 'kind', '?')!r}); "
@@ -171,7 +292,7 @@ def export_onnx(detector: Any, image_size: int, path: Path) -> None:
         import onnxruntime as ort
     except ImportError as err:
         raise ExportError("export needs onnx and onnxruntime: pip install -e '.[edge]'") from err
-    graph = EdgePatchCore(detector.module(), image_size).eval()
+    graph = EdgePatchCore(detector.module(), image_size, int8_search).eval()
     example = torch.zeros(1, 3, image_size, image_size)
     with tempfile.TemporaryDirectory() as tmp:
         traced, folded = Path(tmp) / "traced.onnx", Path(tmp) / "folded.onnx"
@@ -196,7 +317,19 @@ def export_onnx(detector: Any, image_size: int, path: Path) -> None:
         ort.InferenceSession(str(traced), options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(folded))
     fuse_pads(model)
+    drop_unused_initializers(model)
     onnx.save(model, str(path))
+
+
+def drop_unused_initializers(model: Any) -> int:
+    """Remove the initializers no node reads (shape constants left by folding), so that ONNX Runtime does
+    not warn about each one when it loads the model; returns how many were removed."""
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    return len(unused)
 
 
 @contextmanager
@@ -294,7 +427,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> None:
     by a depthwise convolution) moved scores by up to 6 standardised units (a good image's max is ~0, one
     unit is one standard deviation of good images' maxima) and cost pill 0.33 image AUROC; with them and
     block 1 in float32, scores move by at most 0.36 units on bottle and pill and both AUROCs stay within
-    0.001 (README "Edge export"). The nearest-neighbour search stays float32 (see the module doc).
+    0.001 (README "Edge export"). The nearest-neighbour search is already integer when asked
+    (`export_onnx(..., int8_search=True)`, `Int8Search`); QDQ leaves it alone.
     """
     import onnx
     import onnxruntime as ort
@@ -347,7 +481,7 @@ def export_model(
         edge_dir = Path(tmp) / EDGE_ARTIFACT_DIR
         edge_dir.mkdir()
         fp32_path = Path(tmp) / "fp32.onnx"
-        export_onnx(service.detector, config.image_size, fp32_path)
+        export_onnx(service.detector, config.image_size, fp32_path, int8_search=int8)
         if int8:
             quantize_int8(fp32_path, edge_dir / ONNX_FILE, images)
         else:
@@ -393,14 +527,21 @@ def _compare(
 
     _, want = score_batches(torch_detector, images, config.batch_size, config.reduction, progress=False)
     _, got = score_batches(edge_detector, images, config.batch_size, config.reduction, progress=False)
-    diff = np.abs(got.astype(np.float64) - want)
+    return {"n_check_images": len(images), **score_agreement(got, want, config.threshold)}
+
+
+def score_agreement(got: np.ndarray, want: np.ndarray, threshold: float) -> dict[str, Any]:
+    """How an export's image scores `got` agree with the torch model's `want` on the same images: the
+    largest absolute difference, relative to the largest |want|, and how many verdicts (score > threshold)
+    are equal."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    diff = np.abs(got - want)
     largest = float(np.abs(want).max())
     return {
-        "n_check_images": len(images),
         "max_abs_score_diff": float(diff.max()),
         "max_rel_score_diff": float(diff.max() / largest) if largest > 0 else math.nan,
         "max_abs_score": largest,
-        "verdicts_equal": int(((got > config.threshold) == (want > config.threshold)).sum()),
+        "verdicts_equal": int(((got > threshold) == (want > threshold)).sum()),
     }
 
 

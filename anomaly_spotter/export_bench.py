@@ -96,12 +96,13 @@ def bench_variant(
     from anomaly_spotter.data.prepare import load_prepared, prepare_category
     from anomaly_spotter.detectors import build_detector
     from anomaly_spotter.edge import load_edge_model
-    from anomaly_spotter.export import export_model, spread
+    from anomaly_spotter.export import export_model, score_agreement, spread
     from anomaly_spotter.inference import InferenceConfig
     from anomaly_spotter.metrics import summarize_category
     from anomaly_spotter.pipeline.train import calibrate_pixels
     from anomaly_spotter.scoring import score_batches
     from anomaly_spotter.serving import save_service_model
+    from anomaly_spotter.thresholds import good_only_threshold
 
     params = load_params(params_path)
     section = {**params.model.patchcore, "members": members}
@@ -118,7 +119,7 @@ def bench_variant(
         detector = build_detector(params).fit(train, val)
         calibrate_pixels(detector, val, params.train.pixel_quantile)
         _, val_scores = score_batches(detector, val, BATCH, params.process.image_score, False)
-        threshold = float(np.quantile(val_scores, 1 - params.thresholds.good_fpr))  # good-only rule
+        threshold = good_only_threshold(val_scores, params.thresholds.good_fpr)  # as compute_thresholds
         config = InferenceConfig.for_model(
             detector,
             category,
@@ -185,9 +186,7 @@ def bench_variant(
                     "ms_per_image": ms,
                     "image_auroc": summary["image_auroc"],
                     "pixel_auroc": summary["pixel_auroc"],
-                    "max_abs_score_diff": float(np.abs(scores.astype(np.float64) - reference).max()),
-                    "max_abs_score": float(np.abs(reference).max()),
-                    "verdicts_equal": int(((scores > threshold) == (reference > threshold)).sum()),
+                    **score_agreement(scores, reference, threshold),
                     "n_test": len(test),
                     "predict_s_per_image": predict_wall / len(test),
                     "predict_peak_mb": predict_mb,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_spotter.anomaly_map import gaussian_smooth
+from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.detectors.patchcore import PatchCoreDetector
 from anomaly_spotter.edge import (
     MANIFEST_FILE,
@@ -27,7 +28,9 @@ from anomaly_spotter.edge import (
     load_edge_model,
 )
 from anomaly_spotter.export import (
+    EdgePatchCore,
     ExportError,
+    Int8Search,
     export_model,
     export_onnx,
     float_convs,
@@ -79,6 +82,8 @@ def test_fp32_export_maps_equal_the_torch_detector(
     export_onnx(detector, size, tmp_path / ONNX_FILE)
     graph = onnx.load(str(tmp_path / ONNX_FILE)).graph
     assert "Pad" not in {n.op_type for n in graph.node}  # the "SAME" paddings moved into the convolutions
+    read = {name for n in graph.node for name in n.input}
+    assert all(init.name in read for init in graph.initializer)  # no unused ones for ONNX Runtime to warn of
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "onnx", "image_size": size}))
     images = _images(5, size, 2)
     images[3, size // 3 : size // 2, size // 3 : size // 2] = 250  # one defect-like patch
@@ -106,6 +111,48 @@ def test_int8_leaves_the_first_convolutions_in_float32(tmp_path: Path) -> None:
     images = _images(3, 32, 4)
     got, want = OnnxDetector(tmp_path).anomaly_maps(images), detector.anomaly_maps(images)
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95
+
+
+def test_int8_search_folds_the_bank_norms_exactly_and_stays_close_to_exact_distances() -> None:
+    rng = np.random.default_rng(0)
+    bank = torch.from_numpy(rng.normal(3.0, 1.0, (300, 24))).float()  # off-centre, as features are
+    queries = torch.cat([bank[:40] + 0.05 * torch.randn(40, 24), 3 + 4 * torch.randn(10, 24)])[None]
+    search = Int8Search.from_bank(bank, queries.shape[1])
+    b = search.bank_int8.double()
+    assert search.bank_int8.dtype == torch.int8 and b.abs().max() <= 127
+    assert int(search.q_zero) <= 127 and search.extra.dtype == torch.uint8
+    # the constant columns times the folded rows give -round(|b - mean|^2 / (2 s_q s_b)), exactly
+    folded = (search.extra[0, 0].double() - float(search.q_zero)) @ b[24:]
+    centred = bank.double() - bank.double().mean(0)
+    s_qb = float(search.dot_scale) / 2
+    np.testing.assert_array_equal(folded.numpy(), -torch.round((centred**2).sum(1) / (2 * s_qb)).numpy())
+    got = Int8Search.squared_distances(queries, *search.buffers().values())[0]
+    want = torch.cdist(queries[0].double(), bank.double()).min(1).values ** 2
+    # near neighbours: within 3 % of a typical squared norm; far queries, clipped to the bank's range, come
+    # out somewhat farther here (a defect's patch stays far)
+    norm = float((centred**2).sum(1).mean())
+    assert (got[:40] - want[:40]).abs().max() < 0.03 * norm
+    assert (got[40:] >= 0.98 * want[40:]).all() and (got[40:] <= 1.3 * want[40:]).all()
+    assert got[40:].min() > 10 * got[:40].max()
+
+
+def test_int8_search_exports_to_integer_onnx_that_equals_its_torch_reference(tmp_path: Path) -> None:
+    detector = tiny_patchcore(32, [[3], [3, 5]])
+    export_onnx(detector, 32, tmp_path / ONNX_FILE, int8_search=True)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / ONNX_FILE)).graph.node]
+    assert ops.count("MatMulInteger") == 2 and "ReduceMin" not in ops  # one integer search per member
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "onnx", "image_size": 32}))
+    images = _images(4, 32, 7)
+    images[2, 10:16, 10:16] = 250
+    got = OnnxDetector(tmp_path).anomaly_maps(images)
+    graph = EdgePatchCore(detector.module(), 32, int8_search=True).eval()
+    with torch.inference_mode():
+        reference = graph(torch.from_numpy(to_tensor_normalized(images))).numpy()
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(got, reference, atol=1e-4 * scale)  # ONNX Runtime computes what torch does
+    exact = detector.anomaly_maps(images)
+    assert np.corrcoef(got.ravel(), exact.ravel())[0, 1] > 0.99
+    assert got[2].max() > got[[0, 1, 3]].max()
 
 
 def _service(detector: PatchCoreDetector, size: int) -> SimpleNamespace:

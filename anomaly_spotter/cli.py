@@ -110,7 +110,8 @@ Writes DIR, an MLflow pyfunc model folder (the same service model `register` log
 image score, region, threshold) whose detector is an ONNX graph of the PatchCore network, memory banks
 and map post-processing included, run by ONNX Runtime. --int8 quantises the backbone's convolutions
 after its first two blocks (static, per-channel weights, MinMax calibration on the calibration
-images); the first ones, the nearest-neighbour search and the map post-processing stay float32.
+images) and runs the nearest-neighbour search as one integer matrix product per memory bank; the
+first blocks and the map post-processing stay float32.
 Prints how the export's scores compare with the torch model's on the calibration images.
 Use it with: anomaly-spotter predict IMAGES --model DIR (ONNX Runtime only, no MLflow or torch
 import), mlflow models serve -m DIR --env-manager local, anomaly-spotter score-spark --model DIR.

@@ -141,7 +141,8 @@ class Int8Search:
     @classmethod
     def from_bank(cls, bank: torch.Tensor, n_queries: int) -> Int8Search:
         """The quantised search of `bank` `(M, D)` for `n_queries` query patches per image."""
-        centred = bank.double() - bank.double().mean(0)
+        mean = bank.double().mean(0)
+        centred = bank.double() - mean
         low, high = float(centred.min()), float(centred.max())
         q_scale = max(high - low, 1e-12) / Q_LEVELS
         zero = min(max(round(-low / q_scale), 0), Q_LEVELS)
@@ -161,7 +162,7 @@ class Int8Search:
             raise ExportError("int8 nearest-neighbour search: a bank value does not fit in int8")
         extra = torch.tensor([coarse] * rows + [fine], dtype=torch.uint8)
         return cls(
-            mean=bank.double().mean(0).float(),
+            mean=mean.float(),
             low=torch.tensor(-zero * q_scale, dtype=torch.float32),
             high=torch.tensor((Q_LEVELS - zero) * q_scale, dtype=torch.float32),
             q_scale=torch.tensor(q_scale, dtype=torch.float32),

@@ -67,12 +67,17 @@ CONCURRENT_REQUESTS = 50
 
 
 def _run_statuses(project: Path, run_name: str) -> list[str]:
-    """Statuses of the MLflow runs named `run_name` in the project's SQLite store (read-only peek)."""
+    """Statuses of the MLflow runs named `run_name` in the project's SQLite store.
+
+    Not a `mode=ro` connection: a stage killed inside a write transaction leaves a hot journal, which a
+    read-only connection cannot roll back ("attempt to write a readonly database"), so the committed
+    RUNNING row would read as no rows at all. A plain connection rolls it back first, as MLflow's own
+    next connection does; while the writer lives its lock keeps the journal from counting as hot."""
     db = project / "mlflow.db"
     if not db.exists():
         return []
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        con = sqlite3.connect(db, timeout=1)
         try:
             rows = con.execute(
                 "SELECT status FROM runs WHERE name = ? ORDER BY start_time", (run_name,)
@@ -126,7 +131,7 @@ def _locked_stages(project: Path) -> set[str]:
 
 
 def _all_statuses(project: Path) -> dict[str, list[str]]:
-    con = sqlite3.connect(f"file:{project / 'mlflow.db'}?mode=ro", uri=True)
+    con = sqlite3.connect(project / "mlflow.db")
     try:
         rows = con.execute("SELECT name, status FROM runs ORDER BY start_time").fetchall()
     finally:
@@ -202,7 +207,11 @@ def recovered(project: Path, logs: Path) -> dict[str, object]:
     killed_train = _kill_repro_when(
         project, lambda: "RUNNING" in _run_statuses(project, train_run), logs / "kill_train.log"
     )
-    after_train_kill = {"locked": _locked_stages(project), "statuses": _run_statuses(project, train_run)}
+    # after the kill nobody writes: read strictly (an error fails here rather than reading as no runs)
+    after_train_kill = {
+        "locked": _locked_stages(project),
+        "statuses": _all_statuses(project).get(train_run, []),
+    }
 
     outputs = project / f"outputs/{CATEGORY}"
     process_run = f"process_all@{CATEGORY}"
@@ -213,7 +222,7 @@ def recovered(project: Path, logs: Path) -> dict[str, object]:
     killed_process = _kill_repro_when(project, process_all_writing, logs / "kill_process_all.log")
     after_process_kill = {
         "locked": _locked_stages(project),
-        "statuses": _run_statuses(project, process_run),
+        "statuses": _all_statuses(project).get(process_run, []),
         "outputs": sorted(p.name for p in outputs.iterdir()) if outputs.is_dir() else [],
     }
     final = _run(["dvc", "repro"], project)

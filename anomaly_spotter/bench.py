@@ -20,12 +20,22 @@ in a JSON-lines file, so an interrupted or extended run recomputes only what is 
 by the variant, the category, the data and the params file, not by the code: start a new cache file
 after changing the code).
 
+`--sigmas 1 2 4` replaces each variant's row by one row per smoothing of its anomaly maps (the detector's
+`sigma`, for the map and the image score alike; post-processing only: the model is fitted once and its
+test maps re-smoothed), labelled `<variant> sigma=<s>`; with `--loco` the smoothing is chosen by
+leave-one-category-out like a variant. `--loco` reports the selection by image AUROC and by pixel AUROC,
+each on its own (the image score's smoothing, unet_ae `score_sigma`, and the map's, `sigma`, can differ).
+
+    python -m anomaly_spotter.bench --root ../shared/data/mvtec_ad_256 --categories bottle pill \\
+        --builtin fabric washer label --variant unet_ae:label=default --sigmas 1 2 3 4 5 6 --loco \\
+        --out benchmarks/unet_ae_sigma.md
+
 `--fit-sizes 50 200 1000 2000` measures how fitting scales instead: for each category and size N, the
 first variant is fitted on N training images (the category's train split repeated with light
 augmentation: mirror flips and shifts of up to 8 px, seeded) and the table gives fit time, peak memory,
 memory-bank size (patches, all members) and ms per scored test image, with the test AUROCs for reference.
 
-    python -m anomaly_spotter.bench --root ../shared/data/mvtec_ad_256 --categories pill \
+    python -m anomaly_spotter.bench --root ../shared/data/mvtec_ad_256 --categories pill \\
         --fit-sizes 50 200 1000 2000 --out benchmarks/fit_scaling.md
 """
 
@@ -116,14 +126,18 @@ def grow_training_set(images: Any, n: int, seed: int) -> Any:
 
 
 def run_job(
-    root: Path, category: str, spec: str, params_path: Path, n_train: int | None = None
-) -> dict[str, Any]:
+    root: Path,
+    category: str,
+    spec: str,
+    params_path: Path,
+    n_train: int | None = None,
+    sigmas: list[float] | None = None,
+) -> list[dict[str, Any]]:
     """Fit and evaluate one variant on one category in this process (on `n_train` training images grown
-    by `grow_training_set`, if given)."""
+    by `grow_training_set`, if given): one row, or one per smoothing in `sigmas` (same fit)."""
     import numpy as np
     import torch
 
-    from anomaly_spotter.anomaly_map import image_scores
     from anomaly_spotter.config import load_params
     from anomaly_spotter.data.prepare import load_prepared, prepare_category
     from anomaly_spotter.detectors import build_detector
@@ -159,31 +173,50 @@ def run_job(
         detector.fit(train_images, np.asarray(val.images))
         fit_s = time.perf_counter() - start
         images = np.asarray(test.images)
-        start = time.perf_counter()
-        maps, _ = score_batches(
-            detector, images, params.process.batch_size, params.process.image_score, False
-        )
-        ms = 1000 * (time.perf_counter() - start) / len(images)
-        frame = test.index.assign(score=image_scores(maps, params.process.image_score))
-        summary = summarize_category(
-            frame,
-            np.asarray(test.masks),
-            maps,
-            params.metrics.aupro_fpr_limit,
-            pixel_rows=test.index["has_mask"].to_numpy().astype(bool),
-        )
+        evaluated = []
+        for sigma in sigmas or [None]:
+            if sigma is not None:
+                set_sigma(detector, sigma)
+            start = time.perf_counter()
+            maps, scores = score_batches(
+                detector, images, params.process.batch_size, params.process.image_score, False
+            )
+            ms = 1000 * (time.perf_counter() - start) / len(images)
+            frame = test.index.assign(score=scores)
+            summary = summarize_category(
+                frame,
+                np.asarray(test.masks),
+                maps,
+                params.metrics.aupro_fpr_limit,
+                pixel_rows=test.index["has_mask"].to_numpy().astype(bool),
+            )
+            evaluated.append((label if sigma is None else f"{label} sigma={sigma:g}", summary, ms))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     banks = [b for n, b in detector.module().named_buffers() if n.startswith("memory_bank")]
-    return {
-        "variant": label,
-        "category": category,
-        **{k: summary[k] for k in COLUMNS[2:6]},
-        "fit_s": fit_s,
-        "ms_per_image": ms,
-        "peak_mb": peak_mb,
-        "n_train": len(train_images),
-        "bank_size": sum(len(b) for b in banks),
-    }
+    return [
+        {
+            "variant": name,
+            "category": category,
+            **{k: summary[k] for k in COLUMNS[2:6]},
+            "fit_s": fit_s,
+            "ms_per_image": ms,
+            "peak_mb": peak_mb,
+            "n_train": len(train_images),
+            "bank_size": sum(len(b) for b in banks),
+        }
+        for name, summary, ms in evaluated
+    ]
+
+
+def set_sigma(detector: Any, sigma: float) -> None:
+    """Set a fitted detector's map smoothing, for its map and its image score alike (unet_ae: `sigma`
+    and `score_sigma`; patchcore: `config.sigma`)."""
+    if hasattr(detector, "sigma"):
+        detector.sigma, detector.score_sigma = float(sigma), None
+    elif hasattr(getattr(detector, "config", None), "sigma"):
+        detector.config = replace(detector.config, sigma=float(sigma))
+    else:
+        raise SystemExit(f"bench: --sigmas: a {detector.kind} detector has no map smoothing to set")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -273,17 +306,19 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _job_key(spec: str, category: str, root: Path, params: Path) -> str:
-    """Cache key of one (variant, category) job: the spec, the data and the params file's content."""
-    text = json.dumps([spec, category, str(root.resolve()), params.read_text()])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _job_key(spec: str, category: str, root: Path, params: Path, sigmas: list[float] | None = None) -> str:
+    """Cache key of one (variant, category) job: the spec, the data, the params file's content (and the
+    smoothings rescored, when there are)."""
+    job = [spec, category, str(root.resolve()), params.read_text()] + ([sigmas] if sigmas else [])
+    return hashlib.sha256(json.dumps(job).encode()).hexdigest()[:16]
 
 
-def _read_cache(path: Path | None) -> dict[str, dict[str, Any]]:
+def _read_cache(path: Path | None) -> dict[str, list[dict[str, Any]]]:
+    """Cached jobs: key -> their rows (entries written before `--sigmas` hold one `row`)."""
     if path is None or not path.is_file():
         return {}
     entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {e["key"]: e["row"] for e in entries}
+    return {e["key"]: e["rows"] if "rows" in e else [e["row"]] for e in entries}
 
 
 def _builtin_root(categories: list[str], size: int, params_path: Path, tmp: Path) -> Path:
@@ -317,7 +352,16 @@ def main(argv: list[str] | None = None) -> None:
         help="DETECTOR[:key=value,...]; repeatable (default: unet_ae and patchcore)",
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="base parameters")
-    parser.add_argument("--loco", action="store_true", help="leave-one-category-out selection table")
+    parser.add_argument(
+        "--loco", action="store_true", help="leave-one-category-out selection tables (image, pixel AUROC)"
+    )
+    parser.add_argument(
+        "--sigmas",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="one row per map smoothing S of each fitted variant (post-processing only, no refit)",
+    )
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
     parser.add_argument(
@@ -330,8 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", nargs=2, metavar=("VARIANT", "CATEGORY"), help=argparse.SUPPRESS)
     parser.add_argument("--job-n-train", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sigmas and min(args.sigmas) < 0:
+        parser.error("--sigmas: smoothings must be >= 0")
     if args.job:
-        print(json.dumps(run_job(args.root, args.job[1], args.job[0], args.params, args.job_n_train)))
+        rows = run_job(args.root, args.job[1], args.job[0], args.params, args.job_n_train, args.sigmas)
+        print(json.dumps(rows))
         return
     if args.fit_sizes:
         if args.root is None or not args.categories:
@@ -356,10 +403,11 @@ def main(argv: list[str] | None = None) -> None:
         + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
     )
     text = f"{table}\n\nmachine: {machine}; data: {data}\n"
-    loco_rows = None
+    loco_rows = {}
     if args.loco:
-        loco, loco_rows = loco_table(rows)
-        text += f"\n## Leave-one-category-out (image AUROC)\n\n{loco}\n"
+        for metric, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):
+            loco, loco_rows[metric] = loco_table(rows, metric)
+            text += f"\n## Leave-one-category-out ({name})\n\n{loco}\n"
     print(f"\n{text}")
     if args.out:
         write_report(args.out, text, {"rows": rows, "loco": loco_rows} if args.loco else rows)
@@ -371,7 +419,7 @@ def _run_scaling(args: argparse.Namespace) -> None:
     rows = []
     for category in args.categories:
         for n in args.fit_sizes:
-            rows.append(_subprocess_job(args.root, category, spec, args.params, n))
+            rows += _subprocess_job(args.root, category, spec, args.params, n)
             row = rows[-1]
             print(
                 f"{category:<12} {n:>6} images  fit {row['fit_s']:.1f}s  peak {row['peak_mb']:.0f} MB  "
@@ -390,13 +438,20 @@ def _run_scaling(args: argparse.Namespace) -> None:
 
 
 def _subprocess_job(
-    root: Path, category: str, spec: str, params: Path, n_train: int | None = None
-) -> dict[str, Any]:
+    root: Path,
+    category: str,
+    spec: str,
+    params: Path,
+    n_train: int | None = None,
+    sigmas: list[float] | None = None,
+) -> list[dict[str, Any]]:
     """`run_job` in a fresh process (its peak memory is its own); SystemExit with its stderr on failure."""
     cmd = [sys.executable, "-m", "anomaly_spotter.bench", "--root", str(root)]
     cmd += ["--params", str(params), "--job", spec, category]
     if n_train is not None:
         cmd += ["--job-n-train", str(n_train)]
+    if sigmas:
+        cmd += ["--sigmas", *(str(s) for s in sigmas)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench: {spec} on {category} failed:\n{result.stderr[-3000:]}")
@@ -409,24 +464,24 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
     rows = []
     for spec in args.variant or ["unet_ae", "patchcore"]:
         for root, category in jobs:
-            key = _job_key(
-                spec, category, root if root == args.root else Path(f"builtin-{builtin_size}"), args.params
-            )
+            data = root if root == args.root else Path(f"builtin-{builtin_size}")
+            key = _job_key(spec, category, data, args.params, args.sigmas)
             if key in cache:
-                row = cache[key]
+                job_rows = cache[key]
             else:
-                row = _subprocess_job(root, category, spec, args.params)
+                job_rows = _subprocess_job(root, category, spec, args.params, sigmas=args.sigmas)
                 if args.cache:
                     args.cache.parent.mkdir(parents=True, exist_ok=True)
                     with args.cache.open("a") as f:
-                        f.write(json.dumps({"key": key, "row": row}) + "\n")
-            rows.append(row)
-            print(
-                f"{row['variant']:<40} {category:<12} image AUROC {row['image_auroc']:.4f}  pixel AUROC "
-                f"{row['pixel_auroc']:.4f}  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f}s  "
-                f"{row['ms_per_image']:.1f} ms/img  peak {row['peak_mb']:.0f} MB",
-                flush=True,
-            )
+                        f.write(json.dumps({"key": key, "rows": job_rows}) + "\n")
+            rows += job_rows
+            for row in job_rows:
+                print(
+                    f"{row['variant']:<40} {category:<12} image AUROC {row['image_auroc']:.4f}  pixel AUROC "
+                    f"{row['pixel_auroc']:.4f}  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f}s  "
+                    f"{row['ms_per_image']:.1f} ms/img  peak {row['peak_mb']:.0f} MB",
+                    flush=True,
+                )
     return rows
 
 

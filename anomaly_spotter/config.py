@@ -35,6 +35,7 @@ TRAINING_KEYS = (
     "epoch_size",
     "patience",
     "synthetic_defects",
+    "synthetic_scars",
     "crop_size",
     "lr_schedule",
     "ssim_loss",
@@ -85,6 +86,7 @@ class TrainParams:
     epoch_size: int = 0  # images per epoch, drawn cycling through the shuffled set (0 = the set)
     patience: int = 10
     synthetic_defects: float = 0.0  # share of training images given a synthetic defect to remove
+    synthetic_scars: float = 0.0  # share of those defects drawn as thin curved scars rather than blobs
     crop_size: int = 0  # train on one random crop of this side per batch (0 = whole images)
     lr_schedule: str = "constant"  # constant | onecycle (warm-up to lr, cosine annealing to ~0)
     ssim_loss: float = 0.0  # weight of the mean 1 - SSIM added to the MSE
@@ -94,11 +96,11 @@ class TrainParams:
     world_size: int = 1  # unet_ae: train data-parallel in this many processes (torchrun; patchcore: 1 only)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.synthetic_defects <= 1.0:
-            raise ConfigError(
-                f"model.unet_ae.{TRAINING_SECTION}.synthetic_defects must be in [0, 1], "
-                f"got {self.synthetic_defects}"
-            )
+        for name in ("synthetic_defects", "synthetic_scars"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(
+                    f"model.unet_ae.{TRAINING_SECTION}.{name} must be in [0, 1], got {getattr(self, name)}"
+                )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"model.unet_ae.{TRAINING_SECTION}.lr_schedule is {self.lr_schedule!r}; "

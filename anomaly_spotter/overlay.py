@@ -6,7 +6,8 @@ PNG column `overlay`) and the `visualize` stage's example panels:
 - the raw map is coloured on one scale per category (`MapScale`): pixels at or below the pixel threshold
   are left transparent, pixels above it go pale yellow -> orange -> red -> dark red. When the image
   score is the map maximum (`process.image_score: max`) the image threshold sits at the middle of the
-  warm range, so red means "this pixel alone makes the part defective";
+  warm range, so red means "this pixel alone makes the part defective" (still true when a unet_ae
+  scores a less smoothed copy of the map, `score_sigma` < `sigma`: smoothing only lowers a peak);
 - the predicted region (`anomaly_map.RegionRule`) is outlined in cyan; a part judged defective with an
   empty region (its image threshold is below the pixel threshold) gets its peak circled instead;
 - a header says the verdict, the score against the image threshold and the region's share of pixels;

@@ -46,14 +46,22 @@ def score_batches(
     progress: bool = True,
     desc: str = "score",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw maps `(N, H, W)` float32 and image scores `(N,)` for uint8 images `(N, H, W, 3)`."""
+    """Raw maps `(N, H, W)` float32 and image scores `(N,)` for uint8 images `(N, H, W, 3)`.
+
+    A score is `reduction` of the image's map, or of its score map for a detector that smooths the two
+    differently (`Detector.maps_and_score_maps`; an exported model has no such method: one map)."""
     maps = np.empty(images.shape[:3], dtype=np.float32)
+    scores = []
+    split = getattr(detector, "maps_and_score_maps", None)
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        maps[start : start + batch_size] = detector.anomaly_maps(
-            np.asarray(images[start : start + batch_size])
-        )
-    return maps, image_scores(maps, reduction)
+        batch = np.asarray(images[start : start + batch_size])
+        batch_maps, score_maps = split(batch) if split else (detector.anomaly_maps(batch),) * 2
+        maps[start : start + batch_size] = batch_maps
+        if score_maps is batch_maps:  # one map: reduce the float32 copy, as for every other detector
+            score_maps = maps[start : start + batch_size]
+        scores.append(image_scores(np.asarray(score_maps, dtype=np.float32), reduction))
+    return maps, np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 
 def map_path(out_dir: Path, row: pd.Series | tuple) -> Path:

@@ -42,7 +42,8 @@ class UNetAEDetector(Detector):
     """U-Net autoencoder; anomaly map = Gaussian(sigma) of |x - x_hat| averaged over channels
     (`map_kind: residual`, the original's), of 1 - local SSIM (`map_kind: ssim`), or of the defect
     probability a second U-Net (`segmenter_channels`) reads from the image and its reconstruction
-    (`map_kind: segmentation`, DRAEM)."""
+    (`map_kind: segmentation`, DRAEM). The image score is reduced from the same raw map smoothed with
+    `score_sigma` (None: `sigma`, one map for both)."""
 
     kind = "unet_ae"
 
@@ -55,11 +56,13 @@ class UNetAEDetector(Detector):
         progress: bool = True,
         map_kind: str = "residual",
         segmenter_channels: tuple[int, ...] = DEFAULT_SEGMENTER,
+        score_sigma: float | None = None,
     ) -> None:
         if map_kind not in MAP_KINDS:
             raise ConfigError(f"model.unet_ae.map_kind is {map_kind!r}; use one of {', '.join(MAP_KINDS)}")
         self.config = config or UNetConfig()
         self.sigma = sigma
+        self.score_sigma = score_sigma
         self.map_kind = map_kind
         self.segmenter_channels = tuple(int(w) for w in segmenter_channels)
         self.segmenter = segmenter_config(self.segmenter_channels) if map_kind == "segmentation" else None
@@ -72,6 +75,7 @@ class UNetAEDetector(Detector):
         """Build from the `model.unet_ae` section of params.yaml."""
         options = dict(options)
         sigma = float(options.pop("sigma", DEFAULT_SIGMA))
+        score_sigma = options.pop("score_sigma", None)
         map_kind = str(options.pop("map_kind", "residual"))
         segmenter = tuple(options.pop("segmenter_channels", DEFAULT_SEGMENTER))
         try:
@@ -79,11 +83,20 @@ class UNetAEDetector(Detector):
         except TypeError as err:
             fields = [f.name for f in dataclasses.fields(UNetConfig)] + [
                 "sigma",
+                "score_sigma",
                 "map_kind",
                 "segmenter_channels",
             ]
             raise ConfigError(f"model.unet_ae: {err}; valid keys: {fields}") from err
-        return cls(config, sigma, train, seed, map_kind=map_kind, segmenter_channels=segmenter)
+        return cls(
+            config,
+            sigma,
+            train,
+            seed,
+            map_kind=map_kind,
+            segmenter_channels=segmenter,
+            score_sigma=None if score_sigma is None else float(score_sigma),
+        )
 
     def _check_size(self, images: np.ndarray) -> None:
         side = images.shape[1]
@@ -98,8 +111,9 @@ class UNetAEDetector(Detector):
 
         The loss is the MSE (+ `training.ssim_loss` x the mean 1 - SSIM) between the network's output and
         the clean image. With `training.synthetic_defects` = p > 0, a share p of each batch's images get
-        a synthetic defect (`synthetic.corrupt`, drawn anew every step) and the target stays the clean
-        image: the network learns to remove defects rather than copy pixels. With `map_kind:
+        a synthetic defect (`synthetic.corrupt`, drawn anew every step; `training.synthetic_scars` of them
+        thin curved scars, the rest blobs) and the target stays the clean image: the network learns to
+        remove defects rather than copy pixels. With `map_kind:
         segmentation` a second U-Net learns, from the (corrupted) image and its reconstruction, where the
         synthetic defects are (focal loss on their masks; DRAEM). `training.crop_size` trains on one
         random crop per batch (the networks are fully convolutional; scoring sees the whole image), and
@@ -144,7 +158,8 @@ class UNetAEDetector(Detector):
         val = None
         if val_images is not None:
             x_val = to_tensor_normalized(np.asarray(val_images))
-            val = (x_val, *corrupt(x_val, tp.synthetic_defects, np.random.default_rng(self.seed + 1)))
+            val_rng = np.random.default_rng(self.seed + 1)
+            val = (x_val, *corrupt(x_val, tp.synthetic_defects, val_rng, tp.synthetic_scars))
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
         self.images_trained_ = 0  # by this process (its share of every batch, in a process group)
@@ -161,7 +176,7 @@ class UNetAEDetector(Detector):
                 if crop < batch.shape[-1]:
                     y, x = (int(v) for v in rng.integers(0, batch.shape[-1] - crop + 1, size=2))
                     batch = batch[..., y : y + crop, x : x + crop].contiguous()
-                inputs, masks = corrupt(batch.numpy(), tp.synthetic_defects, rng)
+                inputs, masks = corrupt(batch.numpy(), tp.synthetic_defects, rng, tp.synthetic_scars)
                 if len(batch) < world:
                     continue
                 part = distributed.shard(len(batch))
@@ -276,12 +291,21 @@ class UNetAEDetector(Detector):
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         """Raw maps `(N, S, S)`: Gaussian(sigma) of the channel-mean absolute residual in [-1, 1] units,
         of the channel-mean 1 - SSIM, or of the defect probability in [0, 1] (`map_kind`)."""
+        return gaussian_smooth(self._unsmoothed(images), self.sigma)
+
+    def maps_and_score_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`anomaly_maps`, and the same network output smoothed with `score_sigma` for the image score."""
+        raw = self._unsmoothed(images)
+        maps = gaussian_smooth(raw, self.sigma)
+        if self.score_sigma is None or self.score_sigma == self.sigma:
+            return maps, maps
+        return maps, gaussian_smooth(raw, self.score_sigma)
+
+    def _unsmoothed(self, images: np.ndarray) -> np.ndarray:
         if self.map_kind == "segmentation":
-            raw = self._run(images, self.model_)[1][:, 0]
-        else:
-            x, x_hat = self._run(images, self._reconstructor())
-            raw = ssim_map(x, x_hat) if self.map_kind == "ssim" else residual_map(x, x_hat)
-        return gaussian_smooth(raw, self.sigma)
+            return self._run(images, self.model_)[1][:, 0]
+        x, x_hat = self._run(images, self._reconstructor())
+        return ssim_map(x, x_hat) if self.map_kind == "ssim" else residual_map(x, x_hat)
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return denormalize(self._run(images, self._reconstructor())[1])
@@ -294,6 +318,7 @@ class UNetAEDetector(Detector):
             "kind": self.kind,
             "config": dataclasses.asdict(self.config),
             "sigma": self.sigma,
+            "score_sigma": self.score_sigma,
             "map": self.map_kind,
             "segmenter": dataclasses.asdict(self.segmenter) if self.segmenter else None,
             "state_dict": self.model_.state_dict(),
@@ -302,7 +327,13 @@ class UNetAEDetector(Detector):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
         map_kind = state.get("map", "residual")
-        det = cls(UNetConfig(**state["config"]), sigma=float(state["sigma"]), map_kind=map_kind)
+        score_sigma = state.get("score_sigma")  # absent in files saved before it existed: one map
+        det = cls(
+            UNetConfig(**state["config"]),
+            sigma=float(state["sigma"]),
+            map_kind=map_kind,
+            score_sigma=None if score_sigma is None else float(score_sigma),
+        )
         if state.get("segmenter"):
             det.segmenter = UNetConfig(**state["segmenter"])
         det.model_ = det._new_model()

@@ -52,6 +52,12 @@ class Detector(ABC):
     def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild a fitted detector from `state()`."""
 
+    def maps_and_score_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The raw maps and the maps image scores are reduced from (`process.image_score`): the same
+        array unless the detector smooths the two differently (unet_ae `score_sigma`)."""
+        maps = self.anomaly_maps(images)
+        return maps, maps
+
     def reconstruct(self, images: np.ndarray) -> np.ndarray | None:
         """uint8 reconstructions `(N, H, W, 3)` for detectors that reconstruct, else None."""
         return None

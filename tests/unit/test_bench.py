@@ -91,7 +91,24 @@ def test_a_variants_seed_changes_the_detector_not_the_split(tiny_mvtec) -> None:
 
     spec = "unet_ae:image_size=32,encoder_channels=[4],bottleneck_channels=8,map_kind=residual"
     spec += ",train.max_epochs=2"
-    rows = [run_job(tiny_mvtec, "widget", f"{spec},seed={s}", REPO / "params.yaml") for s in (1, 1, 2)]
+    rows = [run_job(tiny_mvtec, "widget", f"{spec},seed={s}", REPO / "params.yaml")[0] for s in (1, 1, 2)]
     keys = ("image_auroc", "pixel_auroc", "aupro", "n_train")
     assert [rows[0][k] for k in keys] == [rows[1][k] for k in keys]
     assert rows[0]["pixel_auroc"] != rows[2]["pixel_auroc"] and rows[0]["n_train"] == rows[2]["n_train"]
+
+
+def test_sigmas_rescore_one_fit_at_each_smoothing(tiny_mvtec) -> None:
+    """`--sigmas`: one fit, one row per smoothing, each the same as a fit made at that smoothing."""
+    from anomaly_spotter.bench import run_job
+    from tests.conftest import REPO
+
+    spec = "unet_ae:image_size=32,encoder_channels=[4],bottleneck_channels=8,map_kind=residual"
+    spec += ",train.max_epochs=2,label=tiny"
+    rows = run_job(tiny_mvtec, "widget", spec, REPO / "params.yaml", sigmas=[0.0, 3.0])
+    assert [r["variant"] for r in rows] == ["tiny sigma=0", "tiny sigma=3"]
+    assert rows[0]["fit_s"] == rows[1]["fit_s"]  # one fit
+    assert rows[0]["pixel_auroc"] != rows[1]["pixel_auroc"]
+    refit = run_job(tiny_mvtec, "widget", f"{spec},sigma=3", REPO / "params.yaml")
+    assert [refit[0][k] for k in ("image_auroc", "pixel_auroc")] == [
+        rows[1][k] for k in ("image_auroc", "pixel_auroc")
+    ]

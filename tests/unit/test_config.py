@@ -44,6 +44,7 @@ def test_params_to_dict_restores_the_yaml_layout() -> None:
         "epoch_size": 0,
         "patience": 10,
         "synthetic_defects": 0.0,
+        "synthetic_scars": 0.0,
         "crop_size": 0,
         "lr_schedule": "constant",
         "ssim_loss": 0.0,

@@ -1,4 +1,4 @@
-"""Synthetic defects: random regions of bounded area, foreign content, seeded."""
+"""Synthetic defects: random regions of bounded area (blobs and thin scars), foreign content, seeded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from anomaly_spotter.synthetic import MAX_AREA, MIN_AREA, corrupt, random_region
+from anomaly_spotter.synthetic import MAX_AREA, MIN_AREA, corrupt, random_region, random_scar
 
 
 def test_regions_are_one_blob_of_bounded_area() -> None:
@@ -46,3 +46,27 @@ def test_a_single_image_batch_borrows_from_itself(n_images: int) -> None:
     out, masks = corrupt(images, 1.0, np.random.default_rng(4))
     assert masks.any(axis=(1, 2)).all()
     assert np.isfinite(out).all()
+
+
+def test_scars_are_thin_connected_strokes_of_some_length() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        mask = random_scar(64, rng)
+        assert mask.dtype == bool and mask.shape == (64, 64) and mask.any()
+        assert ndimage.label(mask, np.ones((3, 3)))[1] == 1  # one stroke (8-connected)
+        assert not ndimage.binary_erosion(mask, np.ones((5, 5))).any()  # at most 2 px wide at 64 px
+        ys, xs = np.nonzero(mask)
+        assert max(np.ptp(ys), np.ptp(xs)) >= 64 / 8 / 2  # a stroke, not a dot (it may bend back)
+
+
+def test_scar_share_draws_scars_and_zero_keeps_blob_only_runs_unchanged() -> None:
+    images = np.random.default_rng(6).uniform(-1, 1, (16, 3, 64, 64)).astype(np.float32)
+    blobs = corrupt(images, 1.0, np.random.default_rng(7))
+    np.testing.assert_array_equal(corrupt(images, 1.0, np.random.default_rng(7), scar_share=0.0)[1], blobs[1])
+    _, scars = corrupt(images, 1.0, np.random.default_rng(7), scar_share=1.0)
+    thin = [not ndimage.binary_erosion(m, np.ones((5, 5))).any() for m in scars]
+    assert all(thin) and scars.any(axis=(1, 2)).all()
+    assert np.mean([not ndimage.binary_erosion(m, np.ones((5, 5))).any() for m in blobs[1]]) < 0.5
+    _, mixed = corrupt(images, 1.0, np.random.default_rng(7), scar_share=0.5)
+    n_thin = sum(not ndimage.binary_erosion(m, np.ones((5, 5))).any() for m in mixed)
+    assert 2 <= n_thin <= 14  # about half

@@ -263,3 +263,28 @@ def test_epoch_order_cycles_through_a_small_set_and_samples_a_large_one() -> Non
     assert len(large) == 30 and len(set(large.tolist())) == 30 and large.max() < 100
     whole = epoch_order(7, 7, np.random.default_rng(3))  # epoch_size 0 = the set: one permutation,
     np.testing.assert_array_equal(whole, np.random.default_rng(3).permutation(7))  # as before
+
+
+def test_score_sigma_smooths_the_image_score_apart_from_the_map(tmp_path) -> None:
+    """`score_sigma`: the map keeps `sigma`, the image score is reduced from the same network output
+    smoothed with `score_sigma`; saved with the model; a file without it scores from the map."""
+    from anomaly_spotter.scoring import score_batches
+
+    train = TrainParams(batch_size=4, lr=1e-3, max_epochs=2, patience=2)
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+    det = UNetAEDetector(cfg, sigma=4.0, train=train, seed=3, progress=False, score_sigma=1.0)
+    det.fit(_images(8, 0), _images(4, 1))
+    test = _images(3, 5)
+    test[1, 12:14, 12:14] = 255  # a small defect: sharper smoothing gives it a higher peak
+    maps, scores = score_batches(det, test, 2, "max", progress=False)
+    np.testing.assert_allclose(maps, det.anomaly_maps(test), rtol=1e-5, atol=1e-6)  # sigma's map
+    sharp = UNetAEDetector.from_state({**det.state(), "sigma": 1.0, "score_sigma": None})
+    np.testing.assert_allclose(scores, sharp.anomaly_maps(test).max(axis=(1, 2)), rtol=1e-6)
+    assert (scores > maps.max(axis=(1, 2))).all()  # a sharper map peaks higher
+    det.save(tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt")
+    assert (loaded.sigma, loaded.score_sigma) == (4.0, 1.0)
+    np.testing.assert_allclose(score_batches(loaded, test, 2, "max", progress=False)[1], scores, rtol=1e-6)
+    old = {k: v for k, v in det.state().items() if k != "score_sigma"}  # saved before score_sigma
+    _, old_scores = score_batches(UNetAEDetector.from_state(old), test, 2, "max", progress=False)
+    np.testing.assert_allclose(old_scores, maps.max(axis=(1, 2)), rtol=1e-6)

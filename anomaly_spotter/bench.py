@@ -28,7 +28,7 @@ each on its own (the image score's smoothing, unet_ae `score_sigma`, and the map
 
     python -m anomaly_spotter.bench --root ../shared/data/mvtec_ad_256 --categories bottle pill \\
         --builtin fabric washer label --variant unet_ae:label=default --sigmas 1 2 3 4 5 6 --loco \\
-        --out benchmarks/unet_ae_sigma.md
+        --out sigma.md    # benchmarks/unet_ae_sigma.md: its command adds a scars variant
 
 `--fit-sizes 50 200 1000 2000` measures how fitting scales instead: for each category and size N, the
 first variant is fitted on N training images (the category's train split repeated with light

@@ -5,7 +5,8 @@ decode (`data.images.decode_rgb`, also `read_rgb`'s: 8/16-bit grayscale, palette
 validate size -> resize (`data.images.resize_rgb`, exactly the prepare stage's) ->
 `Detector.anomaly_maps` in batches
 (`scoring.score_batches`, exactly process_all's) -> image score (`anomaly_map.image_scores` with the
-pipeline's `process.image_score` reduction, of the map or of a unet_ae's `score_sigma` map) -> verdict: "defective" iff score > threshold; predicted
+pipeline's `process.image_score` reduction, of the map or of a unet_ae's `score_sigma` copy of it) ->
+verdict: "defective" iff score > threshold; predicted
 region (`process.region_threshold`, the model's pixel calibration) -> anomaly_percentage and the
 annotated overlay (`overlay.render_overlay`).
 Sign convention: higher score = more anomalous.

@@ -58,8 +58,6 @@ def score_batches(
         batch = np.asarray(images[start : start + batch_size])
         batch_maps, score_maps = split(batch) if split else (detector.anomaly_maps(batch),) * 2
         maps[start : start + batch_size] = batch_maps
-        if score_maps is batch_maps:  # one map: reduce the float32 copy, as for every other detector
-            score_maps = maps[start : start + batch_size]
         scores.append(image_scores(np.asarray(score_maps, dtype=np.float32), reduction))
     return maps, np.concatenate(scores) if scores else np.empty(0, np.float32)
 

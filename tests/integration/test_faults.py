@@ -67,26 +67,15 @@ CONCURRENT_REQUESTS = 50
 
 
 def _run_statuses(project: Path, run_name: str) -> list[str]:
-    """Statuses of the MLflow runs named `run_name` in the project's SQLite store.
-
-    Not a `mode=ro` connection: a stage killed inside a write transaction leaves a hot journal, which a
-    read-only connection cannot roll back ("attempt to write a readonly database"), so the committed
-    RUNNING row would read as no rows at all. A plain connection rolls it back first, as MLflow's own
-    next connection does; while the writer lives its lock keeps the journal from counting as hot."""
-    db = project / "mlflow.db"
-    if not db.exists():
+    """Statuses of the MLflow runs named `run_name`, for polling while a stage runs: no store yet, no
+    tables yet, or a writer holding the file reads as no runs (look again). After a kill, read with
+    `_all_statuses`, which raises instead."""
+    if not (project / "mlflow.db").exists():
         return []
     try:
-        con = sqlite3.connect(db, timeout=1)
-        try:
-            rows = con.execute(
-                "SELECT status FROM runs WHERE name = ? ORDER BY start_time", (run_name,)
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:  # tables not created yet, or a writer holds the file: look again
+        return _all_statuses(project, timeout=1).get(run_name, [])
+    except sqlite3.Error:
         return []
-    return [row[0] for row in rows]
 
 
 def _dvc_writers(project: Path) -> dict[str, int]:
@@ -130,8 +119,14 @@ def _locked_stages(project: Path) -> set[str]:
     return set((lock or {}).get("stages") or {})
 
 
-def _all_statuses(project: Path) -> dict[str, list[str]]:
-    con = sqlite3.connect(project / "mlflow.db")
+def _all_statuses(project: Path, timeout: float = 5.0) -> dict[str, list[str]]:
+    """Run name -> statuses (oldest first) in the project's SQLite store.
+
+    Not a `mode=ro` connection: a stage killed inside a write transaction leaves a hot journal, which a
+    read-only connection cannot roll back ("attempt to write a readonly database"), so the committed
+    RUNNING row would read as no rows at all. A plain connection rolls it back first, as MLflow's own
+    next connection does; while the writer lives its lock keeps the journal from counting as hot."""
+    con = sqlite3.connect(project / "mlflow.db", timeout=timeout)
     try:
         rows = con.execute("SELECT name, status FROM runs ORDER BY start_time").fetchall()
     finally:

@@ -6,10 +6,11 @@ Also writes the pipeline summary run (all parameters + headline metrics) to the 
 
 import json
 
-from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten, params_to_dict
-from anomaly_spotter.pipeline.thresholds import run_compute_thresholds
-from anomaly_spotter.stage import main, parse_args, stage_outputs
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import flatten, params_to_dict
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.compute_thresholds import run_compute_thresholds
+from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:

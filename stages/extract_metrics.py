@@ -2,10 +2,11 @@
 
 import math
 
-from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline.evaluate import run_extract_metrics
-from anomaly_spotter.stage import main, parse_args, stage_outputs
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import flatten
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.extract_metrics import run_extract_metrics
+from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:

@@ -2,10 +2,11 @@
 
 from dataclasses import asdict
 
-from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import flatten
 from anomaly_spotter.data.builtin import BUILTIN_CATEGORIES, BuiltinSpec, generate_dataset
-from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.stage import main, parse_args, progress_enabled, stage_outputs
 
 
 def run() -> None:

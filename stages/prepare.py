@@ -1,8 +1,9 @@
 """Stage `prepare`: index one category (MVTec AD layout), check every file, cache resized images."""
 
-from anomaly_spotter import paths, tracking
+from anomaly_spotter import tracking
+from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.prepare import run_prepare
-from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
+from anomaly_spotter.pipeline.stage import main, parse_args, progress_enabled, stage_outputs
 
 
 def run() -> None:

@@ -1,10 +1,11 @@
 """Stage `process_all`: score every validation and test image of one category; maps and stats."""
 
-from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
-from anomaly_spotter.pipeline.process import run_process
-from anomaly_spotter.scoring import REGION_FILE, SCORES_FILE, STATS_FILE
-from anomaly_spotter.stage import main, parse_args, progress_enabled, stage_outputs
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import flatten
+from anomaly_spotter.core.scoring import REGION_FILE, SCORES_FILE, STATS_FILE
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.process_all import run_process
+from anomaly_spotter.pipeline.stage import main, parse_args, progress_enabled, stage_outputs
 
 
 def run() -> None:

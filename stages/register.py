@@ -10,12 +10,14 @@ what was packaged, with no version number or run id (those differ between runs a
 import json
 from pathlib import Path
 
-from anomaly_spotter import paths, tracking
+from anomaly_spotter import tracking
+from anomaly_spotter.core.thresholds import served_threshold
 from anomaly_spotter.detectors import load_detector
-from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.serving import log_service_model, service_version_metadata
-from anomaly_spotter.stage import main, parse_args, stage_outputs
-from anomaly_spotter.thresholds import served_threshold
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.register import service_version_metadata
+from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
+from anomaly_spotter.serving.inference import InferenceConfig
+from anomaly_spotter.serving.model import log_service_model
 
 DVC_LOCK = Path("dvc.lock")
 

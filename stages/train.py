@@ -9,22 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_spotter import distributed, paths, tracking
-from anomaly_spotter.config import train_params_logged
+from anomaly_spotter import tracking
+from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.data.images import to_tensor_normalized
-from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.detectors import load_detector
-from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.pipeline.train import run_train, training_history
-from anomaly_spotter.stage import main, parse_args, stage_outputs
+from anomaly_spotter.data.prepared import load_prepared
+from anomaly_spotter.detectors import build_detector, detector_class, distributed, load_detector
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
+from anomaly_spotter.pipeline.train import run_train, train_params_logged, training_history
 
 
 def run() -> None:
     params, category = parse_args(__doc__, per_category=True)
     world_size = params.train.world_size
-    if world_size > 1 and params.model.name != "unet_ae":
+    if world_size > 1 and not detector_class(params.model.name).data_parallel:
         name = params.model.name
-        print(f"train {category}: train.world_size={world_size} is for unet_ae; {name} fits in one process")
+        print(f"train {category}: train.world_size={world_size} is ignored: {name} fits in one process")
     elif world_size > 1 and not distributed.launched():
         command = distributed.launch_command(Path(__file__), sys.argv[1:], world_size)
         print(f"train {category}: {world_size} processes: {' '.join(command[1:])}", flush=True)
@@ -32,7 +32,7 @@ def run() -> None:
             raise AnomalySpotterError(f"the {world_size} training processes failed (torchrun's report above)")
         return
     if distributed.launched():
-        distributed.join(params.train.device)
+        distributed.join(build_detector(params).fit_device())
         if not distributed.is_main():
             run_train(params, category)  # trains its share; rank 0 saves, logs and registers
             return

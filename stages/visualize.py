@@ -1,9 +1,10 @@
 """Stage `visualize`: example panels, ROC / PR curves and score distributions for one category."""
 
-from anomaly_spotter import paths, tracking
-from anomaly_spotter.config import flatten
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import flatten
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
 from anomaly_spotter.pipeline.visualize import run_visualize
-from anomaly_spotter.stage import main, parse_args, stage_outputs
 
 
 def run() -> None:

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from anomaly_spotter.errors import ConfigError
+from anomaly_spotter.core.errors import ConfigError
 
 BUILTIN_CATEGORIES: tuple[str, ...] = ("fabric", "washer", "label", "board")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_spotter.errors import AnomalySpotterError, DatasetError
+from anomaly_spotter.core.errors import AnomalySpotterError, DatasetError
 
 MEAN = 0.5
 STD = 0.5

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly_spotter.errors import DatasetError
+from anomaly_spotter.core.errors import DatasetError
 
 INDEX_COLUMNS = ("category", "split", "defect_type", "label", "image_path", "mask_path", "has_mask")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomaly_spotter import paths
-from anomaly_spotter.config import Params
-from anomaly_spotter.data.prepare import prepare_category
+from anomaly_spotter.core.config import Params
+from anomaly_spotter.data.prepared import prepare_category
+from anomaly_spotter.pipeline import paths
 
 
 def run_prepare(params: Params, category: str, progress: bool = True) -> dict[str, int]:

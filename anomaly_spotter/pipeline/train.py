@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from anomaly_spotter import distributed, paths
-from anomaly_spotter.anomaly_map import PixelCalibration
-from anomaly_spotter.config import Params
-from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.detectors import build_detector
-from anomaly_spotter.models.base import Detector
-from anomaly_spotter.scoring import score_batches
+from anomaly_spotter.core.anomaly_map import PixelCalibration
+from anomaly_spotter.core.config import Params, flatten
+from anomaly_spotter.core.scoring import score_batches
+from anomaly_spotter.data.prepared import load_prepared
+from anomaly_spotter.detectors import build_detector, distributed, parse_options
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.pipeline import paths
 
 CALIBRATION_BATCH = 16
 
@@ -28,7 +29,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     """
     import torch
 
-    from anomaly_spotter.plots import plot_training_history
+    from anomaly_spotter.core.plots import plot_training_history
 
     torch.set_num_threads(max(1, params.train.num_threads // distributed.world_size()))
     data = load_prepared(paths.prepared_dir(category))
@@ -64,7 +65,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
             "best_epoch": int(best["epoch"]),
             "best_val_loss": float(best["val_loss"]),
         }
-    if epoch_seconds := getattr(detector, "epoch_seconds_", None):
+    if epoch_seconds := detector.epoch_seconds_:
         metrics["seconds_per_epoch"] = float(np.mean(epoch_seconds))
     return detector, metrics
 
@@ -81,5 +82,13 @@ def calibrate_pixels(detector: Detector, val_images: np.ndarray, quantile: float
 
 def training_history(detector: Detector) -> pd.DataFrame:
     """Per-epoch losses; an empty table for detectors with no training loop (patchcore)."""
-    history = getattr(detector, "history_", None)
+    history = detector.history_
     return history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
+
+
+def train_params_logged(params: Params) -> dict[str, Any]:
+    """What `train` reads, flat and named as in params.yaml: model.name, model.<active>.* (parsed, so with
+    the defaults filled in) and train.*."""
+    name = params.model.name
+    options = parse_options(name, params.model.options(), params.seed)
+    return {"model.name": name, **flatten(options, f"model.{name}."), **flatten(params.train, "train.")}

@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly_spotter import paths
-from anomaly_spotter.config import Params
-from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.detectors import load_detector
-from anomaly_spotter.overlay import category_scale, render_overlay
-from anomaly_spotter.plots import (
+from anomaly_spotter.core.config import Params
+from anomaly_spotter.core.overlay import category_scale, render_overlay
+from anomaly_spotter.core.plots import (
     plot_example,
     plot_pr,
     plot_roc,
@@ -21,8 +18,11 @@ from anomaly_spotter.plots import (
     pr_points,
     roc_points,
 )
-from anomaly_spotter.scoring import SCORES_FILE, load_maps, load_region
-from anomaly_spotter.thresholds import served_threshold
+from anomaly_spotter.core.scoring import SCORES_FILE, load_maps, load_region
+from anomaly_spotter.core.thresholds import served_threshold
+from anomaly_spotter.data.prepared import load_prepared
+from anomaly_spotter.detectors import load_detector
+from anomaly_spotter.pipeline import paths
 
 
 def run_visualize(params: Params, category: str) -> dict[str, float]:

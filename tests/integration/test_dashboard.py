@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_spotter.serve_bench import free_port
+from anomaly_spotter.bench.serve import free_port
 from tests.integration.test_pipeline import _chromium
 from tests.unit.test_dashboard import Project, build_project
 

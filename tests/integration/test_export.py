@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from anomaly_spotter import cli, tracking
-from anomaly_spotter.data.prepare import load_prepared, prepare_category
-from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.serving import log_service_model
+from anomaly_spotter.data.prepared import load_prepared, prepare_category
+from anomaly_spotter.detectors import parse_options
+from anomaly_spotter.serving.inference import InferenceConfig
+from anomaly_spotter.serving.model import log_service_model
 from tests.conftest import MVTEC_256
 from tests.unit.test_cli import ServiceStore, build_store, read_csv
 
@@ -53,11 +54,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStore]:
 
 
 def tiny_patchcore_on(train: np.ndarray, val: np.ndarray) -> object:
-    from anomaly_spotter.detectors.patchcore import PatchCoreDetector
+    from anomaly_spotter.detectors.patchcore.detector import PatchCoreDetector
     from anomaly_spotter.pipeline.train import calibrate_pixels
 
     options = {"members": [[3], [3, 5]], "input_size": 64, "coreset_ratio": 0.1, "sigma": 2.0}
-    detector = PatchCoreDetector.from_options(options, None, 0).fit(train, val)
+    detector = PatchCoreDetector.from_options(parse_options("patchcore", options, 0), 0).fit(train, val)
     calibrate_pixels(detector, val, 0.99)
     return detector
 
@@ -139,21 +140,23 @@ def test_export_refuses_a_unet_ae_model(
 def test_exports_keep_the_torch_model_accuracy_on_mvtec(category: str, tmp_path: Path) -> None:
     """Single-bank PatchCore (`members: [[3]]`, the rest as params.yaml) at 256 px: fp32 scores equal the
     torch model's to 1e-4 relative; int8 loses at most 0.005 image and 0.005 pixel AUROC."""
-    from anomaly_spotter.config import load_params
-    from anomaly_spotter.detectors.patchcore import PatchCoreDetector
-    from anomaly_spotter.edge import load_edge_model
-    from anomaly_spotter.export import export_model, spread
-    from anomaly_spotter.metrics import summarize_category
+    from anomaly_spotter.core.config import load_params
+    from anomaly_spotter.core.metrics import summarize_category
+    from anomaly_spotter.core.scoring import score_batches
+    from anomaly_spotter.deploy.export import export_model, spread
+    from anomaly_spotter.detectors.patchcore.detector import PatchCoreDetector
     from anomaly_spotter.pipeline.train import calibrate_pixels
-    from anomaly_spotter.scoring import score_batches
+    from anomaly_spotter.serving.edge import load_edge_model
     from tests.conftest import REPO
 
     params = load_params(REPO / "params.yaml")
     prepare_category(MVTEC_256, category, tmp_path / "p", 256, params.data.val_fraction, params.seed, False)
     data = load_prepared(tmp_path / "p")
     train, val = np.asarray(data.split("train").images), np.asarray(data.split("val").images)
-    options = {**params.model.patchcore, "members": [[3]]}
-    detector = PatchCoreDetector.from_options(options, None, params.seed).fit(train, val)
+    options = parse_options(
+        "patchcore", {**params.model.sections["patchcore"], "members": [[3]]}, params.seed
+    )
+    detector = PatchCoreDetector.from_options(options, params.seed).fit(train, val)
     calibrate_pixels(detector, val, params.train.pixel_quantile)
     config = InferenceConfig.for_model(detector, category, 256, 0.0, "good_only", "max", 16, "calibrated")
     service = SimpleNamespace(detector=detector, config=config)

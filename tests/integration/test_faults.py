@@ -16,7 +16,7 @@ test_pipeline.py) goes through, in order:
 
 And a served model (tests/integration/test_serving.py's server) answers 50 concurrent requests on
 loopback (every fifth one not an image: 400), each valid one with its own image's score, and is still
-up afterwards; the benchmark command (`python -m anomaly_spotter.serve_bench --model ...`) starts its
+up afterwards; the benchmark command (`python -m anomaly_spotter.bench.serve --model ...`) starts its
 own server, prints p50/p95 latency and throughput, and stops it.
 
 No test asserts a time; subprocess timeouts only turn a hang into a failure.
@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter import serve_bench
+from anomaly_spotter.bench import serve as serve_bench
 from tests.integration.test_pipeline import (
     TINY,
     _env,

@@ -26,8 +26,8 @@ import pytest
 import torch
 import yaml
 
-from anomaly_spotter import serve_bench
-from anomaly_spotter.pipeline.thresholds import IMAGE_HEADLINE, THRESHOLD_HEADLINE
+from anomaly_spotter.bench import serve as serve_bench
+from anomaly_spotter.pipeline.compute_thresholds import IMAGE_HEADLINE, THRESHOLD_HEADLINE
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -383,7 +383,7 @@ def test_second_repro_runs_nothing(origin: Path) -> None:
 
 
 def test_code_change_reruns_the_stages_that_run_it(clone: Path) -> None:
-    patchcore = clone / "anomaly_spotter/detectors/patchcore.py"
+    patchcore = clone / "anomaly_spotter/detectors/patchcore/detector.py"
     original = patchcore.read_text()
     try:
         patchcore.write_text(original + "# a comment\n")

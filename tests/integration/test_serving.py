@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_spotter import cli, serve_bench
-from anomaly_spotter.serving import png_bytes
+from anomaly_spotter import cli
+from anomaly_spotter.bench import serve as serve_bench
+from anomaly_spotter.serving.model import png_bytes
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
 from tests.unit.test_inference import png_header

@@ -23,10 +23,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from anomaly_spotter import cli, spark
-from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.inference import InferenceConfig, decode_image, preprocess, read_image
-from anomaly_spotter.serving import load_service_model
+from anomaly_spotter import cli
+from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.deploy import spark
+from anomaly_spotter.serving.inference import InferenceConfig, decode_image, preprocess, read_image
+from anomaly_spotter.serving.model import load_service_model
 from tests.integration.test_serving import store  # noqa: F401 - fixture: registered model + champion
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore

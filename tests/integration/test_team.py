@@ -1,7 +1,7 @@
 """A team's setup, for real: `mlflow server` on PostgreSQL with served artifacts, and a DVC remote.
 
-One PostgreSQL cluster and one `mlflow server` (anomaly_spotter.team, what `anomaly-spotter server start`
-runs) on free loopback ports in a temporary folder, stopped afterwards. Against it:
+One PostgreSQL cluster and one `mlflow server` (anomaly_spotter.tracking.team, what `anomaly-spotter server
+start` runs) on free loopback ports in a temporary folder, stopped afterwards. Against it:
 
 - two clones of one tiny project (README "Working as a team"), one working on fabric and one on washer,
   run `dvc repro` at the same time: both finish, every run and model version lands in the server under
@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter import serve_bench, team
-from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.tracking import MODEL_MD5_TAG, WORKSPACE_TAG, content_md5
+from anomaly_spotter.bench import serve as serve_bench
+from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.tracking import MODEL_MD5_TAG, WORKSPACE_TAG, content_md5, team
 from tests.integration.test_pipeline import TINY, _env, _git, _merge, _ran, _run, new_project
 from tests.integration.test_serving import _request, _split
 

@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 from skimage import exposure, filters
 
-from anomaly_spotter.anomaly_map import (
+from anomaly_spotter.core.anomaly_map import (
     PixelCalibration,
     RegionRule,
     gaussian_smooth,
@@ -106,7 +106,7 @@ def test_calibrated_region_flags_only_pixels_above_the_threshold_otsu_always_spl
 def test_ssim_map_is_one_minus_skimages_ssim_per_channel() -> None:
     from skimage.metrics import structural_similarity
 
-    from anomaly_spotter.anomaly_map import ssim_map
+    from anomaly_spotter.core.anomaly_map import ssim_map
 
     x = RNG.uniform(-1, 1, (2, 3, 24, 24)).astype(np.float32)
     y = np.clip(x + RNG.normal(0, 0.2, x.shape), -1, 1).astype(np.float32)

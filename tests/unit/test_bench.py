@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly_spotter.bench import loco_table, parse_variant
+from anomaly_spotter.bench.detectors import loco_table, parse_variant
 
 
 def test_variant_specs_parse_nested_lists() -> None:
@@ -59,7 +59,7 @@ def test_loco_breaks_ties_by_the_worst_case_and_needs_a_full_grid() -> None:
 def test_grown_training_set_repeats_with_flips_and_small_shifts() -> None:
     import numpy as np
 
-    from anomaly_spotter.bench import MAX_SHIFT, grow_training_set
+    from anomaly_spotter.bench.detectors import MAX_SHIFT, grow_training_set
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
@@ -86,7 +86,7 @@ def test_grown_training_set_repeats_with_flips_and_small_shifts() -> None:
 def test_a_variants_seed_changes_the_detector_not_the_split(tiny_mvtec) -> None:
     """`seed=N` in a variant reseeds the detector only: the same seed gives the same row, another seed
     another model scored on the same test images."""
-    from anomaly_spotter.bench import run_job
+    from anomaly_spotter.bench.detectors import run_job
     from tests.conftest import REPO
 
     spec = "unet_ae:image_size=32,encoder_channels=[4],bottleneck_channels=8,map_kind=residual"
@@ -99,7 +99,7 @@ def test_a_variants_seed_changes_the_detector_not_the_split(tiny_mvtec) -> None:
 
 def test_sigmas_rescore_one_fit_at_each_smoothing(tiny_mvtec) -> None:
     """`--sigmas`: one fit, one row per smoothing, each the same as a fit made at that smoothing."""
-    from anomaly_spotter.bench import run_job
+    from anomaly_spotter.bench.detectors import run_job
     from tests.conftest import REPO
 
     spec = "unet_ae:image_size=32,encoder_channels=[4],bottleneck_channels=8,map_kind=residual"

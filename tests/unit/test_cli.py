@@ -21,11 +21,12 @@ import pandas as pd
 import pytest
 
 from anomaly_spotter import cli, tracking
-from anomaly_spotter.data.prepare import load_prepared, prepare_category
-from anomaly_spotter.inference import InferenceConfig
+from anomaly_spotter.core.scoring import score_batches
+from anomaly_spotter.data.prepared import load_prepared, prepare_category
 from anomaly_spotter.pipeline.train import calibrate_pixels
-from anomaly_spotter.scoring import score_batches
-from anomaly_spotter.serving import decide_promotion, log_service_model
+from anomaly_spotter.serving.inference import InferenceConfig
+from anomaly_spotter.serving.model import log_service_model
+from anomaly_spotter.tracking.promotion import decide_promotion
 from tests.conftest import make_mvtec_category
 from tests.unit.test_inference import tiny_detector
 
@@ -124,8 +125,8 @@ def test_pyfunc_scores_equal_process_all(store: ServiceStore) -> None:
 
     from PIL import Image
 
-    from anomaly_spotter.inference import read_image
-    from anomaly_spotter.overlay import BAR_PX, HEADER_PX, MIN_SIDE
+    from anomaly_spotter.core.overlay import BAR_PX, HEADER_PX, MIN_SIDE
+    from anomaly_spotter.serving.inference import read_image
 
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(with_map["overlay"][0]))))
     assert served.shape == (MIN_SIDE + HEADER_PX, MIN_SIDE + BAR_PX, 3)
@@ -184,7 +185,7 @@ def test_predict_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
     assert len(overlays) == len(store.image_paths)
     from PIL import Image
 
-    from anomaly_spotter.overlay import BAR_PX, HEADER_PX, MIN_SIDE
+    from anomaly_spotter.core.overlay import BAR_PX, HEADER_PX, MIN_SIDE
 
     with Image.open(overlays[0]) as img:  # 40x40 inputs are shown at MIN_SIDE, plus header and colour bar
         assert img.size == (MIN_SIDE + BAR_PX, MIN_SIDE + HEADER_PX) and img.mode == "RGB"
@@ -350,7 +351,7 @@ def test_promote_cli(store: ServiceStore, tmp_path: Path, capsys: pytest.Capture
 def test_predict_reads_16bit_files_as_their_8bit_versions(store: ServiceStore, tmp_path: Path) -> None:
     from PIL import Image
 
-    from anomaly_spotter.serving import png_bytes
+    from anomaly_spotter.serving.model import png_bytes
     from tests.unit.data.test_images import png16
 
     original = store.image_paths[0]

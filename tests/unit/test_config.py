@@ -1,19 +1,16 @@
-"""params.yaml -> Params: the autoencoder's training loop lives in model.unet_ae.training, train holds
-num_threads only, and what the train stage logs is what it reads (the active detector's section)."""
+"""params.yaml -> Params, and each detector's section -> its typed Options (the registry's
+`parse_options`): the autoencoder's training loop lives in model.unet_ae.training, `train` holds what every
+detector reads, bad keys are refused by name, and what the train stage logs is what it reads."""
 
 from __future__ import annotations
 
 import pytest
 
-from anomaly_spotter.config import (
-    Params,
-    TrainParams,
-    flatten,
-    params_from_dict,
-    params_to_dict,
-    train_params_logged,
-)
-from anomaly_spotter.errors import ConfigError
+from anomaly_spotter.core.config import Params, TrainParams, flatten, params_from_dict, params_to_dict
+from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.detectors import build_detector, parse_options
+from anomaly_spotter.detectors.unet_ae.options import UNetAEOptions, UNetTraining
+from anomaly_spotter.pipeline.train import train_params_logged
 
 RAW = {
     "seed": 3,
@@ -26,55 +23,58 @@ RAW = {
 }
 
 
-def test_training_section_is_merged_into_train_params() -> None:
+def test_sections_parse_into_each_detectors_typed_options() -> None:
     params = params_from_dict(RAW)
-    assert params.train == TrainParams(lr=0.01, max_epochs=7, num_threads=1)
-    assert params.model.unet_ae == {"encoder_channels": [4, 8], "sigma": 2.0}  # what the detector builds from
+    assert params.train == TrainParams(num_threads=1)
+    unet = parse_options("unet_ae", params.model.sections["unet_ae"], params.seed)
+    assert unet == UNetAEOptions(
+        encoder_channels=[4, 8], sigma=2.0, training=UNetTraining(lr=0.01, max_epochs=7)
+    )
+    patchcore = parse_options("patchcore", params.model.options(), params.seed)
+    assert (patchcore.coreset_ratio, patchcore.seed) == (
+        0.05,
+        3,
+    )  # the global seed unless the section sets one
+    assert parse_options("patchcore", {"seed": 9}, 3).seed == 9
     assert RAW["model"]["unet_ae"]["training"] == {"lr": 0.01, "max_epochs": 7}  # input not modified
+    with pytest.raises(AttributeError):
+        unet.sigma = 1.0  # frozen
 
 
 def test_params_to_dict_restores_the_yaml_layout() -> None:
     raw = params_to_dict(params_from_dict(RAW))
     assert raw["train"] == {"num_threads": 1, "pixel_quantile": 0.999, "world_size": 1}
-    assert raw["model"]["unet_ae"]["training"] == {
-        "batch_size": 32,
-        "lr": 0.01,
-        "betas": [0.9, 0.999],
-        "max_epochs": 7,
-        "epoch_size": 0,
-        "patience": 10,
-        "synthetic_defects": 0.0,
-        "synthetic_scars": 0.0,
-        "crop_size": 0,
-        "lr_schedule": "constant",
-        "ssim_loss": 0.0,
-        "device": "cpu",
-    }
+    assert raw["model"] == RAW["model"]
     assert params_from_dict(raw) == params_from_dict(RAW)
     assert "model.unet_ae.training.lr" in flatten(raw) and "train.lr" not in flatten(raw)
 
 
 def test_train_params_logged_are_the_active_detector_only() -> None:
     logged = train_params_logged(params_from_dict(RAW))
-    assert logged == {
-        "model.name": "patchcore",
-        "model.patchcore.coreset_ratio": 0.05,
-        "train.num_threads": 1,
-        "train.pixel_quantile": 0.999,
-        "train.world_size": 1,
-    }
+    assert logged["model.name"] == "patchcore" and logged["model.patchcore.coreset_ratio"] == 0.05
+    assert logged["model.patchcore.seed"] == 3 and logged["train.num_threads"] == 1
+    assert not any(k.startswith("model.unet_ae") for k in logged)
     unet = train_params_logged(params_from_dict({**RAW, "model": {**RAW["model"], "name": "unet_ae"}}))
     assert unet["model.unet_ae.training.lr"] == 0.01 and unet["model.unet_ae.sigma"] == 2.0
+    assert unet["model.unet_ae.training.batch_size"] == 32  # defaults filled in: what was trained with
     assert not any(k.startswith("model.patchcore") for k in unet)
 
 
-def test_training_keys_under_train_are_refused_with_their_new_place() -> None:
-    with pytest.raises(ConfigError, match=r"train\.lr is the autoencoder's training loop: move \['lr'\] to "):
+def test_bad_keys_and_values_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lr'\] in train"):
         params_from_dict({"train": {"lr": 0.1, "num_threads": 2}})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lrate'\] in model\.unet_ae\.training"):
-        params_from_dict({"model": {"unet_ae": {"training": {"lrate": 0.1}}}})
+        parse_options("unet_ae", {"training": {"lrate": 0.1}})
     with pytest.raises(ConfigError, match=r"model\.unet_ae\.training: batch_size, max_epochs and patience"):
-        params_from_dict({"model": {"unet_ae": {"training": {"patience": 0}}}})
+        parse_options("unet_ae", {"training": {"patience": 0}})
+    with pytest.raises(ConfigError, match=r"model\.patchcore\.sigma must be float, got 'x'"):
+        parse_options("patchcore", {"sigma": "x"})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['layers'\] in model\.patchcore; valid keys"):
+        parse_options("patchcore", {"layers": [2]})
+    with pytest.raises(ConfigError, match=r"model\.name is 'vae'; choose one of patchcore, unet_ae"):
+        build_detector(params_from_dict({"model": {"name": "vae"}}))
+    with pytest.raises(ConfigError, match=r"model\.patchcore must be a mapping"):
+        params_from_dict({"model": {"patchcore": 3}})
 
 
 def test_defaults_without_sections() -> None:

@@ -25,17 +25,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from anomaly_spotter import cli, dashboard, paths, tracking
-from anomaly_spotter.config import params_from_dict, params_to_dict
-from anomaly_spotter.data.prepare import load_prepared
-from anomaly_spotter.overlay import DEFECTIVE_RGB, GOOD_RGB, category_scale, render_overlay
-from anomaly_spotter.pipeline.evaluate import run_extract_metrics
+from anomaly_spotter import cli, tracking
+from anomaly_spotter.cli.dashboard import cmd_dashboard
+from anomaly_spotter.core.config import params_from_dict, params_to_dict
+from anomaly_spotter.core.overlay import DEFECTIVE_RGB, GOOD_RGB, category_scale, render_overlay
+from anomaly_spotter.core.scoring import SCORES_FILE
+from anomaly_spotter.core.thresholds import evaluate_threshold
+from anomaly_spotter.data.prepared import load_prepared
+from anomaly_spotter.pipeline import paths
+from anomaly_spotter.pipeline.compute_thresholds import run_compute_thresholds
+from anomaly_spotter.pipeline.extract_metrics import run_extract_metrics
 from anomaly_spotter.pipeline.prepare import run_prepare
-from anomaly_spotter.pipeline.process import run_process
-from anomaly_spotter.pipeline.thresholds import run_compute_thresholds
+from anomaly_spotter.pipeline.process_all import run_process
 from anomaly_spotter.pipeline.train import calibrate_pixels
-from anomaly_spotter.scoring import SCORES_FILE
-from anomaly_spotter.thresholds import evaluate_threshold
+from anomaly_spotter.review import dashboard
 from tests.conftest import make_mvtec_category
 from tests.unit.test_inference import tiny_detector
 
@@ -168,7 +171,7 @@ def _metrics(at) -> dict[str, str]:
 def test_library_and_cli_import_without_streamlit() -> None:
     code = (
         "import sys; sys.modules['streamlit'] = None\n"
-        "import anomaly_spotter.dashboard, anomaly_spotter.cli\n"
+        "import anomaly_spotter.review.dashboard, anomaly_spotter.cli\n"
         "assert 'altair' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -221,7 +224,7 @@ def test_streamlit_command_serves_the_app_headless_on_the_port() -> None:
     assert pairs["--server.port"] == "8600" and pairs["--server.address"] == "127.0.0.1"
     assert pairs["--server.headless"] == "true" and pairs["--browser.gatherUsageStats"] == "false"
     args = cli.build_parser().parse_args(["dashboard", "--port", "8600"])
-    assert (args.port, args.host, args.func) == (8600, "127.0.0.1", cli.cmd_dashboard)
+    assert (args.port, args.host, args.func) == (8600, "127.0.0.1", cmd_dashboard)
 
 
 def test_operating_point_is_what_compute_thresholds_computes(project: Project) -> None:

@@ -8,24 +8,24 @@ import sys
 import textwrap
 from pathlib import Path
 
-from anomaly_spotter import distributed
+from anomaly_spotter.detectors import distributed
 from tests.conftest import REPO
 
 WORKER = textwrap.dedent(
     """
     import hashlib, json, sys
     import numpy as np, torch
-    from anomaly_spotter import distributed
-    from anomaly_spotter.config import TrainParams
-    from anomaly_spotter.detectors.unet_ae import UNetAEDetector
-    from anomaly_spotter.models.unet_ae import UNetConfig
+    from anomaly_spotter.detectors import distributed
+    from anomaly_spotter.detectors.unet_ae.options import UNetTraining
+    from anomaly_spotter.detectors.unet_ae.detector import UNetAEDetector
+    from anomaly_spotter.detectors.unet_ae.network import UNetConfig
 
     torch.set_num_threads(1)
     distributed.join("cpu")
     rng = np.random.default_rng(0)
     base = np.tile(np.linspace(60, 180, 32, dtype=np.float32), (32, 1))[..., None].repeat(3, axis=2)
     images = np.clip(base + rng.normal(0, 3, (14, 32, 32, 3)), 0, 255).astype(np.uint8)
-    train = TrainParams(batch_size=4, lr=5e-3, max_epochs=6, patience=6, synthetic_defects=0.5, crop_size=16,
+    train = UNetTraining(batch_size=4, lr=5e-3, max_epochs=6, patience=6, synthetic_defects=0.5, crop_size=16,
                         lr_schedule="onecycle", ssim_loss=1.0)
     config = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8, batch_norm=True)
     det = UNetAEDetector(config, train=train, seed=0, progress=False, map_kind="segmentation",

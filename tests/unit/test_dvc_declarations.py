@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import typing
 from functools import cache
 from pathlib import Path
@@ -21,22 +22,18 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.config import TRAINING_SECTION, Params, TrainParams
-from anomaly_spotter.detectors.unet_ae import UNetAEDetector
-from anomaly_spotter.models.patchcore import PatchCoreConfig
-from anomaly_spotter.models.unet_ae import UNetConfig
+from anomaly_spotter.core.config import Params
+from anomaly_spotter.detectors import detector_class
 from tests.conftest import REPO
 
 PACKAGE = "anomaly_spotter"
 CODE_ROOTS = (PACKAGE, "stages")
-# model.<name>.<key>: what reads the key (a config dataclass's fields, or a detector's __init__ parameters)
-DETECTOR_OPTIONS: dict[str, tuple[type, ...]] = {
-    "unet_ae": (UNetConfig, UNetAEDetector),
-    "patchcore": (PatchCoreConfig,),
-}
 # Functions that only log parameters to MLflow: what they are given is not read by the stage.
 LOGGING_HELPERS = {"flatten", "params_to_dict", "train_params_logged"}
-ACTIVE = "<active>"  # `model.${model.name}` in dvc.yaml, `params.model.options()` in code
+ACTIVE = "<active>"
+REGISTERED = re.compile(
+    rf"^{PACKAGE}(\.\w+)+:\w+$"
+)  # `model.${model.name}` in dvc.yaml, `params.model.options()` in code
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,7 +82,9 @@ def _imported_modules(path: Path) -> set[str]:
     """Project modules `path` imports anywhere (lazy imports too), with their parent packages."""
     found: set[str] = set()
     for node in _walk_runtime(_tree(path)):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and REGISTERED.match(node.value):
+            names = [node.value.partition(":")[0]]  # the detector registry's "module:Class", imported lazily
+        elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}:{node.lineno}: use absolute imports of {PACKAGE}"
@@ -169,14 +168,15 @@ def test_no_stage_depends_on_code_it_does_not_import() -> None:
 
 def test_import_walk_follows_lazy_imports_and_packages() -> None:
     process = {f.relative_to(REPO).as_posix() for f in _code_run_by(REPO / "stages/process_all.py")}
-    # detectors/__init__.py imports its detectors inside a function; both must be found
-    assert {"anomaly_spotter/detectors/patchcore.py", "anomaly_spotter/detectors/unet_ae.py"} <= process
-    assert "anomaly_spotter/models/backbone.py" in process
+    # the detector registry names its classes as "module:Class" strings, imported lazily: both are found
+    assert {
+        "anomaly_spotter/detectors/patchcore/detector.py",
+        "anomaly_spotter/detectors/unet_ae/detector.py",
+    } <= process
+    assert "anomaly_spotter/detectors/backbone.py" in process
     # scoring imports the Detector class for annotations only: extract_metrics runs no detector code
     metrics = {f.relative_to(REPO).as_posix() for f in _code_run_by(REPO / "stages/extract_metrics.py")}
-    assert not any(
-        f.startswith("anomaly_spotter/detectors") or f.startswith("anomaly_spotter/models") for f in metrics
-    )
+    assert not any(f.startswith("anomaly_spotter/detectors") for f in metrics)
     assert "anomaly_spotter/__init__.py" not in process  # empty: no code to depend on
 
 
@@ -197,17 +197,15 @@ def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 
 def _owner(path: tuple[str, ...]) -> tuple[type, str]:
     """The class whose field (or __init__ parameter) the params.yaml key `path` sets."""
-    if path[0] == "model" and len(path) > 2:
-        detector, key = path[1], path[2]
-        if detector == "unet_ae" and key == TRAINING_SECTION:
-            assert len(path) == 4, f"{'.'.join(path)}: nested too deep"
-            return TrainParams, path[3]
-        for cls in DETECTOR_OPTIONS[detector]:
-            if key in _settable(cls):
+    if path[0] == "model" and len(path) > 2:  # a detector's section: its Options, nested dataclasses within
+        cls = detector_class(path[1]).Options
+        for i, key in enumerate(path[2:]):
+            hints = typing.get_type_hints(cls)
+            assert key in hints, f"params.yaml {'.'.join(path)}: {cls.__name__} has no field {key!r}"
+            if i == len(path) - 3:
                 return cls, key
-        raise AssertionError(
-            f"params.yaml {'.'.join(path)}: no field {key!r} in {DETECTOR_OPTIONS[detector]}"
-        )
+            cls = hints[key]
+            assert dataclasses.is_dataclass(cls), f"params.yaml {'.'.join(path[: i + 3])} is not a section"
     cls: type = Params
     for i, key in enumerate(path):
         hints = typing.get_type_hints(cls)
@@ -341,6 +339,13 @@ def _reads(path: Path, func: ast.FunctionDef, root: str, depth: int = 0) -> set[
         ):
             logged.update(id(n) for arg in node.args for n in ast.walk(arg))
     reads: set[str] = set()
+    used_as_section = {
+        node.value.id
+        for node in ast.walk(func)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+    }
+    # `n = params.train.world_size`: a value, not a section alias, when nothing reads `n.<key>`
+    reads |= {chain for name, chain in aliases.items() if chain and name not in used_as_section}
     for node in ast.walk(func):
         if id(node) in logged or id(node) in inner:
             continue

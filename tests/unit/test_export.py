@@ -1,6 +1,7 @@
-"""The ONNX export of PatchCore (`anomaly_spotter.export`) and its torch-free runtime (`anomaly_spotter.edge`)
-on tiny fitted detectors: the exported maps equal the torch detector's, int8 touches only the depthwise
-convolutions, and an exported folder scores without importing torch or MLflow."""
+"""The ONNX export of PatchCore (`anomaly_spotter.deploy.export`) and its torch-free runtime
+(`anomaly_spotter.serving.edge`) on tiny fitted detectors: the exported maps equal the torch detector's,
+int8 touches only the depthwise convolutions, and an exported folder scores without importing torch or
+MLflow."""
 
 from __future__ import annotations
 
@@ -16,10 +17,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_spotter.anomaly_map import gaussian_smooth
+from anomaly_spotter.core.anomaly_map import gaussian_smooth
+from anomaly_spotter.core.errors import ExportError
 from anomaly_spotter.data.images import to_tensor_normalized
-from anomaly_spotter.detectors.patchcore import PatchCoreDetector
-from anomaly_spotter.edge import (
+from anomaly_spotter.deploy.export import export_model, export_onnx, float_convs, quantize_int8, spread
+from anomaly_spotter.detectors import parse_options
+from anomaly_spotter.detectors.patchcore.detector import PatchCoreDetector
+from anomaly_spotter.detectors.patchcore.export import (
+    EdgePatchCore,
+    Int8Search,
+    resize_matrix,
+    smoothing_matrix,
+)
+from anomaly_spotter.pipeline.train import calibrate_pixels
+from anomaly_spotter.serving.edge import (
     MANIFEST_FILE,
     ONNX_FILE,
     EdgeModelError,
@@ -27,20 +38,7 @@ from anomaly_spotter.edge import (
     is_edge_model,
     load_edge_model,
 )
-from anomaly_spotter.export import (
-    EdgePatchCore,
-    ExportError,
-    Int8Search,
-    export_model,
-    export_onnx,
-    float_convs,
-    quantize_int8,
-    resize_matrix,
-    smoothing_matrix,
-    spread,
-)
-from anomaly_spotter.inference import InferenceConfig
-from anomaly_spotter.pipeline.train import calibrate_pixels
+from anomaly_spotter.serving.inference import InferenceConfig
 from tests.unit.test_inference import tiny_detector
 
 
@@ -53,7 +51,9 @@ def _images(n: int, size: int, seed: int) -> np.ndarray:
 def tiny_patchcore(size: int, members: list[list[int]], input_size: int = 64) -> PatchCoreDetector:
     """A PatchCore fitted on 6 images `size` px, standardised and pixel-calibrated on 3 more."""
     options = {"members": members, "input_size": input_size, "coreset_ratio": 0.1, "sigma": 2.0}
-    detector = PatchCoreDetector.from_options(options, None, 0).fit(_images(6, size, 0), _images(3, size, 1))
+    detector = PatchCoreDetector.from_options(parse_options("patchcore", options, 0), 0).fit(
+        _images(6, size, 0), _images(3, size, 1)
+    )
     calibrate_pixels(detector, _images(3, size, 1), 0.99)
     return detector
 
@@ -176,7 +176,7 @@ def test_exported_folder_scores_without_torch_or_mlflow(tmp_path: Path) -> None:
     np.save(tmp_path / "images.npy", images)
     code = (
         "import json, sys, numpy as np\n"
-        "from anomaly_spotter.edge import load_edge_model\n"
+        "from anomaly_spotter.serving.edge import load_edge_model\n"
         f"model = load_edge_model({str(out)!r})\n"
         f"rows = model.score(list(np.load({str(tmp_path / 'images.npy')!r})))\n"
         "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import'\n"
@@ -186,7 +186,7 @@ def test_exported_folder_scores_without_torch_or_mlflow(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     want = [row["score"] for row in load_edge_model(out).score(list(images))]
     np.testing.assert_allclose(json.loads(proc.stdout), want, rtol=1e-6)
-    from anomaly_spotter.inference import score_images
+    from anomaly_spotter.serving.inference import score_images
 
     torch_rows = score_images(detector, list(images), service.config)
     np.testing.assert_allclose(want, [r["score"] for r in torch_rows], rtol=1e-4, atol=1e-5)
@@ -195,7 +195,11 @@ def test_exported_folder_scores_without_torch_or_mlflow(tmp_path: Path) -> None:
 def test_export_errors_name_what_to_do(tmp_path: Path) -> None:
     unet = tiny_detector()
     service = SimpleNamespace(detector=unet, config=_service(tiny_patchcore(32, [[3]]), 32).config)
-    with pytest.raises(ExportError, match="only patchcore models can be exported"):
+    with pytest.raises(
+        ExportError,
+        match=r"unet_ae models cannot be exported to ONNX \(only detectors whose exporter\(\) writes a "
+        r"graph: patchcore\)",
+    ):
         export_model(service, tmp_path / "a", list(_images(2, 32, 0)), False, "test")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("")

@@ -14,11 +14,13 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from anomaly_spotter.config import TrainParams
+from anomaly_spotter.core.errors import AnomalySpotterError, ConfigError
+from anomaly_spotter.core.scoring import score_batches
 from anomaly_spotter.data.images import read_rgb, resize_rgb
-from anomaly_spotter.detectors.unet_ae import UNetAEDetector
-from anomaly_spotter.errors import AnomalySpotterError, ConfigError
-from anomaly_spotter.inference import (
+from anomaly_spotter.detectors.unet_ae.detector import UNetAEDetector
+from anomaly_spotter.detectors.unet_ae.network import UNetConfig
+from anomaly_spotter.detectors.unet_ae.options import UNetTraining
+from anomaly_spotter.serving.inference import (
     MAX_SIDE,
     ImageInputError,
     InferenceConfig,
@@ -27,9 +29,7 @@ from anomaly_spotter.inference import (
     read_image,
     score_images,
 )
-from anomaly_spotter.models.unet_ae import UNetConfig
-from anomaly_spotter.scoring import score_batches
-from anomaly_spotter.serving import ServiceModel
+from anomaly_spotter.serving.model import ServiceModel
 
 TINY = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
 
@@ -39,7 +39,7 @@ def tiny_detector(images: np.ndarray | None = None, seed: int = 0, epochs: int =
     if images is None:
         rng = np.random.default_rng(seed)
         images = (100 + rng.integers(0, 40, (8, 32, 32, 3))).astype(np.uint8)
-    train = TrainParams(max_epochs=epochs, batch_size=4, lr=1e-3)
+    train = UNetTraining(max_epochs=epochs, batch_size=4, lr=1e-3)
     return UNetAEDetector(TINY, train=train, seed=seed, progress=False).fit(np.asarray(images))
 
 
@@ -155,8 +155,8 @@ def test_verdict_is_strict(detector: UNetAEDetector) -> None:
 
 
 def test_pixel_calibration_travels_with_the_model_file(tmp_path: Path) -> None:
+    from anomaly_spotter.core.errors import ConfigError
     from anomaly_spotter.detectors import load_detector
-    from anomaly_spotter.errors import ConfigError
     from anomaly_spotter.pipeline.train import calibrate_pixels
 
     rng = np.random.default_rng(1)

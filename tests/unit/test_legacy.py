@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.data.images import read_rgb, resize_rgb, to_tensor_normalized
-from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.inference import InferenceConfig, score_images
-from anomaly_spotter.legacy import default_transform, generate_overlay, load_autoencoder
-from anomaly_spotter.models.unet_ae import ORIGINAL, UNetAutoencoder
+from anomaly_spotter.detectors.unet_ae.network import ORIGINAL, UNetAutoencoder
+from anomaly_spotter.serving.inference import InferenceConfig, score_images
+from anomaly_spotter.serving.legacy import default_transform, generate_overlay, load_autoencoder
 from tests.unit.test_inference import TINY, tiny_detector
 
 

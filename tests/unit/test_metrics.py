@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from anomaly_spotter.metrics import (
+from anomaly_spotter.core.metrics import (
     aupro,
     curve_thresholds,
     f1_max,
@@ -148,7 +148,7 @@ def test_pixel_auroc_equals_sklearn_on_flattened(dtype: type) -> None:
 
 
 def test_pixel_auroc_chunking_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    import anomaly_spotter.metrics as metrics
+    import anomaly_spotter.core.metrics as metrics
 
     monkeypatch.setattr(metrics, "PIXEL_CHUNK", 7)
     rng = np.random.default_rng(1)

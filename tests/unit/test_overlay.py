@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly_spotter.overlay import (
+from anomaly_spotter.core.overlay import (
     BAR_PX,
     DEFECTIVE_RGB,
     GOOD_RGB,

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from anomaly_spotter import paths
-from anomaly_spotter.config import params_from_dict
-from anomaly_spotter.data.prepare import load_prepared, prepare_category
-from anomaly_spotter.models.base import Detector
-from anomaly_spotter.pipeline import thresholds as thresholds_stage
+from anomaly_spotter.core.config import Params, params_from_dict
+from anomaly_spotter.data.prepared import load_prepared, prepare_category
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.pipeline import compute_thresholds as thresholds_stage
+from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline import train as train_stage
 from anomaly_spotter.pipeline import visualize as visualize_stage
 from tests.conftest import make_mvtec_category
@@ -25,6 +25,11 @@ class _NoEpochs(Detector):
     """A detector without a training loop (like PatchCore): no `history_`."""
 
     kind = "no_epochs"
+    Options = Params  # any frozen dataclass: this detector reads no options
+
+    @classmethod
+    def from_options(cls, options: Any, seed: int) -> Self:
+        return cls()
 
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
         self.mean_ = torch.tensor(float(np.mean(train_images)))
@@ -212,8 +217,8 @@ def test_visualize_draws_at_the_served_threshold_without_contours_for_unmasked_d
     n_defective: int,
     served: tuple[float, int],
 ) -> None:
-    from anomaly_spotter.anomaly_map import RegionRule
-    from anomaly_spotter.scoring import write_scores
+    from anomaly_spotter.core.anomaly_map import RegionRule
+    from anomaly_spotter.core.scoring import write_scores
 
     monkeypatch.chdir(tmp_path)
     make_mvtec_category(tmp_path / "raw", n_train=6)

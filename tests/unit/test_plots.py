@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from anomaly_spotter.overlay import MapScale, render_overlay
-from anomaly_spotter.plots import (
+from anomaly_spotter.core.overlay import MapScale, render_overlay
+from anomaly_spotter.core.plots import (
     CURVE_FIGSIZE,
     DPI,
     HISTORY_FIGSIZE,

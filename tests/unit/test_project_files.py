@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter.config import load_params
+from anomaly_spotter.core.config import load_params
 from tests.conftest import REPO
 
 

@@ -1,4 +1,4 @@
-"""`python -m anomaly_spotter.serve_bench` against a stub scoring server on loopback (no MLflow): the
+"""`python -m anomaly_spotter.bench.serve` against a stub scoring server on loopback (no MLflow): the
 request body, ordering of concurrent results, percentiles, the printed report and the exit code."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_spotter import serve_bench
+from anomaly_spotter.bench import serve as serve_bench
 from tests.conftest import write_png
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from anomaly_spotter.synthetic import MAX_AREA, MIN_AREA, corrupt, random_region, random_scar
+from anomaly_spotter.data.synthetic import MAX_AREA, MIN_AREA, corrupt, random_region, random_scar
 
 
 def test_regions_are_one_blob_of_bounded_area() -> None:

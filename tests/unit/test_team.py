@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_spotter import cli, team, tracking
+from anomaly_spotter import cli, tracking
+from anomaly_spotter.tracking import team
 
 # artifact locations MLflow records, per table (experiment 0, "Default", is MLflow's own: not ours)
 LOCATION_QUERIES = (

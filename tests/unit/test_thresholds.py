@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_spotter.errors import AnomalySpotterError
-from anomaly_spotter.thresholds import (
+from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.core.thresholds import (
     ServedThreshold,
     ThresholdRow,
     evaluate_threshold,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_spotter import stage, tracking
-from anomaly_spotter.errors import TrackingError
+from anomaly_spotter import tracking
+from anomaly_spotter.core.errors import TrackingError
+from anomaly_spotter.pipeline import stage
 
 NOBODY = 65534
 

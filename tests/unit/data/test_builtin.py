@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_spotter.core.errors import ConfigError
 from anomaly_spotter.data import builtin
 from anomaly_spotter.data.builtin import (
     BUILTIN_CATEGORIES,
@@ -15,7 +16,6 @@ from anomaly_spotter.data.builtin import (
     generate_category,
     generate_dataset,
 )
-from anomaly_spotter.errors import ConfigError
 
 SPEC = BuiltinSpec(image_size=64, n_train=3, n_test_good=2, n_test_per_defect=6)
 SEED = 7

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_spotter.core.errors import DatasetError
 from anomaly_spotter.data.images import (
     MAX_DECODE_PIXELS,
     ImageInputError,
@@ -18,9 +19,8 @@ from anomaly_spotter.data.images import (
     rgb_array,
     to_tensor_normalized,
 )
-from anomaly_spotter.data.prepare import prepare_category
-from anomaly_spotter.errors import DatasetError
-from anomaly_spotter.inference import decode_image
+from anomaly_spotter.data.prepared import prepare_category
+from anomaly_spotter.serving.inference import decode_image
 from tests.conftest import make_mvtec_category
 from tests.unit.test_inference import png_header
 

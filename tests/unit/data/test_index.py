@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_spotter.core.errors import DatasetError
 from anomaly_spotter.data.images import read_mask, read_mask_levels
 from anomaly_spotter.data.index import INDEX_COLUMNS, make_category_index, split_validation
-from anomaly_spotter.data.prepare import MaskWarning, load_prepared, prepare_category
-from anomaly_spotter.errors import DatasetError
+from anomaly_spotter.data.prepared import MaskWarning, load_prepared, prepare_category
 from tests.conftest import make_mvtec_category, write_png
 
 
@@ -206,7 +206,7 @@ def test_defects_in_train_folder_rejected(tmp_path: Path) -> None:
 
 
 def test_failed_prepare_leaves_no_partial_output(tmp_path: Path) -> None:
-    from anomaly_spotter.outputs import all_or_nothing
+    from anomaly_spotter.pipeline.outputs import all_or_nothing
 
     make_mvtec_category(tmp_path, "widget")
     (tmp_path / "widget" / "test" / "good" / "009.png").write_text("not a png")

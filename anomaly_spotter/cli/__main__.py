@@ -1,0 +1,5 @@
+import sys
+
+from anomaly_spotter.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""`anomaly-spotter`: score new images with a registered model (here, or in batch on Spark), promote
+registered versions, review thresholds in a dashboard, and run a team's shared MLflow tracking server.
+
+    anomaly-spotter predict photos/ extra.png --model models:/anomaly-spotter-fabric@champion --out results/
+    anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input photos/ \\
+        --output scores.parquet --master 'local[2]'
+    anomaly-spotter promote --category fabric
+    anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
+    anomaly-spotter dashboard --port 8501
+    anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
+
+MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
+SQLite store that does not exist is refused, never created."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
+from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
+from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
+from anomaly_spotter.cli.promote import PROMOTE_EPILOG, cmd_promote
+from anomaly_spotter.cli.server import DEFAULT_SERVER_PORT, SERVER_EPILOG, cmd_server
+from anomaly_spotter.cli.spark import SCORE_SPARK_EPILOG, cmd_score_spark
+from anomaly_spotter.core.errors import AnomalySpotterError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-spotter",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{predict,score-spark,promote,export,server,dashboard}"
+    )
+
+    p = sub.add_parser(
+        "predict",
+        help="score image files and folders with a registered model",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
+    )
+    p.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here"
+    )
+    p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_predict)
+
+    k = sub.add_parser(
+        "score-spark",
+        help="score a folder, glob or Parquet list of images on Spark; write Parquet",
+        description="Batch scoring on Spark with a registered service model: one Parquet row per image.",
+        epilog=SCORE_SPARK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    k.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    k.add_argument(
+        "--input",
+        required=True,
+        metavar="INPUT",
+        help="folder, file, glob, or a .parquet with a `path` column (local path or Hadoop URI)",
+    )
+    k.add_argument("--output", required=True, metavar="OUTPUT", help="Parquet dataset folder to write")
+    k.add_argument("--master", help="Spark master: local[2], spark://host:7077, yarn, ... (default local[*])")
+    k.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting, repeatable (e.g. spark.driver.memory=4g)",
+    )
+    k.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    k.add_argument("--no-progress", action="store_true", help="no Spark progress bar")
+    k.set_defaults(func=cmd_score_spark)
+
+    q = sub.add_parser(
+        "promote",
+        help="move the champion alias to the newest version if it is as good",
+        epilog=PROMOTE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument(
+        "--category", required=True, help="category whose model anomaly-spotter-<category> to promote"
+    )
+    q.add_argument("--force", action="store_true", help="promote regardless of metrics (needs --reason)")
+    q.add_argument("--reason", help="why (recorded as the promotion_reason tag)")
+    q.add_argument("--by", default=None, help="who asks (default: the current user)")
+    q.add_argument("--metric", help="metric to compare (default: registry.promote_metric)")
+    q.add_argument("--tiebreak", help="tie-break metric (default: registry.tiebreak_metric)")
+    q.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="parameters file (registry section)"
+    )
+    q.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser(
+        "server",
+        help="start / stop / check a team's MLflow tracking server (PostgreSQL + served artifacts)",
+        description="A shared MLflow tracking server on this machine: PostgreSQL backend store, "
+        "served artifact store.",
+        epilog=SERVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("action", choices=("start", "stop", "status"), help="what to do")
+    s.add_argument(
+        "--dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the server's folder: PostgreSQL data, artifacts, logs, server.json (made by the first start)",
+    )
+    s.add_argument("--host", help="interface mlflow server listens on (default 127.0.0.1; 0.0.0.0: all)")
+    s.add_argument("--port", type=int, help=f"mlflow server port (default {DEFAULT_SERVER_PORT})")
+    s.add_argument(
+        "--pg-port", type=int, help="PostgreSQL port on 127.0.0.1 (first start only; default: a free one)"
+    )
+    s.add_argument(
+        "--artifacts-destination",
+        metavar="URI",
+        help="where artifacts are stored (first start only): a folder (default DIR/artifacts) or "
+        "s3://bucket/path, gs://..., wasbs://...",
+    )
+    s.add_argument("--workers", type=int, help="mlflow server worker processes (default: MLflow's, 4)")
+    s.add_argument(
+        "--allowed-hosts",
+        metavar="HOSTS",
+        help="comma-separated Host names clients may use (mlflow server --allowed-hosts; default: "
+        "localhost and private IPs)",
+    )
+    s.set_defaults(func=cmd_server)
+
+    e = sub.add_parser(
+        "export",
+        help="export a registered PatchCore model to ONNX (optionally int8) for edge devices",
+        description="A registered service model -> an MLflow pyfunc folder that scores with ONNX Runtime.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    e.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
+    e.add_argument("--int8", action="store_true", help="quantise (static, calibrated on good images)")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="model folder to write")
+    e.add_argument(
+        "--calibration",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="good images or folders of the category (default: <data.root>/<category>/train/good)",
+    )
+    e.add_argument(
+        "--calibration-images", type=int, default=32, metavar="N", help="use N of them, evenly spread (32)"
+    )
+    e.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="for data.root (default calibration)"
+    )
+    e.add_argument("--register", action="store_true", help="register it as anomaly-spotter-<category>-edge")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser(
+        "dashboard",
+        help="review thresholds in the browser: gallery, threshold slider, curves, version comparison",
+        description="The review dashboard (Streamlit) on the pipeline's outputs in this folder.",
+        epilog=DASHBOARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    d.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0: all)"
+    )
+    d.set_defaults(func=cmd_dashboard)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AnomalySpotterError as err:
+        print(f"anomaly-spotter {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`anomaly-spotter predict`: score image files and folders with a registered or exported model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from anomaly_spotter import tracking
+from anomaly_spotter.serving.inputs import chunks, collect_images
+
+CSV_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage")
+
+
+PREDICTIONS_CSV = "predictions.csv"
+
+
+PREDICT_CHUNK = 16
+
+
+PROGRESS_MIN_IMAGES = 2
+
+
+PREDICT_EPILOG = """examples:
+  anomaly-spotter predict part.png --model models:/anomaly-spotter-fabric@champion
+  anomaly-spotter predict photos/ --model models:/anomaly-spotter-fabric/3 --out results/
+  anomaly-spotter predict a.jpg b.jpg --model ./exported_model --csv scores.csv
+
+--model takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/service_model or a local
+pyfunc model folder. The CSV (columns: path, score, verdict, threshold, anomaly_percentage) goes to
+--csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold;
+anomaly_percentage is the share of its pixels in the predicted region (above the category's calibrated
+pixel threshold, unless the model was registered with process.region_threshold: otsu). Each overlay
+(--out) shows the map on the category's fixed colour scale (transparent below the pixel threshold, warm
+above it), the region outlined in cyan, the verdict, score and threshold, and a colour bar.
+Exit status 1 when any image could not be read or is too small to score (registry.min_image_side; each
+is named on stderr; the others are still scored).
+A last line sums up: images scored, defective, unreadable, where the CSV and overlays went (on stderr
+when the CSV goes to stdout). models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default
+sqlite:///mlflow.db in the working directory), which must exist: predict never creates a store.
+"""
+
+
+def _overlay_name(stem: str, used: set[str]) -> str:
+    name = f"{stem}_overlay.png"
+    i = 1
+    while name in used:
+        name, i = f"{stem}_{i}_overlay.png", i + 1
+    used.add(name)
+    return name
+
+
+def write_overlay(overlay: np.ndarray, path: Path) -> None:
+    """Save one annotated overlay (`overlay.render_overlay`'s RGB image) as PNG."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay).save(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from anomaly_spotter.serving.inference import ImageInputError, read_image
+
+    if args.no_progress:  # nor MLflow's bar while it downloads the model (from a tracking server)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tracking.connect_for_model(args.model)
+    files, stems, errors = collect_images(args.paths)
+    for message in errors:
+        print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
+    model = load_scoring_model(args.model)
+    csv_path = args.csv or (args.out / PREDICTIONS_CSV if args.out else Path("-"))
+    used: set[str] = set()
+    n_failed, n_scored, n_defective = len(errors), 0, 0
+    handle: TextIO = sys.stdout if str(csv_path) == "-" else _open_csv(csv_path)
+    try:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        show = not args.no_progress and len(files) >= PROGRESS_MIN_IMAGES
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
+        for chunk in chunks(files, PREDICT_CHUNK):
+            ok: list[tuple[Path, np.ndarray]] = []
+            for path in chunk:
+                try:
+                    image = read_image(path)
+                    model.config.check_min_side(image.shape[1], image.shape[0], str(path))
+                    ok.append((path, image))
+                except ImageInputError as err:
+                    n_failed += 1
+                    tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)
+            rows = model.score(
+                [img for _, img in ok], return_map=args.out is not None, titles=[p.name for p, _ in ok]
+            )
+            n_scored += len(rows)
+            n_defective += sum(row["verdict"] == "defective" for row in rows)
+            for (path, _), row in zip(ok, rows, strict=True):
+                writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
+                if args.out is not None:
+                    write_overlay(row["overlay"], args.out / _overlay_name(stems[path], used))
+            handle.flush()
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if n_failed:
+        print(
+            f"anomaly-spotter predict: {n_failed} input(s) could not be read (named above); "
+            f"{n_scored} scored",
+            file=sys.stderr,
+        )
+    to_stdout = str(csv_path) == "-"
+    print(
+        predict_summary(n_scored, n_defective, n_failed, None if to_stdout else csv_path, args.out),
+        file=sys.stderr if to_stdout else sys.stdout,  # never inside the CSV on stdout
+    )
+    return 1 if n_failed else 0
+
+
+def predict_summary(
+    n_scored: int, n_defective: int, n_unreadable: int, csv_path: Path | None, out: Path | None
+) -> str:
+    """The last line of `predict`: counts, and where the CSV (None: stdout) and the overlays went."""
+    overlays = f"{out}/" if out is not None else "none (use --out DIR)"
+    return (
+        f"scored {n_scored} image{'' if n_scored == 1 else 's'}: {n_defective} defective, "
+        f"{n_unreadable} unreadable; CSV: {csv_path if csv_path is not None else 'stdout'}; "
+        f"overlays: {overlays}"
+    )
+
+
+def _open_csv(path: Path) -> TextIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", newline="")
+
+
+def load_scoring_model(uri: str) -> Any:
+    """The model `predict` scores with: an exported folder (`anomaly-spotter export --out`) loads with
+    ONNX Runtime alone (no MLflow, no torch: a fast cold start); anything else through MLflow."""
+    from anomaly_spotter.serving import edge
+
+    if edge.is_edge_model(uri):
+        return edge.load_edge_model(Path(uri))
+    from anomaly_spotter.serving.model import load_service_model
+
+    return load_service_model(uri)

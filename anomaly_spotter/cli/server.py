@@ -1,0 +1,71 @@
+"""`anomaly-spotter server`: a team's MLflow tracking server (docs/team.md)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+SERVER_EPILOG = """examples:
+  anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0 --port 5000
+  anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
+  anomaly-spotter server stop --dir /srv/anomaly-spotter-mlflow
+
+`start` sets up DIR the first time: a PostgreSQL cluster (initdb, from Debian's `postgresql` package:
+apt-get install -y postgresql) listening on 127.0.0.1 only, with a database `mlflow` and a random
+password kept in DIR/postgres.password, and the artifact store DIR/artifacts (or --artifacts-destination,
+e.g. s3://bucket/mlflow with AWS credentials in the environment). Then it starts PostgreSQL and, in the
+background, `mlflow server --backend-store-uri postgresql+psycopg://mlflow@127.0.0.1:<pg port>/mlflow
+--serve-artifacts --artifacts-destination ...`, waits until it answers and prints the URI to export:
+
+  export MLFLOW_TRACKING_URI=http://<this host>:5000
+
+Every stage, promote, predict and `mlflow models serve models:/...` then use the server; open the same
+URI in a browser for the UI. Started by root, PostgreSQL runs as the user `postgres` (it refuses root),
+so DIR must be reachable by that user (e.g. under /srv or /tmp, not /root). Logs: DIR/mlflow-server.log,
+DIR/postgres.log. `stop` stops both; `start` again restarts them on the same data (same PostgreSQL port
+and artifact store; host, port, workers and allowed hosts as last given unless given again).
+The server has no authentication: with --host 0.0.0.0 keep it on a trusted network. MLflow answers
+403 "Invalid Host header" to clients that reach it by a name it was not told: beyond loopback, `start`
+allows localhost, private IPs and this machine's own names; list others (a DNS alias) in --allowed-hosts
+(which then replaces that default; patterns like 'mlflow.example.com:*' allowed).
+Needs the PostgreSQL driver: pip install -e '.[team]'.
+"""
+
+
+DEFAULT_SERVER_PORT = 5000
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from anomaly_spotter.tracking import team
+
+    if args.action == "start":
+        state = team.start(
+            args.dir,
+            host=args.host,
+            port=args.port,
+            pg_port=args.pg_port,
+            artifacts_destination=args.artifacts_destination,
+            workers=args.workers,
+            allowed_hosts=args.allowed_hosts,
+        )
+        print(
+            f"mlflow server {state.tracking_uri} is up (listening on {state.host}:{state.port}, pid "
+            f"{state.mlflow_pid})"
+        )
+        print(f"backend store {state.backend_store_uri}; artifacts {state.artifacts_destination}")
+        print(f"logs {args.dir.absolute() / team.MLFLOW_LOG}, {args.dir.absolute() / team.PG_LOG}")
+        if state.host in team.LOOPBACK_HOSTS:
+            print(f"clients on this machine: export MLFLOW_TRACKING_URI={state.tracking_uri}")
+        else:  # listening on other interfaces: teammates use this machine's name
+            print(f"clients: export MLFLOW_TRACKING_URI=http://{socket.gethostname()}:{state.port}")
+            print(f"Host names it accepts (--allowed-hosts): {state.allowed_hosts}")
+    elif args.action == "stop":
+        stopped_mlflow, stopped_pg = team.stop(args.dir)
+        print(f"mlflow server: {'stopped' if stopped_mlflow else 'was not running'}")
+        print(f"PostgreSQL: {'stopped' if stopped_pg else 'was not running'}")
+    else:
+        info = team.status(args.dir)
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        return 0 if info["mlflow_server"] == "up" and info["postgres"] == "up" else 3
+    return 0

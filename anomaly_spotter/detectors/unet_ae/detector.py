@@ -1,0 +1,372 @@
+"""The original autoencoder as a Detector: fit = training with early stopping; map = the residual
+|x - x_hat| (the original's), 1 - local SSIM, or (DRAEM) a second network's segmentation of the defect."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from anomaly_spotter.core.anomaly_map import dissimilarity, gaussian_smooth, residual_map, ssim_map
+from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.data.images import denormalize, to_tensor_normalized
+from anomaly_spotter.data.synthetic import corrupt
+from anomaly_spotter.detectors import distributed
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.detectors.unet_ae.network import (
+    ReconstructAndSegment,
+    UNetAutoencoder,
+    UNetConfig,
+    segmenter_config,
+)
+from anomaly_spotter.detectors.unet_ae.options import (
+    DEFAULT_SEGMENTER,
+    DEFAULT_SIGMA,
+    MAP_KINDS,
+    TRAINING_SECTION,
+    UNetAEOptions,
+    UNetTraining,
+)
+
+INFERENCE_BATCH = 16
+SEGMENTATION_WEIGHT = 10.0  # the focal loss's mean is ~10x below the reconstruction terms'
+FOCAL_GAMMA = 2.0
+
+
+class UNetAEDetector(Detector):
+    """U-Net autoencoder; anomaly map = Gaussian(sigma) of |x - x_hat| averaged over channels
+    (`map_kind: residual`, the original's), of 1 - local SSIM (`map_kind: ssim`), or of the defect
+    probability a second U-Net (`segmenter_channels`) reads from the image and its reconstruction
+    (`map_kind: segmentation`, DRAEM). The image score is reduced from the same raw map smoothed with
+    `score_sigma` (None: `sigma`, one map for both)."""
+
+    kind = "unet_ae"
+    Options = UNetAEOptions
+    data_parallel = True
+
+    def __init__(
+        self,
+        config: UNetConfig | None = None,
+        sigma: float = DEFAULT_SIGMA,
+        train: UNetTraining | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        map_kind: str = "residual",
+        segmenter_channels: tuple[int, ...] = DEFAULT_SEGMENTER,
+        score_sigma: float | None = None,
+    ) -> None:
+        if map_kind not in MAP_KINDS:
+            raise ConfigError(f"model.unet_ae.map_kind is {map_kind!r}; use one of {', '.join(MAP_KINDS)}")
+        self.config = config or UNetConfig()
+        self.sigma = sigma
+        self.score_sigma = score_sigma
+        self.map_kind = map_kind
+        self.segmenter_channels = tuple(int(w) for w in segmenter_channels)
+        self.segmenter = segmenter_config(self.segmenter_channels) if map_kind == "segmentation" else None
+        self.train = train or UNetTraining()
+        self.seed = seed
+        self.progress = progress
+
+    @classmethod
+    def from_options(cls, options: UNetAEOptions, seed: int) -> Self:
+        """Build from params.yaml's `model.unet_ae` section, parsed (`detectors.parse_options`)."""
+        config = UNetConfig(
+            encoder_channels=tuple(options.encoder_channels),
+            bottleneck_channels=options.bottleneck_channels,
+            convs_per_block=options.convs_per_block,
+            batch_norm=options.batch_norm,
+            skip_connections=options.skip_connections,
+        )
+        return cls(
+            config,
+            float(options.sigma),
+            options.training,
+            seed,
+            map_kind=options.map_kind,
+            segmenter_channels=tuple(options.segmenter_channels),
+            score_sigma=None if options.score_sigma is None else float(options.score_sigma),
+        )
+
+    def _check_size(self, images: np.ndarray) -> None:
+        side = images.shape[1]
+        if images.shape[1] != images.shape[2] or side % self.config.downsampling:
+            raise ConfigError(
+                f"unet_ae needs square images with a side that is a multiple of {self.config.downsampling}, "
+                f"got {images.shape[1]}x{images.shape[2]}; set data.image_size accordingly"
+            )
+
+    def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
+        """Adam on good images `(N, S, S, 3)` uint8; early stopping on the validation loss.
+
+        The loss is the MSE (+ `training.ssim_loss` x the mean 1 - SSIM) between the network's output and
+        the clean image. With `training.synthetic_defects` = p > 0, a share p of each batch's images get
+        a synthetic defect (`synthetic.corrupt`, drawn anew every step; `training.synthetic_scars` of them
+        thin curved scars, the rest blobs) and the target stays the clean image: the network learns to
+        remove defects rather than copy pixels. With `map_kind:
+        segmentation` a second U-Net learns, from the (corrupted) image and its reconstruction, where the
+        synthetic defects are (focal loss on their masks; DRAEM). `training.crop_size` trains on one
+        random crop per batch (the networks are fully convolutional; scoring sees the whole image), and
+        `training.lr_schedule: onecycle` warms the learning rate up to `lr` and anneals it to ~0.
+        `training.epoch_size` fixes an epoch's number of images (drawn cycling through the shuffled set),
+        so training costs the same on 50 images as on 500.
+
+        The validation loss scores the same objective on the whole validation images, corrupted once
+        (seeded), so early stopping watches defect removal too. Keeps the weights of the best validation
+        epoch; `history_` holds one row per epoch.
+
+        In a `torch.distributed` group (`detectors.distributed`, torchrun), every process draws
+        the same batches, crops and defects (same seed) and trains on its share of each batch, with
+        DistributedDataParallel averaging the gradients; validation is split between the processes and
+        the sums added, so all of them stop at the same epoch with the same weights. Batches smaller
+        than the group are skipped. Reproducible for a given world size.
+        """
+        self._check_size(train_images)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        tp = self.train
+        device = self._device()
+        model = self._new_model().to(device)
+        objective: nn.Module = _Objective(self, model)
+        world = distributed.world_size()
+        if world > 1:
+            objective = nn.parallel.DistributedDataParallel(
+                objective, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        opt = torch.optim.Adam(model.parameters(), lr=tp.lr, betas=tuple(tp.betas))
+        x_train = torch.from_numpy(to_tensor_normalized(np.asarray(train_images)))
+        epoch_size = tp.epoch_size or len(x_train)
+        steps_per_epoch = -(-epoch_size // tp.batch_size)
+        schedule = (
+            torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=tp.lr, total_steps=tp.max_epochs * steps_per_epoch
+            )
+            if tp.lr_schedule == "onecycle"
+            else None
+        )
+        crop = self._crop_side(x_train.shape[-1])
+        val = None
+        if val_images is not None:
+            x_val = to_tensor_normalized(np.asarray(val_images))
+            val_rng = np.random.default_rng(self.seed + 1)
+            val = (x_val, *corrupt(x_val, tp.synthetic_defects, val_rng, tp.synthetic_scars))
+        history: list[dict[str, float]] = []
+        best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
+        self.images_trained_ = 0  # by this process (its share of every batch, in a process group)
+        self.epoch_seconds_: list[float] = []  # wall time per epoch, validation included (not in history_,
+        # which is a DVC output and must be the same on every run)
+        bar = tqdm(range(1, tp.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
+        for epoch in bar:
+            epoch_start = time.perf_counter()
+            model.train()
+            order = epoch_order(len(x_train), epoch_size, rng)
+            total = 0.0
+            for start in range(0, len(order), tp.batch_size):
+                batch = x_train[torch.from_numpy(order[start : start + tp.batch_size])]
+                if crop < batch.shape[-1]:
+                    y, x = (int(v) for v in rng.integers(0, batch.shape[-1] - crop + 1, size=2))
+                    batch = batch[..., y : y + crop, x : x + crop].contiguous()
+                inputs, masks = corrupt(batch.numpy(), tp.synthetic_defects, rng, tp.synthetic_scars)
+                if len(batch) < world:
+                    continue
+                part = distributed.shard(len(batch))
+                opt.zero_grad()
+                loss = objective(
+                    torch.from_numpy(inputs[part]).to(device),
+                    batch[part].to(device),
+                    torch.from_numpy(masks[part]).to(device),
+                )
+                loss.backward()
+                opt.step()
+                if schedule is not None:
+                    schedule.step()
+                total += loss.item() * len(batch[part])
+                self.images_trained_ += len(batch[part])
+            train_loss = distributed.all_sum(total)[0] / len(order)
+            val_loss = self._val_loss(model, *val) if val is not None else float("nan")
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            self.epoch_seconds_.append(time.perf_counter() - epoch_start)
+            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+            monitored = val_loss if val is not None else train_loss
+            if monitored < best_loss:
+                best_loss, best_state, best_epoch, stale = (
+                    monitored,
+                    copy.deepcopy(model.state_dict()),
+                    epoch,
+                    0,
+                )
+            else:
+                stale += 1
+                if stale >= tp.patience:
+                    break
+        model.load_state_dict(best_state)
+        model.eval()
+        self.model_ = model.cpu()  # scoring runs on the CPU
+        self.history_ = pd.DataFrame(history)
+        self.best_epoch_ = best_epoch
+        return self
+
+    def fit_device(self) -> str:
+        return self.train.device
+
+    def _device(self) -> torch.device:
+        if self.train.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"model.unet_ae.{TRAINING_SECTION}.device is cuda, but torch {torch.__version__} sees no "
+                "CUDA GPU here; set it to cpu (or install a CUDA build of torch on a GPU machine)"
+            )
+        if self.train.device == "cuda" and distributed.world_size() > 1:
+            return torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK
+        return torch.device(self.train.device)
+
+    def _new_model(self) -> nn.Module:
+        if self.map_kind == "segmentation":
+            return ReconstructAndSegment(self.config, self.segmenter)
+        return UNetAutoencoder(self.config)
+
+    def _crop_side(self, side: int) -> int:
+        """The training crop: `training.crop_size` (0 = whole image), at most the image side, rounded
+        down to a multiple of what both networks downsample by."""
+        if not self.train.crop_size:
+            return side
+        step = max(self.config.downsampling, self.segmenter.downsampling if self.segmenter else 1)
+        return max(step, min(side, self.train.crop_size) // step * step)
+
+    def _loss(self, model: nn.Module, inputs: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor) -> Any:
+        """Reconstruction loss (MSE + ssim_loss x (1 - SSIM)) against the clean images, plus, for the
+        segmentation model, SEGMENTATION_WEIGHT x the focal loss of its logits on the defect masks."""
+        segment = isinstance(model, ReconstructAndSegment)
+        x_hat = model.reconstructor(inputs) if segment else model(inputs)
+        loss = F.mse_loss(x_hat, clean)
+        if self.train.ssim_loss:
+            loss = loss + self.train.ssim_loss * dissimilarity(x_hat, clean).mean()
+        if segment:
+            loss = loss + SEGMENTATION_WEIGHT * focal_loss(
+                model.logits(inputs, x_hat), masks[:, None].float()
+            )
+        return loss
+
+    def _val_loss(self, model: nn.Module, clean: np.ndarray, inputs: np.ndarray, masks: np.ndarray) -> float:
+        """Mean `_loss` over the (corrupted once, seeded) validation images, in eval mode (in a process
+        group: each process scores its share with rank 0's BatchNorm statistics, and the sums are added)."""
+        model.eval()
+        distributed.sync_buffers(model)
+        share = distributed.shard(len(clean))
+        clean, inputs, masks = clean[share], inputs[share], masks[share]
+        device = next(model.parameters()).device
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(clean), INFERENCE_BATCH):
+                part = slice(start, start + INFERENCE_BATCH)
+                loss = self._loss(
+                    model,
+                    torch.from_numpy(inputs[part]).to(device),
+                    torch.from_numpy(clean[part]).to(device),
+                    torch.from_numpy(masks[part]).to(device),
+                )
+                total += float(loss) * len(clean[part])
+        total, count = distributed.all_sum(total, len(clean))
+        return total / count
+
+    def _reconstructor(self) -> UNetAutoencoder:
+        return self.model_.reconstructor if isinstance(self.model_, ReconstructAndSegment) else self.model_
+
+    def _run(self, images: np.ndarray, network: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised images `(N, 3, S, S)` and `network`'s output for them, in batches."""
+        self._check_size(images)
+        x = to_tensor_normalized(np.asarray(images))
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(x), INFERENCE_BATCH):
+                outs.append(network(torch.from_numpy(x[start : start + INFERENCE_BATCH])).numpy())
+        return x, np.concatenate(outs) if outs else np.empty((0, 3, *x.shape[2:]), np.float32)
+
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
+        """Raw maps `(N, S, S)`: Gaussian(sigma) of the channel-mean absolute residual in [-1, 1] units,
+        of the channel-mean 1 - SSIM, or of the defect probability in [0, 1] (`map_kind`)."""
+        return gaussian_smooth(self._unsmoothed(images), self.sigma)
+
+    def maps_and_score_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`anomaly_maps`, and the same network output smoothed with `score_sigma` for the image score."""
+        raw = self._unsmoothed(images)
+        maps = gaussian_smooth(raw, self.sigma)
+        if self.score_sigma is None or self.score_sigma == self.sigma:
+            return maps, maps
+        return maps, gaussian_smooth(raw, self.score_sigma)
+
+    def _unsmoothed(self, images: np.ndarray) -> np.ndarray:
+        if self.map_kind == "segmentation":
+            return self._run(images, self.model_)[1][:, 0]
+        x, x_hat = self._run(images, self._reconstructor())
+        return ssim_map(x, x_hat) if self.map_kind == "ssim" else residual_map(x, x_hat)
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        return denormalize(self._run(images, self._reconstructor())[1])
+
+    def module(self) -> nn.Module:
+        return self.model_
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "config": dataclasses.asdict(self.config),
+            "sigma": self.sigma,
+            "score_sigma": self.score_sigma,
+            "map": self.map_kind,
+            "segmenter": dataclasses.asdict(self.segmenter) if self.segmenter else None,
+            "state_dict": self.model_.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        map_kind = state.get("map", "residual")
+        score_sigma = state.get("score_sigma")  # absent in files saved before it existed: one map
+        det = cls(
+            UNetConfig(**state["config"]),
+            sigma=float(state["sigma"]),
+            map_kind=map_kind,
+            score_sigma=None if score_sigma is None else float(score_sigma),
+        )
+        if state.get("segmenter"):
+            det.segmenter = UNetConfig(**state["segmenter"])
+        det.model_ = det._new_model()
+        det.model_.load_state_dict(state["state_dict"])
+        det.model_.eval()
+        return det
+
+
+class _Objective(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel sees the whole step."""
+
+    def __init__(self, detector: UNetAEDetector, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = detector._loss
+
+    def forward(self, inputs: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model, inputs, clean, masks)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Mean binary focal loss (Lin et al. 2017) of per-pixel logits against 0/1 targets: the
+    cross-entropy of each pixel scaled by (1 - p_true)^gamma, so the many easy background pixels
+    weigh little."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * target + (1 - p) * (1 - target)
+    return ((1 - p_true) ** gamma * ce).mean()
+
+
+def epoch_order(n: int, epoch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The indices of one epoch of `epoch_size` draws from `n` images: shuffled passes over all of
+    them, concatenated and cut to size (so a small set is seen several times an epoch, a large one
+    partly, and every image equally often up to one)."""
+    passes = -(-epoch_size // n)
+    return np.concatenate([rng.permutation(n) for _ in range(passes)])[:epoch_size]

@@ -1,0 +1,81 @@
+"""The autoencoder's options: params.yaml `model.unet_ae` (`UNetAEOptions`) with its training loop in
+`model.unet_ae.training` (`UNetTraining`). No torch here: params are checked without building a network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from anomaly_spotter.core.errors import ConfigError
+
+TRAINING_SECTION = "training"
+LR_SCHEDULES = ("constant", "onecycle")
+# |x - x_hat| (the original's), 1 - local SSIM, or the probability a segmentation network gives (DRAEM)
+MAP_KINDS = ("residual", "ssim", "segmentation")
+DEFAULT_SIGMA = 1.0
+DEFAULT_SEGMENTER = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class UNetTraining:
+    """The training loop (params.yaml `model.unet_ae.training.*`): Adam, early stopping on the validation
+    loss."""
+
+    batch_size: int = 32
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_epochs: int = 100
+    epoch_size: int = 0  # images per epoch, drawn cycling through the shuffled set (0 = the set)
+    patience: int = 10
+    synthetic_defects: float = 0.0  # share of training images given a synthetic defect to remove
+    synthetic_scars: float = 0.0  # share of those defects drawn as thin curved scars rather than blobs
+    crop_size: int = 0  # train on one random crop of this side per batch (0 = whole images)
+    lr_schedule: str = "constant"  # constant | onecycle (warm-up to lr, cosine annealing to ~0)
+    ssim_loss: float = 0.0  # weight of the mean 1 - SSIM added to the MSE
+    device: str = "cpu"  # cpu | cuda: where the autoencoder trains (scoring runs on the CPU)
+
+    def __post_init__(self) -> None:
+        where = f"model.unet_ae.{TRAINING_SECTION}"
+        for name in ("synthetic_defects", "synthetic_scars"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{where}.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"{where}.lr_schedule is {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}"
+            )
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"{where}.device is {self.device!r}; use cpu or cuda")
+        if self.crop_size < 0 or self.ssim_loss < 0 or self.epoch_size < 0:
+            raise ConfigError(
+                f"{where}: crop_size, ssim_loss and epoch_size must be >= 0, "
+                f"got {self.crop_size}, {self.ssim_loss}, {self.epoch_size}"
+            )
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            raise ConfigError(
+                f"{where}: batch_size, max_epochs and patience must be >= 1, got "
+                f"{self.batch_size}, {self.max_epochs}, {self.patience}"
+            )
+
+
+@dataclass(frozen=True)
+class UNetAEOptions:
+    """params.yaml `model.unet_ae`: the network (`UNetConfig`'s fields), the map, its smoothing, training."""
+
+    encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    bottleneck_channels: int = 128
+    convs_per_block: int = 1
+    batch_norm: bool = False
+    skip_connections: bool = True
+    sigma: float = DEFAULT_SIGMA  # Gaussian smoothing of the map
+    score_sigma: float | None = None  # ... and of the copy the image score is the max of (None: the map)
+    map_kind: str = "residual"
+    segmenter_channels: list[int] = field(default_factory=lambda: list(DEFAULT_SEGMENTER))
+    training: UNetTraining = field(default_factory=UNetTraining)
+
+    def __post_init__(self) -> None:
+        if self.map_kind not in MAP_KINDS:
+            kinds = ", ".join(MAP_KINDS)
+            raise ConfigError(f"model.unet_ae.map_kind is {self.map_kind!r}; use one of {kinds}")
+        if self.sigma < 0 or (self.score_sigma is not None and self.score_sigma < 0):
+            raise ConfigError(
+                f"model.unet_ae: sigma and score_sigma must be >= 0, got {self.sigma}, {self.score_sigma}"
+            )

@@ -1,0 +1,50 @@
+"""Plumbing shared by the stage scripts: CLI arguments, clean errors, all-or-nothing outputs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from anomaly_spotter import tracking
+from anomaly_spotter.core.config import Params, load_params
+from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.pipeline.outputs import all_or_nothing
+
+
+def parse_args(description: str, per_category: bool) -> tuple[Params, str | None]:
+    parser = argparse.ArgumentParser(description=description)
+    if per_category:
+        parser.add_argument("category", help="category folder name, one of data.categories in params.yaml")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    category = getattr(args, "category", None)
+    if category is not None and category not in params.data.categories:
+        raise AnomalySpotterError(f"category {category!r} is not in data.categories {params.data.categories}")
+    return params, category
+
+
+def progress_enabled() -> bool:
+    """Progress bars on a terminal or when forced; off in CI logs unless asked for."""
+    return os.environ.get("ANOMALY_SPOTTER_PROGRESS", "1") != "0"
+
+
+@contextmanager
+def stage_outputs(*outs: Path) -> Iterator[None]:
+    """Connect to MLflow first (fail fast, nothing written), then make `outs` all-or-nothing."""
+    tracking.connect()
+    with all_or_nothing(*outs):
+        yield
+
+
+def main(stage: str, body: Callable[[], None]) -> None:
+    """Run a stage body; our own errors print one clear line and exit 1, without a traceback."""
+    try:
+        body()
+    except AnomalySpotterError as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The threshold review dashboard: its data and actions (`dashboard.py`), its Streamlit page (`app.py`)."""

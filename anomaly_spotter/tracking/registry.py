@@ -1,0 +1,163 @@
+"""The model registry: registered names, logged networks, version tags and descriptions, aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from anomaly_spotter.core.errors import TrackingError
+from anomaly_spotter.tracking.store import tracking_uri
+
+MODEL_NAME_PREFIX = "anomaly-spotter"
+
+
+NETWORK_SUFFIX = "-network"
+
+
+def registered_model_name(category: str) -> str:
+    """The served pyfunc model of a category (what `promote` moves `champion` on)."""
+    return f"{MODEL_NAME_PREFIX}-{category}"
+
+
+def network_model_name(category: str) -> str:
+    """The raw torch network `train` registers (the service model is built from it)."""
+    return f"{MODEL_NAME_PREFIX}-{category}{NETWORK_SUFFIX}"
+
+
+def tag_model_version(info: Mapping[str, Any], stage: str, run_id: str) -> None:
+    """Point the network version, and the service versions built from it, at a stage run (`run.<stage>`).
+
+    `register` copies the network's `run.*` tags when it builds a service version; a stage that runs
+    after it (DVC may order `visualize` and `register` either way) tags the service version here.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name, version = info["registered_model"], str(info["model_version"])
+    client.set_model_version_tag(name, version, f"run.{stage}", run_id)
+    service = name.removesuffix(NETWORK_SUFFIX)
+    if service != name:
+        wrapping = client.search_model_versions(
+            f"name = '{service}' and tags.network_version = '{name}/{version}'"
+        )
+        for mv in wrapping:
+            client.set_model_version_tag(service, mv.version, f"run.{stage}", run_id)
+
+
+def log_pytorch_model(
+    module: Any, category: str, input_example: Any, tags: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Log `module` with `mlflow.pytorch.log_model` (signature from the input example) and register it.
+
+    Returns `{"registered_model", "model_version", "model_uri"}`.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = network_model_name(category)
+    info = mlflow.pytorch.log_model(
+        module,
+        name="model",
+        input_example=input_example,
+        registered_model_name=name,
+        pip_requirements=pip_requirements(),
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
+    return {"registered_model": name, "model_version": version, "model_uri": info.model_uri}
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements for logged models (explicit, so MLflow need not infer them)."""
+    from importlib.metadata import version
+
+    return [
+        f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow")
+    ]
+
+
+CHAMPION = "champion"
+
+
+CHALLENGER = "challenger"
+
+
+def model_version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def set_model_version_description(name: str, version: str, description: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().update_model_version(name, str(version), description=description)
+
+
+def model_versions(name: str) -> list[Any]:
+    """Every version of registered model `name`, newest (highest-numbered) first; [] when it has none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        raise TrackingError(f"cannot list versions of {name!r} in {tracking_uri()}: {err.message}") from err
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def latest_model_version(name: str) -> Any:
+    """The newest (highest-numbered) version of registered model `name`; TrackingError if none."""
+    versions = model_versions(name)
+    if not versions:
+        raise TrackingError(
+            f"no registered model {name!r} in {tracking_uri()}; run the register stage first (dvc repro)"
+        )
+    return versions[0]
+
+
+def model_version_by_alias(name: str, alias: str) -> Any | None:
+    """The version holding `alias`, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass
+
+
+def current_user() -> str:
+    """Who asks for a promotion or proposes a threshold, as recorded on the model version."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -28,7 +28,7 @@ import yaml
 
 from anomaly_spotter.bench import serve as serve_bench
 from anomaly_spotter.pipeline.compute_thresholds import IMAGE_HEADLINE, THRESHOLD_HEADLINE
-from tests.conftest import REPO
+from tests.conftest import REPO, skip_without_tool
 
 pytestmark = pytest.mark.integration
 
@@ -330,7 +330,7 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip(
+    skip_without_tool(
         "no headless Chromium to open the plots page with: apt-get install -y chromium "
         "(.ci/run installs it when missing)"
     )

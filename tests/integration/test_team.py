@@ -36,6 +36,7 @@ import yaml
 from anomaly_spotter.bench import serve as serve_bench
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.tracking import MODEL_MD5_TAG, WORKSPACE_TAG, content_md5, team
+from tests.conftest import skip_without_tool
 from tests.integration.test_pipeline import TINY, _env, _git, _merge, _ran, _run, new_project
 from tests.integration.test_serving import _request, _split
 
@@ -64,7 +65,7 @@ def server() -> Iterator[team.ServerState]:
     """PostgreSQL + `mlflow server` on free loopback ports; both stopped and their folder removed after."""
     reason = _skip_reason()
     if reason:
-        pytest.skip(reason)
+        skip_without_tool(reason)
     # not under pytest's 0700 tmp folders: as root, PostgreSQL runs as `postgres`, who must reach it
     root = Path(tempfile.mkdtemp(prefix="anomaly-spotter-team-"))
     root.chmod(0o755)

@@ -225,6 +225,27 @@ def test_served_model_ships_and_imports_only_the_scoring_code(tmp_path: Path) ->
         assert blocked not in verdict_and_modules
 
 
+def test_models_registered_before_the_folders_still_load(tmp_path: Path) -> None:
+    """Their code file imports `anomaly_spotter.serving.ServiceModel` (then a module, now a folder)."""
+    import mlflow
+
+    from anomaly_spotter.serving.inference import InferenceConfig
+    from anomaly_spotter.serving.model import MODEL_CODE_FILE, save_service_model
+    from tests.unit.test_inference import tiny_detector
+
+    detector = tiny_detector()
+    detector.save(tmp_path / "model.pt")
+    config = InferenceConfig.for_model(detector, "part", 32, 0.5, "good_only", "max", 4, "otsu")
+    save_service_model(tmp_path / "served", tmp_path / "model.pt", config, detector.kind)
+    (code_file,) = (tmp_path / "served").rglob(MODEL_CODE_FILE)
+    code = code_file.read_text()
+    assert "from anomaly_spotter.serving.model import ServiceModel" in code
+    code_file.write_text(code.replace("anomaly_spotter.serving.model", "anomaly_spotter.serving"))
+    model = mlflow.pyfunc.load_model(str(tmp_path / "served")).unwrap_python_model()
+    (row,) = model.score([np.full((32, 32, 3), 128, np.uint8)])
+    assert row["verdict"] in ("good", "defective")
+
+
 def report() -> str:
     per_folder = Counter(_folder(m) or "(top)" for m in modules())
     largest = max(modules().values(), key=lambda p: len(p.read_text().splitlines()))

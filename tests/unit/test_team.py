@@ -15,6 +15,7 @@ import pytest
 
 from anomaly_spotter import cli, tracking
 from anomaly_spotter.tracking import team
+from tests.conftest import skip_without_tool
 
 # artifact locations MLflow records, per table (experiment 0, "Default", is MLflow's own: not ours)
 LOCATION_QUERIES = (
@@ -158,7 +159,7 @@ def test_server_commands_on_a_folder_never_set_up(tmp_path: Path, capsys: pytest
 
 def test_start_in_a_foreign_folder_is_refused(tmp_path: Path) -> None:
     if team.find_postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql")
+        skip_without_tool("PostgreSQL is not installed: apt-get install -y postgresql")
     (tmp_path / "something").write_text("x")
     with pytest.raises(team.TeamServerError, match="is not empty and holds no server.json"):
         team.start(tmp_path)

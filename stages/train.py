@@ -1,7 +1,7 @@
 """Stage `train`: fit the configured detector on one category's good images; log and register it.
 
 With `train.world_size` > 1 (unet_ae), it relaunches itself under torchrun in that many processes; under a
-torchrun of your own (README "Scaling out") it joins that group instead."""
+torchrun of your own (docs/scaling-out.md) it joins that group instead."""
 
 import subprocess
 import sys

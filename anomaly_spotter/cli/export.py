@@ -13,18 +13,7 @@ EXPORT_EPILOG = """examples:
   anomaly-spotter export --model models:/anomaly-spotter-bottle/3 --out edge/bottle-fp32 \\
       --calibration ../shared/data/mvtec_ad_256/bottle/train/good --register
 
-Writes DIR, an MLflow pyfunc model folder (the same service model `register` logs: decoding, resize,
-image score, region, threshold) whose detector is an ONNX graph of the PatchCore network, memory banks
-and map post-processing included, run by ONNX Runtime. --int8 quantises the backbone's convolutions
-after its first two blocks (static, per-channel weights, MinMax calibration on the calibration
-images) and runs the nearest-neighbour search as one integer matrix product per memory bank; the
-first blocks and the map post-processing stay float32.
-Prints how the export's scores compare with the torch model's on the calibration images.
-Use it with: anomaly-spotter predict IMAGES --model DIR (ONNX Runtime only, no MLflow or torch
-import), mlflow models serve -m DIR --env-manager local, anomaly-spotter score-spark --model DIR.
---register logs it as a new version of anomaly-spotter-<category>-edge (a sibling of the service
-model: its champion and promotion are untouched). Calibration images default to
-<data.root>/<category>/train/good from --params. Only patchcore models can be exported.
+see docs/serving.md
 """
 
 

@@ -31,18 +31,7 @@ PREDICT_EPILOG = """examples:
   anomaly-spotter predict photos/ --model models:/anomaly-spotter-fabric/3 --out results/
   anomaly-spotter predict a.jpg b.jpg --model ./exported_model --csv scores.csv
 
---model takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/service_model or a local
-pyfunc model folder. The CSV (columns: path, score, verdict, threshold, anomaly_percentage) goes to
---csv, else OUT/predictions.csv with --out, else stdout. A file is "defective" iff score > threshold;
-anomaly_percentage is the share of its pixels in the predicted region (above the category's calibrated
-pixel threshold, unless the model was registered with process.region_threshold: otsu). Each overlay
-(--out) shows the map on the category's fixed colour scale (transparent below the pixel threshold, warm
-above it), the region outlined in cyan, the verdict, score and threshold, and a colour bar.
-Exit status 1 when any image could not be read or is too small to score (registry.min_image_side; each
-is named on stderr; the others are still scored).
-A last line sums up: images scored, defective, unreadable, where the CSV and overlays went (on stderr
-when the CSV goes to stdout). models:/ and runs:/ URIs are looked up in MLFLOW_TRACKING_URI (default
-sqlite:///mlflow.db in the working directory), which must exist: predict never creates a store.
+see docs/serving.md
 """
 
 

@@ -13,10 +13,7 @@ PROMOTE_EPILOG = """examples:
   anomaly-spotter promote --category fabric
   anomaly-spotter promote --category fabric --force --reason "approved by QA, ticket 123"
 
-Compares the newest version of anomaly-spotter-<category> with the version holding the `champion`
-alias on registry.promote_metric (params.yaml; default image_auroc, ties broken by pixel_auroc).
-`champion` moves only when the newest is at least as good; otherwise the newest gets `challenger`.
-Serve or load the result as models:/anomaly-spotter-<category>@champion.
+see docs/serving.md
 """
 
 

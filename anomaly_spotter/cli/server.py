@@ -10,25 +10,7 @@ SERVER_EPILOG = """examples:
   anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
   anomaly-spotter server stop --dir /srv/anomaly-spotter-mlflow
 
-`start` sets up DIR the first time: a PostgreSQL cluster (initdb, from Debian's `postgresql` package:
-apt-get install -y postgresql) listening on 127.0.0.1 only, with a database `mlflow` and a random
-password kept in DIR/postgres.password, and the artifact store DIR/artifacts (or --artifacts-destination,
-e.g. s3://bucket/mlflow with AWS credentials in the environment). Then it starts PostgreSQL and, in the
-background, `mlflow server --backend-store-uri postgresql+psycopg://mlflow@127.0.0.1:<pg port>/mlflow
---serve-artifacts --artifacts-destination ...`, waits until it answers and prints the URI to export:
-
-  export MLFLOW_TRACKING_URI=http://<this host>:5000
-
-Every stage, promote, predict and `mlflow models serve models:/...` then use the server; open the same
-URI in a browser for the UI. Started by root, PostgreSQL runs as the user `postgres` (it refuses root),
-so DIR must be reachable by that user (e.g. under /srv or /tmp, not /root). Logs: DIR/mlflow-server.log,
-DIR/postgres.log. `stop` stops both; `start` again restarts them on the same data (same PostgreSQL port
-and artifact store; host, port, workers and allowed hosts as last given unless given again).
-The server has no authentication: with --host 0.0.0.0 keep it on a trusted network. MLflow answers
-403 "Invalid Host header" to clients that reach it by a name it was not told: beyond loopback, `start`
-allows localhost, private IPs and this machine's own names; list others (a DNS alias) in --allowed-hosts
-(which then replaces that default; patterns like 'mlflow.example.com:*' allowed).
-Needs the PostgreSQL driver: pip install -e '.[team]'.
+see docs/team.md
 """
 
 

@@ -5,7 +5,7 @@ filled with foreign content, and the network learns to output the clean image. A
 (smooth noise, thresholded: DRAEM's) or, for a share `scar_share` of the defects, a scar: a thin curved
 stroke, like CutPaste's (Li et al., CVPR 2021), for the scratches, cracks and misprints a blob does not
 look like. Scars are off by default (`training.synthetic_scars: 0`): at 0.5 they lifted pill's pixel
-AUROC and sank the built-in label's, whose print is made of strokes (README, "Choosing a detector").
+AUROC and sank the built-in label's, whose print is made of strokes (docs/detectors.md).
 Foreign content is one of: a piece of another training image, a piece of the same image shifted and
 turned, or procedural noise (smooth, coloured); it is blended in with an opacity drawn from
 [MIN_OPACITY, 1]. Images are normalised float32 `(N, 3, S, S)` in [-1, 1] (`data.images`).
@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 MIN_AREA = 0.005  # fraction of the image a region covers: drawn log-uniformly in [MIN_AREA, MAX_AREA]
-MAX_AREA = 0.30  # at 0.10, bottle pixel AUROC was 0.74 against 0.87 at 0.30 (README, issue 10)
+MAX_AREA = 0.30  # at 0.10, bottle pixel AUROC was 0.74 against 0.87 at 0.30 (docs/detectors.md, issue 10)
 MIN_OPACITY = 0.5
 SOURCES = ("other_image", "same_image", "noise")
 # A scar's length is drawn in [1/8, 1/2] of the side, in 2..5 segments turning up to MAX_TURN radians

@@ -201,7 +201,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> None:
     by a depthwise convolution) moved scores by up to 6 standardised units (a good image's max is ~0, one
     unit is one standard deviation of good images' maxima) and cost pill 0.33 image AUROC; with them and
     block 1 in float32, scores move by at most 0.36 units on bottle and pill and both AUROCs stay within
-    0.001 (README "Edge export"). The nearest-neighbour search is already integer when asked
+    0.001 (docs/serving.md, Edge export). The nearest-neighbour search is already integer when asked
     (`export_onnx(..., int8_search=True)`, `Int8Search`); QDQ leaves it alone.
     """
     import onnx

@@ -4,7 +4,7 @@ The `train` stage relaunches itself under `torchrun --standalone --nproc-per-nod
 machine; `launch_command`); each process joins the group from the environment torchrun sets (`join`),
 fits the same model on its share of every batch with gradients averaged (the detector's `fit`), and only
 rank 0 calibrates, saves and logs (`is_main`). On a multi-GPU machine or several machines, run the same
-stage script under your own `torchrun` command (README "Scaling out"): the stage then does not relaunch.
+stage script under your own `torchrun` command (docs/scaling-out.md): the stage then does not relaunch.
 Gloo on CPU, NCCL with CUDA.
 """
 

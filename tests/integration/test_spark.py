@@ -28,7 +28,7 @@ from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.deploy import spark
 from anomaly_spotter.serving.inference import InferenceConfig, decode_image, preprocess, read_image
 from anomaly_spotter.serving.model import load_service_model
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, REPO
 from tests.integration.test_serving import store  # noqa: F401 - fixture: registered model + champion
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore
@@ -124,8 +124,11 @@ def test_score_spark_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["score-spark", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for words in ("examples:", "mlflow.pyfunc.spark_udf", "binaryFile", "error", "--overwrite", "yarn"):
+    for words in ("examples:", "--master 'local[2]'", "--master yarn", "see docs/scaling-out.md"):
         assert words in text
+    page = (REPO / "docs" / "scaling-out.md").read_text()  # the explanation the help points at
+    for words in ("mlflow.pyfunc.spark_udf", "binaryFile", "`error`", "--overwrite", "yarn"):
+        assert words in page
     assert "score-spark" in cli.build_parser().format_help()
 
 

@@ -3,7 +3,7 @@
 One PostgreSQL cluster and one `mlflow server` (anomaly_spotter.tracking.team, what `anomaly-spotter server
 start` runs) on free loopback ports in a temporary folder, stopped afterwards. Against it:
 
-- two clones of one tiny project (README "Working as a team"), one working on fabric and one on washer,
+- two clones of one tiny project (docs/team.md), one working on fabric and one on washer,
   run `dvc repro` at the same time: both finish, every run and model version lands in the server under
   its own clone's `workspace` tag and category, with `mlflow-artifacts:` locations (no clone's path);
 - `anomaly-spotter promote` of each category from the *other* clone moves only that category's alias;

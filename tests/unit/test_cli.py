@@ -276,6 +276,20 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         assert "examples:" in capsys.readouterr().out
 
 
+def test_help_ends_with_the_docs_page_that_explains_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's --help: examples, then one line naming its docs page, which exists."""
+    from tests.conftest import REPO
+
+    for command in ("predict", "score-spark", "promote", "export", "server", "dashboard"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:" in text, command
+        last = text.rstrip().splitlines()[-1]
+        assert last.startswith("see docs/") and last.endswith(".md"), (command, last)
+        assert (REPO / last.removeprefix("see ")).is_file(), (command, last)
+
+
 def test_decide_promotion() -> None:
     champ = {"image_auroc": "0.8", "pixel_auroc": "0.7"}
     assert decide_promotion({"image_auroc": "0.9"}, None, "image_auroc", "pixel_auroc").promote

@@ -82,7 +82,7 @@ class Int8Search:
     `u - z = c`, |c| >= 64, repeated, and a fine one with `u - z = ±1`) against bank rows holding its
     quotient and remainder by `c`. So one MatMulInteger and a ReduceMax give `max_b (dot_b - |b|^2 / (2
     s_q s_b))`, and `|q|^2 - 2 s_q s_b` times it is the nearest squared distance up to the rounding of
-    q and b (measured: README "Edge export").
+    q and b (measured: docs/serving.md, Edge export).
     """
 
     mean: torch.Tensor  # (D,) float32, the bank's mean

@@ -51,7 +51,7 @@ CHUNK_BYTES = 4 * 2**20
 
 @dataclass(frozen=True)
 class PatchCoreConfig:
-    """Hyper-parameters of PatchCore (defaults chosen by leave-one-category-out, see README "Detectors").
+    """Hyper-parameters of PatchCore (defaults chosen by leave-one-category-out, see docs/detectors.md).
 
     members: the ensemble: one memory bank per stage set (backbone stages 1..7 whose outputs are
         concatenated; 2 is stride 4, 3 stride 8, 4-5 stride 16, 6 stride 32). All members share one

@@ -191,7 +191,8 @@ def test_without_skip_connections_the_decoder_sees_only_the_bottleneck() -> None
 
 
 def _readme_command_params(heading: str):
-    """params.yaml with the `-S` overrides of the `dvc exp run` command under README heading `heading`."""
+    """params.yaml with the `-S` overrides of the `dvc exp run` command under docs/detectors.md heading
+    `heading`."""
     import re
     import shlex
 
@@ -200,8 +201,8 @@ def _readme_command_params(heading: str):
     from anomaly_spotter.core.config import params_from_dict
     from tests.conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
-    section = readme.split(heading, 1)[1].split("\n#", 1)[0]
+    page = (REPO / "docs" / "detectors.md").read_text()
+    section = page.split(heading, 1)[1].split("\n#", 1)[0]
     command = re.search(r"```bash\n(dvc exp run .*?)```", section, re.S).group(1).replace("\\\n", " ")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     words = shlex.split(command)
@@ -213,14 +214,15 @@ def _readme_command_params(heading: str):
         node = raw
         for name in parents:
             node = node[name]
-        assert leaf in node, f"README sets {key}, which params.yaml does not have"
+        assert leaf in node, f"docs/detectors.md sets {key}, which params.yaml does not have"
         node[leaf] = yaml.safe_load(value)
     return params_from_dict(raw)
 
 
 def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> None:
-    """README "The original configuration": its `dvc exp run -S ...` command, applied to params.yaml, gives
-    the prototype's network, map and training loop exactly (so the command cannot rot)."""
+    """docs/detectors.md "The original configuration" (once the README's): its `dvc exp run -S ...` command,
+    applied to params.yaml, gives the prototype's network, map and training loop exactly (so the command
+    cannot rot)."""
     from anomaly_spotter.detectors import build_detector
 
     params = _readme_command_params("### The original configuration")
@@ -228,7 +230,7 @@ def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> 
     assert params.data.image_size == 128
     assert isinstance(detector, UNetAEDetector) and detector.config == ORIGINAL
     assert detector.map_kind == "residual" and detector.sigma == 1.0
-    t = params.train
+    t = detector.train  # model.unet_ae.training
     assert (t.batch_size, t.lr, list(t.betas), t.max_epochs, t.patience) == (32, 1e-4, [0.9, 0.999], 100, 10)
     assert (t.lr_schedule, t.synthetic_defects, t.crop_size, t.ssim_loss) == ("constant", 0.0, 0, 0.0)
     assert t.epoch_size == 0  # an epoch is one pass over the training images
@@ -247,8 +249,9 @@ def test_the_readmes_gpu_command_gives_a_valid_cuda_configuration() -> None:
 
     params = _readme_command_params("### A GPU-sized configuration")
     detector = build_detector(params)
-    assert params.train.device == "cuda" and params.data.image_size == 256 and params.train.crop_size == 0
-    assert params.train.epoch_size == 0 and params.train.max_epochs == 700  # DRAEM's 700 passes
+    t = detector.train  # model.unet_ae.training
+    assert t.device == "cuda" and params.data.image_size == 256 and t.crop_size == 0
+    assert t.epoch_size == 0 and t.max_epochs == 700  # DRAEM's 700 passes
     assert detector.map_kind == "segmentation" and detector.segmenter.encoder_channels == (32, 64, 128)
 
 

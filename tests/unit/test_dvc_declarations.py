@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import inspect
 import re
 import typing
 from functools import cache
@@ -196,31 +195,21 @@ def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 
 
 def _owner(path: tuple[str, ...]) -> tuple[type, str]:
-    """The class whose field (or __init__ parameter) the params.yaml key `path` sets."""
-    if path[0] == "model" and len(path) > 2:  # a detector's section: its Options, nested dataclasses within
-        cls = detector_class(path[1]).Options
-        for i, key in enumerate(path[2:]):
-            hints = typing.get_type_hints(cls)
-            assert key in hints, f"params.yaml {'.'.join(path)}: {cls.__name__} has no field {key!r}"
-            if i == len(path) - 3:
-                return cls, key
-            cls = hints[key]
-            assert dataclasses.is_dataclass(cls), f"params.yaml {'.'.join(path[: i + 3])} is not a section"
-    cls: type = Params
-    for i, key in enumerate(path):
+    """The class whose field the params.yaml key `path` sets (a detector's section: its Options)."""
+    if path[0] == "model" and len(path) > 2:
+        cls, keys, start = detector_class(path[1]).Options, path[2:], 2
+    else:
+        cls, keys, start = Params, path, 0
+    for i, key in enumerate(keys):
         hints = typing.get_type_hints(cls)
         assert key in hints, f"params.yaml {'.'.join(path)}: {cls.__name__} has no field {key!r}"
-        if i == len(path) - 1:
+        if i == len(keys) - 1:
             return cls, key
         cls = hints[key]
-        assert dataclasses.is_dataclass(cls), f"params.yaml {'.'.join(path[: i + 1])} is not a section"
+        assert dataclasses.is_dataclass(cls), (
+            f"params.yaml {'.'.join(path[: start + i + 1])} is not a section"
+        )
     raise AssertionError(path)
-
-
-def _settable(cls: type) -> set[str]:
-    if dataclasses.is_dataclass(cls):
-        return {f.name for f in dataclasses.fields(cls)}
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
 @cache

@@ -130,7 +130,8 @@ def test_export_refuses_a_unet_ae_model(
         str(good),
     ]
     assert cli.main(args) == 1
-    assert "only patchcore models can be exported" in capsys.readouterr().err
+    refusal = "unet_ae models cannot be exported to ONNX (only detectors whose exporter() writes a graph: "
+    assert refusal + "patchcore)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -13,6 +13,7 @@ from anomaly_spotter import tracking
 from anomaly_spotter.core.config import Params, load_params
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.pipeline.outputs import all_or_nothing
+from anomaly_spotter.tracking.environment import drift_warning
 
 
 def parse_args(description: str, per_category: bool) -> tuple[Params, str | None]:
@@ -42,7 +43,11 @@ def stage_outputs(*outs: Path) -> Iterator[None]:
 
 
 def main(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; our own errors print one clear line and exit 1, without a traceback."""
+    """Run a stage body; our own errors print one clear line and exit 1, without a traceback. An environment
+    that differs from requirements.lock gets one warning line first (the stage runs on)."""
+    warning = drift_warning()
+    if warning:
+        print(f"{stage}: {warning}", file=sys.stderr)
     try:
         body()
     except AnomalySpotterError as err:

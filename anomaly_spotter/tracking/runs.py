@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_spotter.core.errors import TrackingError
+from anomaly_spotter.tracking.environment import environment_tags
 from anomaly_spotter.tracking.provenance import git_commit, workspace
 from anomaly_spotter.tracking.store import EXPERIMENT, mlflow_uri, use_experiment
 
@@ -36,7 +37,8 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
     experiment: str = EXPERIMENT,
 ) -> Iterator[Any]:
-    """An MLflow run for one stage execution, tagged with stage, category and git commit."""
+    """An MLflow run for one stage execution, tagged with stage, category, git commit and the lock (md5 and
+    the installed packages that differ from it)."""
     import mlflow
 
     commit, dirty = git_commit()
@@ -49,6 +51,7 @@ def stage_run(
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
+        **environment_tags(),
         **({"category": category} if category else {}),
         **(tags or {}),
     }

@@ -396,3 +396,18 @@ def test_train_run_is_found_by_model_md5(store: str, tmp_path: Path) -> None:
         TrackingError, match=r"no finished MLflow run of train@a with model_md5=.*dvc repro --force"
     ):
         tracking.train_run("a", model)
+
+
+def test_stage_runs_record_the_lock_and_the_drift_from_it(store: str, tmp_path: Path) -> None:
+    import hashlib
+    from importlib.metadata import version
+
+    import mlflow
+
+    (tmp_path / "requirements.lock").write_text("numpy==0.0.1\n")  # the working directory's lock
+    tracking.connect()
+    with tracking.stage_run("prepare", "a", {}) as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["env.lock_md5"] == hashlib.md5(b"numpy==0.0.1\n").hexdigest()
+    assert tags["env.lock_drift"] == f"numpy {version('numpy')} (lock 0.0.1)"

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from anomaly_spotter import tracking
+from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.serving.inputs import chunks, collect_images
 
 CSV_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage")
@@ -21,6 +22,7 @@ PREDICTIONS_CSV = "predictions.csv"
 
 
 PREDICT_CHUNK = 16
+CSV_DIGITS = 7
 
 
 PROGRESS_MIN_IMAGES = 2
@@ -68,6 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     used: set[str] = set()
     n_failed, n_scored, n_defective = len(errors), 0, 0
     handle: TextIO = sys.stdout if str(csv_path) == "-" else _open_csv(csv_path)
+    written: list[Path] = []  # overlays of this run: removed with the CSV if a write fails
     try:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -89,10 +92,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
             n_scored += len(rows)
             n_defective += sum(row["verdict"] == "defective" for row in rows)
             for (path, _), row in zip(ok, rows, strict=True):
-                writer.writerow({"path": str(path), **{k: row[k] for k in CSV_COLUMNS if k != "path"}})
-                if args.out is not None:
-                    write_overlay(row["overlay"], args.out / _overlay_name(stems[path], used))
-            handle.flush()
+                target = csv_path
+                try:
+                    writer.writerow({"path": str(path), **{k: _rounded(row[k]) for k in CSV_COLUMNS[1:]}})
+                    if args.out is not None:
+                        target = args.out / _overlay_name(stems[path], used)
+                        write_overlay(row["overlay"], target)
+                        written.append(target)
+                    handle.flush()
+                except OSError as err:
+                    for done in [*written, *([] if handle is sys.stdout else [csv_path])]:
+                        done.unlink(missing_ok=True)
+                    raise AnomalySpotterError(
+                        f"{target}: cannot write ({err.strerror or err}); nothing of this run is kept: "
+                        "choose a writable --out or --csv"
+                    ) from err
             bar.update(len(chunk))
         bar.close()
     finally:
@@ -125,8 +139,18 @@ def predict_summary(
 
 
 def _open_csv(path: Path) -> TextIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", newline="")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", newline="")
+    except OSError as err:
+        raise AnomalySpotterError(
+            f"{path}: cannot write the CSV ({err.strerror or err}); choose a writable --out or --csv"
+        ) from err
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to the 7 significant digits the float32 maps hold (`0.4375`, not `0.43750000000000006`)."""
+    return float(f"{value:.{CSV_DIGITS}g}") if isinstance(value, float) else value
 
 
 def load_scoring_model(uri: str) -> Any:

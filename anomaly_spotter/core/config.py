@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from anomaly_spotter.core.anomaly_map import REGION_METHODS, check_reduction
 from anomaly_spotter.core.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+# A category is a folder directly under data.root, and names folders under data/, models/, outputs/, ...
+CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Largest data.image_size: 1000 images cached at 1024 px are 3 GB (images.npy is N x S x S x 3 bytes)
 MAX_IMAGE_SIZE = 1024
 
@@ -37,6 +40,14 @@ class DataParams:
     def __post_init__(self) -> None:
         if not self.categories:
             raise ConfigError("data.categories is empty: list at least one category folder name")
+        for category in self.categories:
+            if not isinstance(category, str) or not CATEGORY_NAME.fullmatch(category) or ".." in category:
+                raise ConfigError(
+                    f"data.categories: {category!r} is not a plain folder name (letters, digits, '_', '-', "
+                    "'.'; no path separators or '..'); list the category folders under data.root by name"
+                )
+        if len(set(self.categories)) != len(self.categories):
+            raise ConfigError(f"data.categories lists a category twice: {self.categories}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 16 <= self.image_size <= MAX_IMAGE_SIZE:

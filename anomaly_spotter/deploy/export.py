@@ -243,8 +243,7 @@ def export_model(
     start = time.perf_counter()
     config: InferenceConfig = service.config
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out}: folder exists and is not empty; pass --overwrite or choose another --out")
+    check_out_folder(out, overwrite)
     if not calibration_images:
         raise ExportError(
             "no calibration images; pass --calibration with the category's good training images"
@@ -291,6 +290,25 @@ def export_model(
         export_s=time.perf_counter() - start,
         **check,
     )
+
+
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an `--out` that is a file, or a non-empty folder unless `overwrite` and it is an export's own
+    folder (an MLmodel with an edge detector artifact): --overwrite never deletes anything else."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: is a file; --out names the model folder to write")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"{out}: folder exists and is not empty; pass --overwrite or choose another --out")
+    from anomaly_spotter.serving.edge import ARTIFACTS_DIR
+
+    manifest = out / ARTIFACTS_DIR / EDGE_ARTIFACT_DIR / MANIFEST_FILE
+    if not ((out / "MLmodel").is_file() and manifest.is_file()):
+        raise ExportError(
+            f"{out}: --overwrite replaces only a folder that anomaly-spotter export wrote (MLmodel and "
+            f"{ARTIFACTS_DIR}/{EDGE_ARTIFACT_DIR}/{MANIFEST_FILE}), and this is not one; choose another --out"
+        )
 
 
 def _compare(

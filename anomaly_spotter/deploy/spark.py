@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -420,6 +421,10 @@ class _HadoopFS:
         fs, jpath = self._path(path)
         return bool(fs.isFile(jpath))
 
+    def length(self, path: str) -> int:
+        fs, jpath = self._path(path)
+        return int(fs.getFileStatus(jpath).getLen())
+
     def qualified(self, path: str) -> str:
         fs, jpath = self._path(path)
         return str(fs.makeQualified(jpath).toString())
@@ -439,9 +444,12 @@ def _path_not_found(err: Exception) -> bool:
     return type(err).__name__ == "AnalysisException" and "PATH_NOT_FOUND" in str(err)
 
 
-def read_images(spark: Any, text: str) -> tuple[Any, Any | None, list[tuple[str, str]], str | None]:
+def read_images(
+    spark: Any, text: str
+) -> tuple[Any, Any | None, list[tuple[str, str]], list[str], str | None]:
     """(binaryFile DataFrame of the images, Parquet list input's qualified -> listed path DataFrame or
-    None, its missing files as (listed path, error), the cwd that shown paths are relative to or None)."""
+    None, its missing files as (listed path, error), its zero-byte image files as shown, the cwd that shown
+    paths are relative to or None)."""
     from pyspark.sql import functions as F
 
     from anomaly_spotter.serving.inputs import IMAGE_SUFFIXES
@@ -460,7 +468,7 @@ def read_images(spark: Any, text: str) -> tuple[Any, Any | None, list[tuple[str,
                 raise AnomalySpotterError(f"{text}: no such file or folder (nothing matches)") from err
             raise
         files = files.where(F.lower(F.col("path")).rlike(suffix_pattern(IMAGE_SUFFIXES)))
-        return files, None, [], cwd
+        return files, None, [], [display_path(uri, cwd) for uri in unread_files(files)], cwd
     listed = spark.read.parquet(text)
     if PATH_COLUMN not in listed.columns:
         raise AnomalySpotterError(
@@ -475,6 +483,7 @@ def read_images(spark: Any, text: str) -> tuple[Any, Any | None, list[tuple[str,
     fs = _HadoopFS(spark)
     found: list[tuple[str, str]] = []
     missing: list[tuple[str, str]] = []
+    empty: list[str] = []
     for path in paths:
         if has_scheme(path) and not path.startswith("file:"):
             ok = fs.is_file(path)
@@ -483,13 +492,37 @@ def read_images(spark: Any, text: str) -> tuple[Any, Any | None, list[tuple[str,
             local = local_path(path) or path
             ok = os.path.isfile(local)
             qualified = "file:" + os.path.abspath(local)
-        if ok:
+        if ok and _is_empty(fs, path):
+            empty.append(path)  # Spark's file scan skips zero-byte files: they get their row here
+        elif ok:
             found.append((qualified, path))
         else:
             missing.append((path, f"{path}: file not found"))
     files = reader.load([q for q, _ in found]) if found else None
     mapping = spark.createDataFrame(found, "qualified string, listed string") if found else None
-    return files, mapping, missing, None
+    return files, mapping, missing, empty, None
+
+
+def unread_files(files: Any) -> list[str]:
+    """Image files that the input lists but binaryFile never reads (its file scan skips zero-byte files),
+    as qualified URIs: every file of the input gets a row, these one with predict's error."""
+    from urllib.parse import unquote
+
+    from anomaly_spotter.serving.inputs import IMAGE_SUFFIXES
+
+    def key(uri: str) -> str:  # inputFiles says file:///a/b, the path column file:/a/b
+        uri = unquote(uri)
+        return local_path(uri) or uri
+
+    pattern = re.compile(suffix_pattern(IMAGE_SUFFIXES))
+    listed = {key(p): p for p in files.inputFiles() if pattern.search(p.lower())}
+    read = {key(r[0]) for r in files.select("path").distinct().collect()}
+    return sorted(uri for k, uri in listed.items() if k not in read)
+
+
+def _is_empty(fs: _HadoopFS, path: str) -> bool:
+    local = None if has_scheme(path) and not path.startswith("file:") else (local_path(path) or path)
+    return os.path.getsize(local) == 0 if local is not None else fs.length(path) == 0
 
 
 def _prepare_udf(config: Any, cwd: str | None) -> Any:
@@ -553,7 +586,8 @@ def score(
     fs = _HadoopFS(spark)
     if fs.exists(output) and not overwrite:
         raise AnomalySpotterError(f"{output} exists; remove it or pass --overwrite")
-    files, mapping, missing, cwd = read_images(spark, input_text)
+    files, mapping, missing, empty, cwd = read_images(spark, input_text)
+    missing += [(path, prepare_image(b"", path, model.config)[1]) for path in empty]  # predict's message
     parts = []
     if files is not None:
         context = spark.sparkContext

@@ -49,6 +49,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.core.packages import pinned
 from anomaly_spotter.data.images import check_size, image_size
 from anomaly_spotter.serving.edge import CONFIG_FILE, ONNX_KIND
 from anomaly_spotter.serving.inference import (
@@ -230,8 +231,6 @@ def input_example(image_size: int) -> pd.DataFrame:
 
 def service_requirements(detector_kind: str) -> list[str]:
     """Pinned pip requirements of the pyfunc (the anomaly_spotter package itself travels as code)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     pkgs = ["torch", "numpy", "scipy", "scikit-image", "pillow", "pandas", "pyyaml", "tqdm", "mlflow"]
     if detector_kind == ONNX_KIND:  # an exported model (anomaly-spotter export): ONNX Runtime, no torch
         pkgs = [*pkgs[1:], "onnxruntime"]
@@ -239,13 +238,7 @@ def service_requirements(detector_kind: str) -> list[str]:
         from anomaly_spotter.detectors import detector_class
 
         pkgs += detector_class(detector_kind).requirements
-    reqs = []
-    for pkg in pkgs:
-        try:
-            reqs.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            reqs.append(pkg)
-    return reqs
+    return pinned(pkgs)
 
 
 def log_service_model(

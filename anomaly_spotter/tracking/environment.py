@@ -11,6 +11,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from anomaly_spotter.core.packages import public
+
 LOCK_FILE = "requirements.lock"
 LOCK_MD5_TAG = "env.lock_md5"
 DRIFT_TAG = "env.lock_drift"
@@ -38,11 +40,6 @@ def read_lock(path: Path) -> dict[str, str]:
         if match:
             pins[normalize(match.group(1))] = match.group(2)
     return pins
-
-
-def public(version: str) -> str:
-    """`2.13.0+cpu` -> `2.13.0`: a local build label does not make another release."""
-    return version.split("+", 1)[0]
 
 
 def lock_drift(path: Path) -> list[str]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from anomaly_spotter.core.errors import TrackingError
+from anomaly_spotter.core.packages import pinned
 from anomaly_spotter.tracking.store import tracking_uri
 
 MODEL_NAME_PREFIX = "anomaly-spotter"
@@ -71,11 +72,7 @@ def log_pytorch_model(
 
 def pip_requirements() -> list[str]:
     """Pinned requirements for logged models (explicit, so MLflow need not infer them)."""
-    from importlib.metadata import version
-
-    return [
-        f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow")
-    ]
+    return pinned(("torch", "numpy", "scipy", "scikit-image", "pillow", "mlflow"))
 
 
 CHAMPION = "champion"

@@ -202,21 +202,28 @@ def use_experiment(uri: str, name: str) -> str:
     return experiment_id
 
 
+def check_reachable(uri: str) -> None:
+    """A tracking server must answer its health check within HEALTH_TIMEOUT_S, and MLflow's own requests
+    give up as fast (no retries for minutes); raises TrackingError naming the URI. Files: nothing to do."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HEALTH_TIMEOUT_S))
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({err}); start it (mlflow server ...) "
+            f"or unset MLFLOW_TRACKING_URI to use the local store {DEFAULT_TRACKING_URI}"
+        ) from err
+
+
 def connect() -> str:
     """Point MLflow at the tracking URI and check it answers and can be written; raises TrackingError
     (one line naming the URI and what to do) otherwise."""
     uri = tracking_uri()
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HEALTH_TIMEOUT_S))
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as resp:
-                resp.read()
-        except (urllib.error.URLError, OSError) as err:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({err}); start it (mlflow server ...) "
-                f"or unset MLFLOW_TRACKING_URI to use the local store {DEFAULT_TRACKING_URI}"
-            ) from err
+    check_reachable(uri)
     check_writable(uri)
     import mlflow
 
@@ -231,6 +238,7 @@ def use_existing_store(wanted: str, local_hint: str = "") -> str:
     import mlflow
 
     store = tracking_uri()
+    check_reachable(store)
     path = sqlite_path(store)
     if path is not None and not path.is_file():
         raise TrackingError(

@@ -182,15 +182,18 @@ def _write_images(root: Path, n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[Path], list[Path]]]:
-    """(folder, good images, the two that cannot be scored); plus a text file both commands ignore."""
+    """(folder, good images, the three that cannot be scored, one of them zero bytes: Spark's file scan
+    skips those); plus a text file both commands ignore."""
     root = tmp_path_factory.mktemp("spark-images") / "parts"
     paths = _write_images(root, N_IMAGES)
     bad = root / "good" / "broken.png"
     bad.write_bytes(b"this is not an image")
     tiny = root / "defect" / "tiny.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiny)
+    empty = root / "defect" / "empty.png"
+    empty.write_bytes(b"")
     (root / "notes.txt").write_text("not an image, not scored")
-    yield root, paths, [bad, tiny]
+    yield root, paths, [bad, tiny, empty]
 
 
 def _score_spark(
@@ -215,7 +218,7 @@ def predicted(
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = cli.main(["predict", str(folder), "--model", MODEL, "--csv", str(csv_path), "--no-progress"])
-    assert code == 1  # two unreadable files
+    assert code == 1  # three unreadable files
     prefix = "anomaly-spotter predict: error: "
     messages = [line.removeprefix(prefix) for line in err.getvalue().splitlines() if line.startswith(prefix)]
     with csv_path.open() as f:
@@ -243,11 +246,11 @@ def test_score_spark_equals_predict_row_by_row(
     predicted: tuple[dict[str, dict[str, str]], dict[str, str]],
     tmp_path: Path,
 ) -> None:
-    """A folder: every row equals predict's, the two unreadable get predict's messages; no temp left; an
+    """A folder: every row equals predict's, the three unreadable get predict's messages; no temp left; an
     existing output is refused."""
-    folder, _, (bad, tiny) = images
+    folder, _, (bad, tiny, empty) = images
     expected, messages = predicted
-    assert len(expected) == N_IMAGES and set(messages) == {str(bad), str(tiny)}
+    assert len(expected) == N_IMAGES and set(messages) == {str(bad), str(tiny), str(empty)}
     verdicts = {row["verdict"] for row in expected.values()}
     assert verdicts == {"good", "defective"}, verdicts  # both kinds of row are compared
 
@@ -256,19 +259,19 @@ def test_score_spark_equals_predict_row_by_row(
     assert result.returncode == 0, result.stderr[-4000:]
     n_defective = sum(row["verdict"] == "defective" for row in expected.values())
     assert result.stdout.strip().splitlines()[-1] == (
-        f"scored {N_IMAGES} images: {n_defective} defective, 2 unreadable; Parquet: {out}"
+        f"scored {N_IMAGES} images: {n_defective} defective, 3 unreadable; Parquet: {out}"
     )
-    assert "2 image(s) could not be read" in result.stderr
+    assert "3 image(s) could not be read" in result.stderr
     assert "FutureWarning" not in result.stderr and "Downloading artifacts" not in result.stderr
     frame = pd.read_parquet(out)
     assert list(frame.columns) == list(spark.OUTPUT_COLUMNS)
-    assert len(frame) == N_IMAGES + 2  # notes.txt is not an image, as for predict
+    assert len(frame) == N_IMAGES + 3  # notes.txt is not an image, as for predict
     assert list(frame["path"]) == sorted(frame["path"])  # one part file, sorted by path
     assert len(list(out.glob("part-*.parquet"))) == 1
     _assert_rows_equal(frame, expected)
     errors = frame[frame["error"].notna()].set_index("path")
-    assert sorted(errors.index) == sorted([str(bad), str(tiny)])
-    for path in (bad, tiny):  # predict's own message, naming the file
+    assert sorted(errors.index) == sorted([str(bad), str(tiny), str(empty)])
+    for path in (bad, tiny, empty):  # predict's own message, naming the file
         assert errors.loc[str(path), "error"] == messages[str(path)]
         assert f"anomaly-spotter score-spark: error: {messages[str(path)]}" in result.stderr
         assert errors.loc[str(path), ["score", "verdict", "threshold", "anomaly_percentage"]].isna().all()
@@ -291,11 +294,12 @@ def test_score_spark_parquet_list_of_paths(
 ) -> None:
     """A Parquet list of paths relative to the working directory, one missing: rows named as listed,
     equal to predict's; --overwrite replaces an existing output."""
-    _, paths, _ = images
-    expected, _ = predicted
+    _, paths, (_, _, empty) = images
+    expected, messages = predicted
     (tmp_path / "scores.parquet").mkdir()
     (tmp_path / "scores.parquet" / "old.txt").write_text("replaced by --overwrite")
     listed = [os.path.relpath(p, tmp_path) for p in paths[:40]] + ["nowhere/missing.png"]
+    listed.append(os.path.relpath(empty, tmp_path))  # zero bytes: a row with predict's error too
     pd.DataFrame({"path": listed}).to_parquet(tmp_path / "todo.parquet")
     result = _score_spark(
         store,
@@ -314,8 +318,10 @@ def test_score_spark_parquet_list_of_paths(
     assert sorted(frame["path"]) == sorted(listed)  # named as listed
     missing = frame.set_index("path").loc["nowhere/missing.png"]
     assert missing["error"] == "nowhere/missing.png: file not found" and pd.isna(missing["score"])
+    zero = frame.set_index("path").loc[listed[-1]]
+    assert zero["error"] == messages[str(empty)].replace(str(empty), listed[-1]) and pd.isna(zero["score"])
     _assert_rows_equal(
-        frame[frame["path"] != "nowhere/missing.png"],
+        frame[~frame["path"].isin(["nowhere/missing.png", listed[-1]])],
         {rel: expected[str(p)] for rel, p in zip(listed, paths[:40], strict=False)},
     )
     assert not (tmp_path / "scores.parquet" / "old.txt").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -384,3 +385,55 @@ def test_predict_reads_16bit_files_as_their_8bit_versions(store: ServiceStore, t
     scores = {Path(p).name: float(row["score"]) for p, row in read_csv(csv_path).items()}
     assert scores["rgb16.png"] == pytest.approx(store.pipeline_scores[str(original)], rel=1e-6)
     assert scores["gray16.png"] == pytest.approx(scores["gray8.png"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "x.png", "--model", "models:/anomaly-spotter-fabric@champion"],
+        ["promote", "--category", "fabric"],
+        ["export", "--model", "models:/anomaly-spotter-fabric@champion", "--out", "edge"],
+    ],
+)
+def test_an_unreachable_tracking_server_is_one_line_at_once(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its health check, not MLflow's minutes of retries (port 9: nothing listens)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MLflow tracking server http://127.0.0.1:9 is unreachable" in err[0], err
+
+
+def test_predict_keeps_nothing_when_a_write_fails(
+    store: ServiceStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    image = store.image_paths[0]
+    (out / f"{image.stem}_overlay.png").mkdir(parents=True)  # the overlay's name is taken by a folder
+    code = cli.main(
+        ["predict", str(image), "--model", f"models:/{NAME}/1", "--out", str(out), "--no-progress"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"anomaly-spotter predict: error: {out / image.stem}_overlay.png: cannot write")
+    assert not (out / "predictions.csv").exists()
+
+
+def test_predict_csv_floats_are_rounded(store: ServiceStore, tmp_path: Path) -> None:
+    cli.main(
+        [
+            "predict",
+            *map(str, store.image_paths),
+            "--model",
+            f"models:/{NAME}/1",
+            "--csv",
+            str(tmp_path / "p.csv"),
+        ]
+    )
+    text = (tmp_path / "p.csv").read_text()
+    numbers = re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)
+    assert numbers and all(
+        len(n.lstrip("-").replace(".", "").split("e")[0].lstrip("0")) <= 7 for n in numbers
+    )

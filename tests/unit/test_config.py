@@ -95,3 +95,15 @@ def test_image_size_and_request_limits_are_bounded_by_name() -> None:
         50.0,
         32,
     )
+
+
+@pytest.mark.parametrize("name", ["../../victim", "a/b", "..", ".hidden", "-x", "a\\b", ""])
+def test_category_names_are_plain_folder_names(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"data\.categories: .* is not a plain folder name"):
+        params_from_dict({"data": {"categories": ["fabric", name]}})
+    assert (
+        params_from_dict({"data": {"categories": ["screw", "metal_nut", "v1.2"]}}).data.categories[1]
+        == "metal_nut"
+    )
+    with pytest.raises(ConfigError, match="lists a category twice"):
+        params_from_dict({"data": {"categories": ["screw", "screw"]}})

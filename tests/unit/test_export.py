@@ -205,6 +205,13 @@ def test_export_errors_name_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "b" / "x").write_text("")
     with pytest.raises(ExportError, match="--overwrite"):
         export_model(service, tmp_path / "b", list(_images(2, 32, 0)), False, "test")
+    # --overwrite deletes only an export's own folder: never `.`, a clone or any other folder
+    with pytest.raises(ExportError, match="replaces only a folder that anomaly-spotter export wrote"):
+        export_model(service, tmp_path / "b", list(_images(2, 32, 0)), False, "test", overwrite=True)
+    assert (tmp_path / "b" / "x").is_file()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ExportError, match="is a file; --out names the model folder"):
+        export_model(service, tmp_path / "f", list(_images(2, 32, 0)), False, "test")
     with pytest.raises(EdgeModelError, match="not an exported model folder"):
         load_edge_model(tmp_path / "b")
     assert spread(list(range(10)), 3) == [0, 4, 9] and spread([1, 2], 5) == [1, 2]

@@ -7,6 +7,7 @@ gives it smaller ones."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,8 @@ def test_served_model_scores_like_the_detector(fitted: tuple[str, Detector], tmp
     save_service_model(tmp_path / "served", tmp_path / "model.pt", config, name)
     requirements = (tmp_path / "served" / "requirements.txt").read_text()
     assert all(req in requirements for req in detector_class(name).requirements)
+    # installable elsewhere: pins name releases an index serves (torch's CPU build is 2.13.0+cpu here)
+    assert f"torch=={version('torch').split('+')[0]}\n" in requirements and "+" not in requirements
     served = mlflow.pyfunc.load_model(str(tmp_path / "served")).unwrap_python_model()
     images = list(_with_defect(_images(2, 3)))
     rows = served.score(images)

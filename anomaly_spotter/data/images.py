@@ -189,17 +189,28 @@ def rgb_array(image: Any, name: str = "image", max_side: int | None = None) -> n
 MASK_HALF_RANGE = {8: 128, 16: 32768}
 
 
-def read_mask_levels(path: Path) -> tuple[np.ndarray, int]:
+def read_mask_levels(
+    path: Path, image_size: tuple[int, int] | None = None, image_name: str = "its image"
+) -> tuple[np.ndarray, int]:
     """Read a ground-truth mask as bool `(H, W)` and the number of distinct grey levels in the file.
 
     A two-level mask (0 and one other value, as MVTec's 0/255, a 0/1 mask or a coloured outline) marks
     every non-zero pixel defective. Any other mask (e.g. a JPEG-compressed one) is binarised at half its
     range: >= 128 for 8-bit files, >= 32768 for 16-bit ones. Colour and palette masks are read as their
     grey level (a 0/1 palette index is kept as is). Raises DatasetError naming the file when it is
-    missing or unreadable.
+    missing or unreadable, or when its header says another size than `image_size` (width, height) of its
+    image `image_name`: checked before anything is decoded, so an oversized mask costs no memory.
     """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            img = Image.open(path)
+        with img:
+            if image_size is not None and img.size != tuple(image_size):
+                raise DatasetError(
+                    f"{path}: mask is {img.width}x{img.height} but {image_name} is "
+                    f"{image_size[0]}x{image_size[1]}; masks must match their image's size"
+                )
             img.load()
             if img.mode == "1":
                 arr = np.asarray(img).astype(np.uint8)
@@ -211,7 +222,7 @@ def read_mask_levels(path: Path) -> tuple[np.ndarray, int]:
                 arr = np.asarray(img.convert("L"))
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: mask file not found") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot read mask ({err}); replace or remove the file") from err
     levels = np.unique(arr)
     if (levels.size <= 2 and levels[:1].tolist() in ([], [0])) or np.isin(levels, (0, 1)).all():

@@ -73,21 +73,22 @@ def prepare_category(
         image = read_rgb(Path(row.image_path))
         images[i] = resize_rgb(image, image_size)
         if row.mask_path:
-            mask, levels = read_mask_levels(Path(row.mask_path))
+            size = (image.shape[1], image.shape[0])
+            mask, levels = read_mask_levels(Path(row.mask_path), size, f"its image {row.image_path}")
             if levels > 2:
                 graded.append((row.mask_path, levels))
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"{row.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} "
-                    f"but its image {row.image_path} "
-                    f"is {image.shape[1]}x{image.shape[0]}; masks must match their image's size"
-                )
             masks[i] = resize_mask(mask, image_size)
     index["row"] = np.arange(n)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index.to_csv(out_dir / INDEX_FILE, index=False)
-    np.save(out_dir / IMAGES_FILE, images)
-    np.save(out_dir / MASKS_FILE, masks)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        index.to_csv(out_dir / INDEX_FILE, index=False)
+        np.save(out_dir / IMAGES_FILE, images)
+        np.save(out_dir / MASKS_FILE, masks)
+    except OSError as err:  # a full disk, say: the stage removes what it had written
+        raise DatasetError(
+            f"{out_dir}: cannot write the prepared images ({err.strerror or err}); they need "
+            f"{images.nbytes + masks.nbytes:,} bytes: free disk space or lower data.image_size"
+        ) from err
     counts = {f"n_{k}": int(v) for k, v in index["split"].value_counts().sort_index().items()}
     counts["n_defective"] = int(index["label"].sum())
     counts["n_defect_types"] = int(index.loc[index["label"] == 1, "defect_type"].nunique())

@@ -50,13 +50,16 @@ STATE_FILE = "server.json"
 PG_DATA = "postgres"
 PG_LOG = "postgres.log"
 PG_PASSWORD_FILE = "postgres.password"
+# The cluster's superuser, for setting up the role and database only; mlflow server never uses it.
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "postgres-admin.password"
 MLFLOW_LOG = "mlflow-server.log"
 ARTIFACTS = "artifacts"
 DB_NAME = "mlflow"
 DB_USER = "mlflow"
 PG_SYSTEM_USER = "postgres"  # PostgreSQL will not run as root; Debian's package creates this user
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"  # Debian / Ubuntu
-PG_TOOLS = ("initdb", "pg_ctl", "postgres", "createdb")
+PG_TOOLS = ("initdb", "pg_ctl", "postgres", "createdb", "psql")
 DEFAULT_PORT = 5000
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT_S = 180
@@ -238,14 +241,16 @@ def _chown(path: Path, account: tuple[int, int] | None) -> None:
 
 
 def _init_cluster(folder: Path, bin_dir: Path, pg_port: int, account: tuple[int, int] | None) -> None:
-    """initdb a cluster in folder/postgres: role `mlflow` with a random password, loopback TCP only."""
+    """initdb a cluster in folder/postgres, loopback TCP only: its superuser `admin` and, made by
+    `_create_database`, the role `mlflow` (no superuser) that owns the database; random passwords."""
     data = folder / PG_DATA
     data.mkdir(mode=0o700)
     _chown(data, account)
-    password_file = folder / PG_PASSWORD_FILE
-    password_file.touch(mode=0o600)
-    password_file.write_text(secrets.token_urlsafe(24) + "\n")
-    _chown(password_file, account)
+    for name in (PG_PASSWORD_FILE, ADMIN_PASSWORD_FILE):
+        password_file = folder / name
+        password_file.touch(mode=0o600)
+        password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        _chown(password_file, account)
     _pg(
         bin_dir,
         "initdb",
@@ -253,8 +258,8 @@ def _init_cluster(folder: Path, bin_dir: Path, pg_port: int, account: tuple[int,
             "-D",
             str(data),
             "-U",
-            DB_USER,
-            f"--pwfile={password_file}",
+            ADMIN_USER,
+            f"--pwfile={folder / ADMIN_PASSWORD_FILE}",
             "--auth=scram-sha-256",
             "-E",
             "UTF8",
@@ -307,13 +312,42 @@ def _start_postgres(folder: Path, state: ServerState, account: tuple[int, int] |
 
 
 def _create_database(folder: Path, state: ServerState) -> None:
-    env = {**os.environ, "PGPASSWORD": _password(folder), "LC_ALL": "C"}  # "already exists" in English
-    args = ["-h", "127.0.0.1", "-p", str(state.pg_port), "-U", DB_USER, DB_NAME]
+    """The role `mlflow` (login, no superuser, no role or database creation) and its database `mlflow`,
+    made by the cluster's `admin` (clusters from before `admin` existed keep their `mlflow` owner)."""
+    admin_file = folder / ADMIN_PASSWORD_FILE
+    admin = admin_file.read_text().strip() if admin_file.is_file() else None
+    user = ADMIN_USER if admin is not None else DB_USER
+    env = {**os.environ, "PGPASSWORD": admin or _password(folder), "LC_ALL": "C"}  # errors in English
+    conn = ["-h", "127.0.0.1", "-p", str(state.pg_port), "-U", user]
+    bin_dir = Path(state.bin_dir)
+    if admin is not None:  # the role's password goes on stdin, never on a command line
+        create = (
+            f"CREATE ROLE {DB_USER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{_password(folder)}'"
+        )
+        sql = (
+            "SELECT "
+            + _sql_text(create)
+            + f" WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DB_USER}')"
+            + " \\gexec\n"
+        )
+        _pg(
+            bin_dir,
+            "psql",
+            [*conn, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],
+            None,
+            env=env,
+            input=sql,
+        )
     try:
-        _pg(Path(state.bin_dir), "createdb", args, None, env=env)
+        _pg(bin_dir, "createdb", [*conn, "-O", DB_USER, DB_NAME], None, env=env)
     except TeamServerError as err:
         if "already exists" not in str(err):
             raise
+
+
+def _sql_text(text: str) -> str:
+    """A SQL string literal of `text`."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _stop_postgres(folder: Path, state: ServerState, account: tuple[int, int] | None) -> bool:

@@ -285,3 +285,21 @@ def test_server_cli_reports_status(server: team.ServerState) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"tracking_uri: {server.tracking_uri}" in result.stdout
     assert "mlflow_server: up" in result.stdout and "postgres: up" in result.stdout
+
+
+def test_mlflows_database_role_is_not_a_superuser(server: team.ServerState) -> None:
+    """mlflow server logs in as `mlflow`, which owns its database and nothing more; `admin` set it up."""
+    folder = Path(server.artifacts_destination).parent
+    env = {**os.environ, "PGPASSWORD": (folder / team.PG_PASSWORD_FILE).read_text().strip()}
+    query = "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    result = subprocess.run(
+        [str(Path(server.bin_dir) / "psql"), "-h", "127.0.0.1", "-p", str(server.pg_port), "-U", team.DB_USER]
+        + [team.DB_NAME, "-At", "-c", query],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "f|f|f"
+    assert (folder / team.ADMIN_PASSWORD_FILE).stat().st_mode & 0o777 == 0o600

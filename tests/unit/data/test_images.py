@@ -159,3 +159,32 @@ def test_prepare_names_a_decompression_bomb_and_the_limit(tmp_path: Path) -> Non
     message = rf"huge\.png: cannot read image: image is too large.*limit is {MAX_DECODE_PIXELS} pixels"
     with pytest.raises(DatasetError, match=message):
         read_rgb(path)
+
+
+def test_an_oversized_mask_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
+    cat = make_mvtec_category(tmp_path / "raw", n_train=3, n_test_good=1, defects={"hole": 1}, size=32)
+    mask = cat / "ground_truth" / "hole" / "000_mask.png"
+    mask.write_bytes(png_header(10400, 10400))  # 108 Mpx claimed, no pixel data: decoding would fail
+    message = (
+        r"000_mask\.png: mask is 10400x10400 but its image .*hole/000\.png is 32x32; masks must match "
+        "their image's size"
+    )
+    with pytest.raises(DatasetError, match=message):
+        prepare_category(tmp_path / "raw", "widget", tmp_path / "out", 32, 0.34, 0, False)
+
+
+def test_a_full_disk_while_prepare_writes_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    make_mvtec_category(tmp_path / "raw", n_train=3, n_test_good=1, size=32)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(
+        DatasetError, match=r"out: cannot write the prepared images \(No space left on device\)"
+    ):
+        prepare_category(tmp_path / "raw", "widget", tmp_path / "out", 32, 0.34, 0, False)

@@ -15,7 +15,7 @@ from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.detectors import build_detector, detector_class, distributed, load_detector
 from anomaly_spotter.pipeline import paths
-from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
+from anomaly_spotter.pipeline.stage import main, parse_args, progress_enabled, stage_outputs
 from anomaly_spotter.pipeline.train import run_train, train_params_logged, training_history
 
 
@@ -34,13 +34,15 @@ def run() -> None:
     if distributed.launched():
         distributed.join(build_detector(params).fit_device())
         if not distributed.is_main():
-            run_train(params, category)  # trains its share; rank 0 saves, logs and registers
+            run_train(
+                params, category, progress_enabled()
+            )  # trains its share; rank 0 saves, logs and registers
             return
     out = paths.model_dir(category)
     prepared_dir = paths.prepared_dir(category)
     with stage_outputs(out / paths.MODEL_FILE, out / paths.HISTORY_DIR):  # not the folder's .gitignore
         prepared = tracking.prepare_run(category, prepared_dir)
-        detector, metrics = run_train(params, category)
+        detector, metrics = run_train(params, category, progress_enabled())
         logged = {"seed": params.seed, **train_params_logged(params)}
         lineage = {
             "prepare_run_id": prepared.info.run_id,

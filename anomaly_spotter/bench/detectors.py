@@ -174,8 +174,7 @@ def run_job(
         if n_train is not None:
             train_images = grow_training_set(train_images, n_train, params.seed)
         detector = build_detector(params if seed is None else replace(params, seed=int(seed)))
-        if hasattr(detector, "progress"):
-            detector.progress = False
+        detector.progress = False
         start = time.perf_counter()
         detector.fit(train_images, np.asarray(val.images))
         fit_s = time.perf_counter() - start

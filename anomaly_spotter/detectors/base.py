@@ -42,6 +42,7 @@ class Detector(ABC):
     Options: ClassVar[type]  # frozen dataclass that params.yaml's `model.<kind>` section is parsed into
     requirements: ClassVar[tuple[str, ...]] = ()  # pip packages a served model needs beyond the core's
     data_parallel: ClassVar[bool] = False  # fits in a torchrun group (`train.world_size` > 1)
+    progress: bool = True  # `fit` shows a progress bar (on stderr)
     # Set by `fit` for detectors with a training loop: one row per epoch (epoch, train_loss, val_loss) and
     # the wall time of each epoch; None for detectors without epochs (PatchCore).
     history_: pd.DataFrame | None = None

@@ -19,7 +19,7 @@ from anomaly_spotter.pipeline import paths
 CALIBRATION_BATCH = 16
 
 
-def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]]:
+def run_train(params: Params, category: str, progress: bool = True) -> tuple[Detector, dict[str, float]]:
     """Fit the configured detector on the category's train split (val split for early stopping).
 
     Then fits the pixel threshold (`train.pixel_quantile` of the validation good maps), kept in the model.
@@ -35,6 +35,7 @@ def run_train(params: Params, category: str) -> tuple[Detector, dict[str, float]
     data = load_prepared(paths.prepared_dir(category))
     train, val = data.split("train"), data.split("val")
     detector = build_detector(params)
+    detector.progress = progress
     start = time.perf_counter()
     detector.fit(np.asarray(train.images), np.asarray(val.images))
     fit_seconds = time.perf_counter() - start

@@ -307,7 +307,15 @@ def load_service_model(uri: str) -> ServiceModel:
             warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
             loaded = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # noqa: BLE001 - any load failure is reported with the URI
-        raise AnomalySpotterError(f"cannot load model {uri!r}: {err}") from err
+        hint = ""
+        if "alias" in str(err) and "not found" in str(err) and uri.startswith("models:/") and "@" in uri:
+            name = uri.removeprefix("models:/").split("@")[0]
+            category = name.removeprefix("anomaly-spotter-")
+            hint = (
+                f"; no version holds that alias yet: `anomaly-spotter promote --category {category}` gives "
+                f"the newest version the champion alias, or name a version: models:/{name}/1"
+            )
+        raise AnomalySpotterError(f"cannot load model {uri!r}: {err}{hint}") from err
     try:
         model = loaded.unwrap_python_model()
     except (AttributeError, MlflowException) as err:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any, Self
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from anomaly_spotter.core.anomaly_map import gaussian_smooth
 from anomaly_spotter.data.images import to_tensor_normalized
@@ -83,7 +85,17 @@ class PatchCoreDetector(Detector):
         with torch.inference_mode():
             pools: list[list[torch.Tensor]] = [[] for _ in range(n_members)]
             n_patches = [0] * n_members
-            for x in self._augmented_batches(train_images):
+            n_batches = math.ceil(len(train_images) / self.config.batch_size) * len(
+                AUGMENTS[self.config.augment]
+            )
+            batches = tqdm(
+                self._augmented_batches(train_images),
+                total=n_batches,
+                desc="fit patchcore",
+                unit="batch",
+                disable=not self.progress,
+            )
+            for x in batches:
                 for k, emb in enumerate(model.embed(x)):
                     per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
                     pools[k].append(self._preselect(per_image, projections[k], n_images))

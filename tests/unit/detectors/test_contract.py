@@ -53,8 +53,7 @@ def fitted(request: pytest.FixtureRequest) -> tuple[str, Detector]:
     name = request.param
     cls = detector_class(name)
     detector = cls.from_options(parse_options(name, TINY.get(name, {}), seed=0), seed=0)
-    if hasattr(detector, "progress"):
-        detector.progress = False
+    detector.progress = False
     val = _images(4, 1)
     assert detector.fit(_images(8, 0), val) is detector
     calibrate_pixels(detector, val, 0.99)

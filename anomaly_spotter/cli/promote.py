@@ -59,7 +59,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     new_tags = dict(newest.tags)
     champ = tracking.model_version_by_alias(name, tracking.CHAMPION)
     champ_tags = dict(champ.tags) if champ is not None else None
-    shown = list(dict.fromkeys([metric, tiebreak, "image_auroc", "pixel_auroc", "aupro", "f1"]))
+    shown = list(
+        dict.fromkeys(
+            [metric, tiebreak, "image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall"]
+            + ["false_alarm_rate", "val_false_alarm_rate", "threshold"]
+        )
+    )
     print(
         f"{name}: newest version {newest.version}; champion: "
         f"{'none' if champ is None else 'version ' + str(champ.version)}"

@@ -352,3 +352,16 @@ __all__ = [
     "stratified_folds",
     "threshold_for_recall",
 ]
+
+
+FALSE_ALARM_KEYS = ("false_alarm_rate", "val_false_alarm_rate")
+
+
+def false_alarm_rates(
+    false_positives: int | None, n_good: int, val_goods: np.ndarray, threshold: float | None
+) -> dict[str, float | None]:
+    """The share of good images a threshold flags: on the test split (`false_alarm_rate`, from its counts)
+    and on the validation goods (`val_false_alarm_rate`); None where there are none (or no threshold)."""
+    test = false_positives / n_good if n_good and false_positives is not None else None
+    val = float(np.mean(val_goods > threshold)) if threshold is not None and len(val_goods) else None
+    return dict(zip(FALSE_ALARM_KEYS, (test, val), strict=True))

@@ -11,6 +11,7 @@ from anomaly_spotter.core.config import Params
 from anomaly_spotter.core.metrics import mean_present
 from anomaly_spotter.core.thresholds import (
     evaluate_threshold,
+    false_alarm_rates,
     good_only_threshold,
     recall_thresholds_out_of_fold,
     rows_to_frame,
@@ -31,7 +32,8 @@ IMAGE_HEADLINE = (
     "pixel_iou",
     "masked",
 )
-THRESHOLD_HEADLINE = ("f1", "precision", "recall")
+# false_alarm_rate: the share of good test images the threshold flags (out-of-fold, as precision and recall)
+THRESHOLD_HEADLINE = ("f1", "precision", "recall", "false_alarm_rate")
 
 
 def run_compute_thresholds(params: Params) -> dict[str, Any]:
@@ -40,7 +42,8 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
     Writes thresholds.csv / .json (full detail) and the DVC metrics: metrics/categories/<c>.json (image
     AUROC, pixel AUROC, AUPRO and the predicted region's pixel precision / recall / IoU from
     metrics.json; F1, precision, recall out-of-fold) and their mean,
-    metrics/overall.json. Returns those per category (plus good_only_f1) and overall, for MLflow.
+    metrics/overall.json. Each threshold also has its false-alarm rate on good test and validation images.
+    Returns those per category (plus good_only_f1) and overall, for MLflow.
     """
     tp = params.thresholds
     per_image = pd.read_csv(paths.PER_IMAGE_CSV, keep_default_na=False)
@@ -55,19 +58,29 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
         cat_test = test[test["category"] == category]
         good_t = good_only_threshold(val["score"].to_numpy(), tp.good_fpr)
         good_eval = evaluate_threshold(cat_test["label"].to_numpy(), cat_test["score"].to_numpy(), good_t)
+        val_goods = val.loc[val["label"] == 0, "score"].to_numpy()
+        recall_entry = {
+            k: py(overall_row[k])
+            for k in (
+                "threshold",
+                "precision",
+                "recall",
+                "f1",
+                "detected",
+                "n_defective",
+                "false_positives",
+                "n_good",
+            )
+        }
         summary[category] = {
             "recall_target": {
-                k: py(overall_row[k])
-                for k in (
-                    "threshold",
-                    "precision",
-                    "recall",
-                    "f1",
-                    "detected",
-                    "n_defective",
-                    "false_positives",
-                    "n_good",
-                )
+                **recall_entry,
+                **false_alarm_rates(
+                    recall_entry["false_positives"],
+                    recall_entry["n_good"],
+                    val_goods,
+                    recall_entry["threshold"],
+                ),
             },
             "per_defect": {
                 r.defect_type: {
@@ -84,6 +97,7 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
                 "threshold": good_t,
                 "target_fpr": tp.good_fpr,
                 **{k: py(v) for k, v in good_eval.items()},
+                **false_alarm_rates(good_eval["false_positives"], good_eval["n_good"], val_goods, good_t),
             },
             "method": str(overall_row["method"]),
         }

@@ -141,11 +141,15 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
         "f1",
         "precision",
         "recall",
+        "false_alarm_rate",
     ]
     assert (a["image_auroc"], a["pixel_auroc"], a["aupro"]) == (1.0, 0.9, 0.8)
     assert (a["pixel_precision"], a["pixel_recall"], a["pixel_iou"]) == (0.5, 0.4, 0.3)
     detail = json.loads(paths.THRESHOLDS_JSON.read_text())
     assert set(detail["a"]) == {"recall_target", "per_defect", "good_only", "method"}
+    recall_target = detail["a"]["recall_target"]
+    assert a["false_alarm_rate"] == recall_target["false_positives"] / recall_target["n_good"]
+    assert recall_target["val_false_alarm_rate"] is not None
     assert [a[k] for k in ("f1", "precision", "recall")] == [
         detail["a"]["recall_target"][k] for k in ("f1", "precision", "recall")
     ]

@@ -19,19 +19,12 @@ from anomaly_spotter.core.thresholds import (
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.results import k_of_n, py, write_json
 
-# The DVC metrics files (metrics/categories/<c>.json, metrics/overall.json): image metrics from
-# extract_metrics (`masked`: the share of defective test images with a mask, i.e. those the pixel
-# metrics cover), then the out-of-fold figures at the recall-target threshold. A metric that needs
-# defective images (or masks) the category lacks is null: `dvc metrics show` prints "-".
-IMAGE_HEADLINE = (
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "pixel_precision",
-    "pixel_recall",
-    "pixel_iou",
-    "masked",
-)
+# The DVC metrics files (metrics/categories/<c>.json, metrics/overall.json), what `dvc metrics show` prints
+# in 120 columns: image AUROC, pixel AUROC and AUPRO from extract_metrics, then the out-of-fold figures at the
+# recall-target threshold. The predicted region's pixel precision / recall / IoU and `masked` (the share of
+# defective test images with a mask) stay in metrics/metrics.json. A metric that needs defective images (or
+# masks) the category lacks is null: `dvc metrics show` prints "-".
+IMAGE_HEADLINE = ("image_auroc", "pixel_auroc", "aupro")
 # false_alarm_rate: the share of good test images the threshold flags (out-of-fold, as precision and recall)
 THRESHOLD_HEADLINE = ("f1", "precision", "recall", "false_alarm_rate")
 
@@ -40,8 +33,8 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
     """Recall-target thresholds (out-of-fold figures) and good-only calibration, per category and type.
 
     Writes thresholds.csv / .json (full detail) and the DVC metrics: metrics/categories/<c>.json (image
-    AUROC, pixel AUROC, AUPRO and the predicted region's pixel precision / recall / IoU from
-    metrics.json; F1, precision, recall out-of-fold) and their mean,
+    AUROC, pixel AUROC, AUPRO from metrics.json; F1, precision, recall, false-alarm rate out-of-fold)
+    and their mean,
     metrics/overall.json. Each threshold also has its false-alarm rate on good test and validation images.
     Returns those per category (plus good_only_f1) and overall, for MLflow.
     """

@@ -54,7 +54,7 @@ PER_CATEGORY = ("prepare", "train", "process_all", "visualize", "register")
 # What a clone of the repository holds that the pipeline needs (code, declarations, the plots page).
 PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", ".dvcignore", ".gitignore")
 DVC_FILES = (".dvc/config", ".dvc/plots_page.html")
-MAX_METRICS_WIDTH = 160
+MAX_METRICS_WIDTH = 120
 HEADLINE = IMAGE_HEADLINE + THRESHOLD_HEADLINE  # the columns of `dvc metrics show`
 CHROMIUM_BUDGET_MS = 20_000
 

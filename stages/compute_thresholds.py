@@ -42,6 +42,7 @@ def run() -> None:
             flatten(params_to_dict(params)),
             {**tags, "compute_thresholds_run_id": thresholds_run},
             experiment=tracking.PIPELINES_EXPERIMENT,
+            run_name=tracking.dvc_experiment() or "pipeline",  # named after its `dvc exp show` row
         ):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
             tracking.log_artifacts([paths.METRICS_JSON, paths.THRESHOLDS_CSV])

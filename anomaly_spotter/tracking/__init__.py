@@ -40,10 +40,12 @@ from anomaly_spotter.tracking.lineage import (  # noqa: F401
     train_run,
 )
 from anomaly_spotter.tracking.provenance import (  # noqa: F401
+    DVC_EXPERIMENT_ENV,
     DVC_WRITTEN_NAMES,
     DVC_YAML,
     changed_files,
     data_dvc_hash,
+    dvc_experiment,
     dvc_uncached_outs,
     git_commit,
     is_dvc_written,
@@ -70,6 +72,7 @@ from anomaly_spotter.tracking.registry import (  # noqa: F401
     tag_model_version,
 )
 from anomaly_spotter.tracking.runs import (  # noqa: F401
+    DVC_EXPERIMENT_TAG,
     KILLED_RUN_TAG,
     MAX_PARAM_LENGTH,
     WORKSPACE_TAG,
@@ -91,6 +94,7 @@ from anomaly_spotter.tracking.store import (  # noqa: F401
     PIPELINES_EXPERIMENT,
     SERVER_BACKEND_ENV,
     STORE_RELATIVE_SCHEME,
+    check_reachable,
     check_writable,
     connect,
     connect_for_model,

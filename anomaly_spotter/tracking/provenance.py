@@ -3,6 +3,7 @@ the clone a run was started from."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -109,3 +110,12 @@ def data_dvc_hash(lock_path: Path, category: str) -> str:
         if str(out.get("path", "")).rstrip("/") == f"data/prepared/{category}":
             return str(out.get("md5", "unknown"))
     return "unknown"
+
+
+# Set by `dvc exp run` (queued, temporary or in the workspace) for the stages it runs: the experiment's name.
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
+
+
+def dvc_experiment() -> str | None:
+    """The DVC experiment this stage runs for (`dvc exp show`'s name), or None under plain `dvc repro`."""
+    return os.environ.get(DVC_EXPERIMENT_ENV) or None

@@ -11,7 +11,7 @@ from typing import Any
 
 from anomaly_spotter.core.errors import TrackingError
 from anomaly_spotter.tracking.environment import environment_tags
-from anomaly_spotter.tracking.provenance import git_commit, workspace
+from anomaly_spotter.tracking.provenance import dvc_experiment, git_commit, workspace
 from anomaly_spotter.tracking.store import EXPERIMENT, mlflow_uri, use_experiment
 
 MAX_PARAM_LENGTH = 6000
@@ -23,6 +23,8 @@ KILLED_RUN_TAG = "source_run_killed"
 
 # Tag naming the clone a stage run was started from (host and folder); see `workspace()`.
 WORKSPACE_TAG = "workspace"
+# Tag naming the DVC experiment (`dvc exp run`) a stage ran for: a row of `dvc exp show` finds its runs.
+DVC_EXPERIMENT_TAG = "dvc_experiment"
 
 
 def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -36,6 +38,7 @@ def stage_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
     experiment: str = EXPERIMENT,
+    run_name: str | None = None,
 ) -> Iterator[Any]:
     """An MLflow run for one stage execution, tagged with stage, category, git commit and the lock (md5 and
     the installed packages that differ from it)."""
@@ -44,7 +47,8 @@ def stage_run(
     commit, dirty = git_commit()
     experiment_id = use_experiment(mlflow.get_tracking_uri(), experiment)
     end_interrupted_runs(experiment_id, stage, category)
-    name = f"{stage}@{category}" if category else stage
+    name = run_name or (f"{stage}@{category}" if category else stage)
+    dvc_exp = dvc_experiment()
     all_tags = {
         "stage": stage,
         WORKSPACE_TAG: workspace(),
@@ -52,6 +56,7 @@ def stage_run(
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
         **environment_tags(),
+        **({DVC_EXPERIMENT_TAG: dvc_exp} if dvc_exp else {}),
         **({"category": category} if category else {}),
         **(tags or {}),
     }

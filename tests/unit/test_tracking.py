@@ -411,3 +411,22 @@ def test_stage_runs_record_the_lock_and_the_drift_from_it(store: str, tmp_path: 
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert tags["env.lock_md5"] == hashlib.md5(b"numpy==0.0.1\n").hexdigest()
     assert tags["env.lock_drift"] == f"numpy {version('numpy')} (lock 0.0.1)"
+
+
+def test_runs_of_a_dvc_experiment_carry_its_name(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("DVC_EXP_NAME", "shaky-bass")  # what `dvc exp run` sets for its stages
+    tracking.connect()
+    with tracking.stage_run("prepare", "a", {}) as run:
+        pass
+    with tracking.stage_run(
+        "pipeline", None, {}, experiment=tracking.PIPELINES_EXPERIMENT, run_name=tracking.dvc_experiment()
+    ) as summary:
+        pass
+    assert mlflow.get_run(run.info.run_id).data.tags[tracking.DVC_EXPERIMENT_TAG] == "shaky-bass"
+    assert mlflow.get_run(summary.info.run_id).info.run_name == "shaky-bass"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    with tracking.stage_run("prepare", "a", {}) as plain:
+        pass
+    assert tracking.DVC_EXPERIMENT_TAG not in mlflow.get_run(plain.info.run_id).data.tags

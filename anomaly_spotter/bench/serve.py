@@ -152,13 +152,19 @@ def served(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    max_request_mb: float | None = None,
 ) -> Iterator[str]:
     """`mlflow models serve -m model --env-manager local` on a free loopback port until the block ends;
     yields its URL once /ping answers (within `timeout_s`). `env` adds to this process's environment
-    (e.g. MLFLOW_TRACKING_URI). The server runs in its own process group, stopped as a whole."""
+    (e.g. MLFLOW_TRACKING_URI). With `max_request_mb`, `anomaly-spotter serve` with that request cap
+    instead. The server runs in its own process group, stopped as a whole."""
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local"]
-    cmd += ["-h", "127.0.0.1", "-p", str(port)] + (["-w", str(workers)] if workers else [])
+    if max_request_mb is None:
+        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local"]
+        cmd += ["-h", "127.0.0.1", "-p", str(port)] + (["-w", str(workers)] if workers else [])
+    else:
+        cmd = [sys.executable, "-m", "anomaly_spotter.cli", "serve", "--model", model, "--port", str(port)]
+        cmd += ["--max-request-mb", str(max_request_mb)] + (["--workers", str(workers)] if workers else [])
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn/gunicorn by name
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"

@@ -24,9 +24,11 @@ from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
 from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
 from anomaly_spotter.cli.promote import PROMOTE_EPILOG, cmd_promote
+from anomaly_spotter.cli.serve import SERVE_EPILOG, cmd_serve
 from anomaly_spotter.cli.server import DEFAULT_SERVER_PORT, SERVER_EPILOG, cmd_server
 from anomaly_spotter.cli.spark import SCORE_SPARK_EPILOG, cmd_score_spark
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.deploy.serve import DEFAULT_MAX_REQUEST_MB
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{predict,score-spark,promote,export,server,dashboard}"
+        dest="command", required=True, metavar="{predict,serve,score-spark,promote,export,server,dashboard}"
     )
 
     p = sub.add_parser(
@@ -178,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0: all)"
     )
     d.set_defaults(func=cmd_dashboard)
+
+    v = sub.add_parser(
+        "serve",
+        help="serve a registered or exported model over HTTP, refusing oversized requests",
+        description="mlflow models serve's scoring app for one model, with a cap on the request body (413).",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    v.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0: all)")
+    v.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    v.add_argument("--workers", type=int, default=1, help="worker processes, each holding the model (1)")
+    v.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        metavar="MB",
+        help=f"larger request bodies are answered 413 unread (default {DEFAULT_MAX_REQUEST_MB:g})",
+    )
+    v.set_defaults(func=cmd_serve)
     return parser
 
 

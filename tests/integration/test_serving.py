@@ -173,3 +173,38 @@ def test_16bit_grayscale_scores_as_its_8bit_version(store: ServiceStore, server:
     assert status == 200, text
     score8, score16 = (p["score"] for p in json.loads(text)["predictions"])
     assert score16 == pytest.approx(score8, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def capped(store: ServiceStore) -> Iterator[str]:
+    """`anomaly-spotter serve` with a 1 MB request cap."""
+    env = {"MLFLOW_TRACKING_URI": store.uri}
+    model = f"models:/{NAME}@champion"
+    log = store.root / "capped.log"
+    with serve_bench.served(model, log=log, env=env, timeout_s=START_TIMEOUT_S, max_request_mb=1) as url:
+        yield url
+
+
+def test_anomaly_spotter_serve_answers_as_mlflow_serve_and_caps_requests(
+    store: ServiceStore, server: str, capped: str
+) -> None:
+    body = _split([store.image_paths[0].read_bytes()])
+    assert _request(f"{capped}/invocations", body) == _request(f"{server}/invocations", body)
+    junk = json.dumps({"dataframe_split": {"columns": ["image"], "data": [["A" * 3_000_000]]}}).encode()
+    status, text = _request(f"{capped}/invocations", junk)
+    assert status == 413, text
+    message = json.loads(text)
+    assert (
+        message["error_code"] == "REQUEST_TOO_LARGE"
+        and "over this server's limit of 1.0 MB" in message["message"]
+    )
+    # chunked, with no Content-Length: refused once the bytes received pass the cap
+    request = urllib.request.Request(
+        f"{capped}/invocations",
+        data=iter([junk[i : i + 65536] for i in range(0, len(junk), 65536)]),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=60)
+    assert err.value.code == 413
+    assert _request(f"{capped}/invocations", body)[0] == 200  # still serving

@@ -1,0 +1,140 @@
+"""`anomaly-spotter serve`: a registered (or exported) service model over HTTP, as `mlflow models serve`
+serves it (the same app: /invocations, /ping, /health, /version; the same requests and answers), with a
+cap on the request body.
+
+MLflow's scoring server reads and parses a whole request before the model's own limits
+(`registry.max_images_per_request`, `max_request_megapixels`) can refuse it: a 100 MB body of junk is
+parsed first, and the worker's memory grows by several times that. Here a body over `--max-request-mb`
+is answered 413 before it is read (its Content-Length), or as soon as the bytes received pass the cap
+(chunked uploads), and the worker hands the memory of a large request back to the system after it
+(`malloc_trim`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+DEFAULT_MAX_REQUEST_MB = 64.0
+# after a request this large, give freed memory back to the system (glibc keeps it otherwise)
+TRIM_AFTER_BYTES = 8 * 2**20
+MODEL_ENV = "ANOMALY_SPOTTER_SERVE_MODEL"
+LIMIT_ENV = "ANOMALY_SPOTTER_SERVE_MAX_BYTES"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for an HTTP request body over `max_bytes`, before the app reads it."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, int(declared))
+            return
+        received = 0
+        rejected = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # answer now; the app sees the client gone
+                    rejected = True
+                    await self._reject(send, received)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not rejected:  # once refused, whatever the app answers to the disconnect is dropped
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
+        finally:
+            if received > TRIM_AFTER_BYTES:
+                release_memory()
+
+    async def _reject(self, send: Send, size: int) -> None:
+        body = json.dumps(
+            {
+                "error_code": "REQUEST_TOO_LARGE",
+                "message": (
+                    f"request body is {size / 2**20:.1f} MB (or more), over this server's limit of "
+                    f"{self.max_bytes / 2**20:.1f} MB (anomaly-spotter serve --max-request-mb); send fewer "
+                    "or smaller images per request"
+                ),
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def release_memory() -> None:
+    """Give the memory freed after a large request back to the system (glibc's malloc_trim; elsewhere a
+    no-op)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def app_from_env() -> Any:
+    """The capped scoring app for the model folder in ANOMALY_SPOTTER_SERVE_MODEL (each uvicorn worker)."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(os.environ[MODEL_ENV])
+    return BodyLimit(scoring_server.init(model), int(os.environ[LIMIT_ENV]))
+
+
+def serve(model_uri: str, host: str, port: int, workers: int, max_request_mb: float) -> None:
+    """Download `model_uri` (registry, run or folder), then serve it until interrupted."""
+    import tempfile
+
+    import mlflow
+    import uvicorn
+
+    from anomaly_spotter.core.errors import AnomalySpotterError
+
+    if max_request_mb <= 0:
+        raise AnomalySpotterError(f"--max-request-mb must be > 0, got {max_request_mb}")
+    with tempfile.TemporaryDirectory(prefix="anomaly-spotter-serve-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except Exception as err:  # noqa: BLE001 - any download failure is reported with the URI
+            raise AnomalySpotterError(f"cannot load model {model_uri!r}: {err}") from err
+        os.environ[MODEL_ENV] = local
+        os.environ[LIMIT_ENV] = str(int(max_request_mb * 2**20))
+        uvicorn.run(
+            "anomaly_spotter.deploy.serve:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )

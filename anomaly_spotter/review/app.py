@@ -27,7 +27,7 @@ from anomaly_spotter.review import dashboard as db
 REVIEW_PAGE = "Review a threshold"
 COMPARE_PAGE = "Compare two versions"
 TILE_COLUMNS = 3
-HIST_BINS = 30
+HIST_BINS = 40
 CHART_HEIGHT = 260
 GOOD_COLOUR = "#1f77b4"  # plots.GOOD_COLOR / DEFECT_COLOR (matplotlib's tab:blue, tab:red)
 DEFECT_COLOUR = "#d62728"
@@ -47,15 +47,25 @@ def _delta(value: float, reference: float) -> str | None:
     return f"{value - reference:+.3f} vs deployed"
 
 
-def histogram(review: db.CategoryReview, point: db.OperatingPoint) -> alt.LayerChart:
-    """Good vs defective test scores (shared bins), the chosen and the calibrated thresholds marked."""
-    test = review.test.assign(kind=review.test["label"].map({0: "good", 1: "defective"}))
+def histogram(
+    review: db.CategoryReview, point: db.OperatingPoint, served: db.VersionRecord | None = None
+) -> alt.LayerChart:
+    """Good vs defective test scores (shared bins), the chosen and the calibrated thresholds marked, and
+    the threshold `@champion` serves (`served`) where it differs from this workspace's."""
     lo, hi = db.threshold_range(review)
+    # scores past the slider's end are counted in its last bin rather than dropped
+    test = review.test.assign(
+        kind=review.test["label"].map({0: "good", 1: "defective"}), score=review.test["score"].clip(lo, hi)
+    )
     bars = (
         alt.Chart(test[["score", "kind"]])
         .mark_bar(opacity=0.6, binSpacing=0)
         .encode(
-            x=alt.X("score:Q", bin=alt.Bin(extent=[lo, hi], maxbins=HIST_BINS), title="anomaly score"),
+            x=alt.X(
+                "score:Q",
+                bin=alt.Bin(extent=[lo, hi], maxbins=HIST_BINS),
+                title="anomaly score (scores past either end counted in the end bins)",
+            ),
             y=alt.Y("count():Q", stack=None, title="test images"),
             color=alt.Color(
                 "kind:N",
@@ -71,6 +81,8 @@ def histogram(review: db.CategoryReview, point: db.OperatingPoint) -> alt.LayerC
         )
     if review.deployed.method == "good_only" and review.good_only_threshold is not None:
         marks.append(("good-only (deployed)", review.good_only_threshold, "gray", [2, 2]))
+    if served is not None and not math.isclose(served.threshold, review.deployed.threshold):
+        marks.append((f"@champion (version {served.version})", served.threshold, "purple", [1, 3]))
     # labels one above the other: the marks are often close together
     rules = pd.DataFrame(
         [{"mark": m, "threshold": t, "row": 12 + 14 * i} for i, (m, t, _, _) in enumerate(marks)]
@@ -112,11 +124,18 @@ def review_page(root: Path, category: str) -> None:
     review = db.load_review(root, category)
     deployed = review.deployed
     lo, hi = db.threshold_range(review)
+    served = db.champion(category)
     st.subheader(f"{category}: where should the threshold sit?")
+    line = (
+        f"@champion (version {served.version}) serves threshold {served.threshold:.4f}"
+        if served is not None
+        else "No version holds @champion yet (`anomaly-spotter promote`)"
+    )
     st.caption(
-        f"Deployed threshold {deployed.threshold:.4f} ({deployed.method}); an image is defective iff its "
-        f"score is above the threshold. Figures below are on the test split at the chosen threshold, "
-        f"in-sample (metrics/thresholds.json reports the recall-target threshold out-of-fold)."
+        f"{line}. This workspace's pipeline calibrated {deployed.threshold:.4f} ({deployed.method}), which "
+        "`register` packages into its next version. An image is defective iff its score is above the "
+        "threshold. Figures below are on the test split at the chosen threshold, in-sample "
+        "(metrics/thresholds.json reports the recall-target threshold out-of-fold)."
     )
     threshold = st.slider(
         "threshold",
@@ -157,7 +176,7 @@ def review_page(root: Path, category: str) -> None:
     else:
         st.write("No defective test image: only the false-alarm rates mean anything here.")
     st.dataframe(point.per_defect, hide_index=True, width="stretch")
-    st.altair_chart(histogram(review, point), width="stretch")
+    st.altair_chart(histogram(review, point, served), width="stretch")
     roc, pr = db.curves(review)
     left, right = st.columns(2)
     if not roc.empty:

@@ -285,11 +285,19 @@ def curves(review: CategoryReview) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def threshold_range(review: CategoryReview) -> tuple[float, float]:
-    """Slider bounds: every score and calibrated threshold inside, with a margin of 5 % of the span."""
-    values = [*review.table["score"].to_numpy(dtype=np.float64), review.deployed.threshold]
-    values += [t for t in (review.recall_threshold, review.good_only_threshold) if t is not None]
-    lo, hi = float(min(values)), float(max(values))
-    margin = 0.05 * (hi - lo) if hi > lo else 1.0
+    """Slider bounds: where a threshold decides something about good parts. From the lowest score (or
+    calibrated threshold) to the highest good score (or calibrated threshold), with a margin of 10 % of that
+    span: above the last good score no false alarm is left, and the rare far-out defect (a score of 16 where
+    the goods end at 1) would otherwise squeeze every decision into a sliver of the slider."""
+    scores = review.table["score"].to_numpy(dtype=np.float64)
+    goods = review.table.loc[review.table["label"] == 0, "score"].to_numpy(dtype=np.float64)
+    thresholds = [review.deployed.threshold]
+    thresholds += [t for t in (review.recall_threshold, review.good_only_threshold) if t is not None]
+    lo = float(min(scores.min(initial=np.inf), *thresholds))
+    hi = float(max(goods.max(initial=-np.inf), *thresholds))
+    if not hi > lo:
+        hi = float(max(scores.max(initial=lo), lo + 1.0))
+    margin = 0.1 * (hi - lo)
     return lo - margin, hi + margin
 
 
@@ -450,6 +458,20 @@ class VersionRecord:
             raise DashboardError(f"{self.name} version {self.version} has no threshold tag") from err
 
 
+def champion(category: str) -> VersionRecord | None:
+    """The version `@champion` serves (its threshold is what the line applies), or None: no store here, no
+    such version yet (`anomaly-spotter promote`), or a version without a threshold tag."""
+    name = tracking.registered_model_name(category)
+    try:
+        tracking.use_existing_store(f"model {name}")
+        version = tracking.model_version_by_alias(name, tracking.CHAMPION)
+    except AnomalySpotterError:
+        return None
+    if version is None or "threshold" not in version.tags:
+        return None
+    return VersionRecord(name, str(version.version), (tracking.CHAMPION,), dict(version.tags))
+
+
 def registered_versions(category: str) -> list[VersionRecord]:
     """Every registered version of the category's service model, newest first; DashboardError if none."""
     name = tracking.registered_model_name(category)
@@ -559,6 +581,8 @@ def streamlit_command(port: int, host: str) -> list[str]:
         "false",
         "--global.developmentMode",
         "false",
+        "--client.toolbarMode",  # no "Deploy" button or developer menu in a threshold-review tool
+        "minimal",
     ]
 
 

@@ -223,6 +223,7 @@ def test_streamlit_command_serves_the_app_headless_on_the_port() -> None:
     pairs = dict(zip(cmd[5::2], cmd[6::2], strict=True))
     assert pairs["--server.port"] == "8600" and pairs["--server.address"] == "127.0.0.1"
     assert pairs["--server.headless"] == "true" and pairs["--browser.gatherUsageStats"] == "false"
+    assert pairs["--client.toolbarMode"] == "minimal"  # no Streamlit "Deploy" button
     args = cli.build_parser().parse_args(["dashboard", "--port", "8600"])
     assert (args.port, args.host, args.func) == (8600, "127.0.0.1", cmd_dashboard)
 
@@ -384,3 +385,26 @@ def test_compare_page_shows_both_versions_and_the_changed_verdicts(here: Project
     assert sorted(changed["image_path"]) == here.v2_changed
     assert (changed["verdict_a"] == "defective").all() and (changed["verdict_b"] == "good").all()
     assert len(at.get("image")) == CHANGED_IN_V2
+
+
+def test_the_slider_spans_where_good_parts_are_decided(project: Project) -> None:
+    review = dashboard.load_review(project.root, CATEGORY)
+    lo, hi = dashboard.threshold_range(review)
+    scores = review.table["score"]
+    goods = review.table.loc[review.table["label"] == 0, "score"]
+    assert lo < scores.min() and hi > goods.max()
+    assert lo <= review.deployed.threshold <= hi
+    far_out = review.table.assign(score=np.where(review.table["label"] == 1, scores + 1000.0, scores))
+    assert dashboard.threshold_range(dataclasses.replace(review, table=far_out))[1] == pytest.approx(hi)
+
+
+def test_the_page_says_what_champion_serves(
+    here: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = dashboard.champion(CATEGORY)
+    assert served is not None and served.version == "1" and served.threshold == here.v1_threshold
+    at = _app()
+    captions = " ".join(c.value for c in at.caption)
+    assert f"@champion (version 1) serves threshold {here.v1_threshold:.4f}" in captions
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")  # a clone without a store
+    assert dashboard.champion(CATEGORY) is None

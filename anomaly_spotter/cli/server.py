@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import socket
 
+from anomaly_spotter import tracking
+
 SERVER_EPILOG = """examples:
   anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0 --port 5000
   anomaly-spotter server status --dir /srv/anomaly-spotter-mlflow
@@ -35,6 +37,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             f"{state.mlflow_pid})"
         )
         print(f"backend store {state.backend_store_uri}; artifacts {state.artifacts_destination}")
+        print(f"UI: {tracking.ui_url(state.tracking_uri)}")
         print(f"logs {args.dir.absolute() / team.MLFLOW_LOG}, {args.dir.absolute() / team.PG_LOG}")
         if state.host in team.LOOPBACK_HOSTS:
             print(f"clients on this machine: export MLFLOW_TRACKING_URI={state.tracking_uri}")

@@ -94,6 +94,7 @@ from anomaly_spotter.tracking.store import (  # noqa: F401
     PIPELINES_EXPERIMENT,
     SERVER_BACKEND_ENV,
     STORE_RELATIVE_SCHEME,
+    UI_QUERY,
     check_reachable,
     check_writable,
     connect,
@@ -106,6 +107,7 @@ from anomaly_spotter.tracking.store import (  # noqa: F401
     store_relative_registered,
     store_relative_repository,
     tracking_uri,
+    ui_url,
     use_existing_store,
     use_experiment,
 )

@@ -261,3 +261,14 @@ def connect_for_model(uri: str) -> None:
     """Registry and run URIs need the tracking store (checked within seconds); a local folder does not."""
     if uri.startswith(("models:", "runs:")):
         use_existing_store(uri, ", or pass a local model folder as --model")
+
+
+# MLflow 3's UI opens every experiment on its GenAI pages (traces, token usage) whatever the experiment's
+# kind tag says; this query opens it in "Model training" mode: runs, models, the model registry.
+UI_QUERY = "?workflowType=machine_learning"
+
+
+def ui_url(server: str) -> str:
+    """The experiments page of an MLflow UI or tracking server at `server` (http://host:port), in its
+    model-training view."""
+    return f"{server.rstrip('/')}/#/experiments{UI_QUERY}"

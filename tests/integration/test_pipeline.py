@@ -473,3 +473,52 @@ def _model_kind(path: Path) -> dict[str, object]:
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {"kind": state["kind"], "members": [list(m) for m in state["config"]["members"]]}
+
+
+def test_the_printed_ui_address_opens_the_model_training_view(origin: Path, tmp_path: Path) -> None:
+    """`mlflow ui` on the project's store, opened in headless Chromium at `tracking.ui_url`: the runs view
+    with the model registry in its sidebar, not MLflow 3's GenAI pages."""
+    import time
+    import urllib.request
+
+    from anomaly_spotter import tracking
+
+    port = serve_bench.free_port()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{origin / 'mlflow.db'}"]
+    server = subprocess.Popen(
+        [*cmd, "-h", "127.0.0.1", "-p", str(port)],
+        env=_env(origin),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(0.5)
+        dom = subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--virtual-time-budget={CHROMIUM_BUDGET_MS}",
+                "--dump-dom",
+                tracking.ui_url(f"http://127.0.0.1:{port}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        ).stdout
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert "Model registry" in dom and "anomaly-spotter-pipelines" in dom
+    assert "AI Gateway" not in dom  # the GenAI sidebar

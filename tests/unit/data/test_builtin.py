@@ -13,6 +13,7 @@ from anomaly_spotter.data import builtin
 from anomaly_spotter.data.builtin import (
     BUILTIN_CATEGORIES,
     BuiltinSpec,
+    generate,
     generate_category,
     generate_dataset,
 )
@@ -125,9 +126,9 @@ def test_different_seeds_differ(dataset: Path, tmp_path: Path) -> None:
 def test_mask_is_exactly_the_changed_pixels(category: str) -> None:
     spec = BuiltinSpec(image_size=96, n_train=1, n_test_good=1, n_test_per_defect=8)
     contrasts = []
-    for defect in builtin._CATEGORIES[category].defects:
+    for defect in generate.CATEGORIES[category].defects:
         for index in range(spec.n_test_per_defect):
-            image, mask, clean = builtin._render_sample(category, spec, SEED, "test", defect, index)
+            image, mask, clean = generate._render_sample(category, spec, SEED, "test", defect, index)
             diff = np.abs(image.astype(int) - clean.astype(int)).max(axis=-1)
             assert mask is not None and mask.any()
             np.testing.assert_array_equal(diff > 0, mask)
@@ -137,7 +138,7 @@ def test_mask_is_exactly_the_changed_pixels(category: str) -> None:
 
 
 def test_good_samples_have_no_mask() -> None:
-    image, mask, clean = builtin._render_sample("fabric", SPEC, SEED, "test", "good", 0)
+    image, mask, clean = generate._render_sample("fabric", SPEC, SEED, "test", "good", 0)
     assert mask is None and np.array_equal(image, clean)
 
 
@@ -176,7 +177,7 @@ def test_failure_leaves_previous_category_intact(tmp_path: Path, monkeypatch: py
             raise OSError("disk full")
         Image.fromarray(array).save(path, format="PNG")
 
-    monkeypatch.setattr(builtin, "_save_png", failing_save)
+    monkeypatch.setattr(generate, "_save_png", failing_save)
     with pytest.raises(OSError, match="disk full"):
         generate_category(tmp_path, "label", BuiltinSpec(image_size=64, n_train=10), SEED + 1)
     assert _files(tmp_path) == before

@@ -43,9 +43,22 @@ LOCAL_ARTIFACT_DIR = "mlruns"
 SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
 
 
+# Set by `dvc exp run` for the stages it runs: the workspace's root, also when a queued or temporary
+# experiment runs them in a copy of the workspace under .dvc/tmp.
+DVC_ROOT_ENV = "DVC_ROOT"
+
+
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, or a SQLite file in the working directory (git-ignored)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """`MLFLOW_TRACKING_URI`, or the SQLite file `mlflow.db` (git-ignored) of the workspace: the working
+    directory, or under `dvc exp run --queue / --temp` the workspace DVC copied it from, so that an
+    experiment's runs land in the store the user ran it from, never in a copy DVC throws away."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = os.environ.get(DVC_ROOT_ENV)
+    if root and Path(root).resolve() != Path.cwd().resolve():
+        return f"sqlite:///{Path(root).resolve() / sqlite_path(DEFAULT_TRACKING_URI)}"
+    return DEFAULT_TRACKING_URI
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -522,3 +522,30 @@ def test_the_printed_ui_address_opens_the_model_training_view(origin: Path, tmp_
         server.wait(timeout=30)
     assert "Model registry" in dom and "anomaly-spotter-pipelines" in dom
     assert "AI Gateway" not in dom  # the GenAI sidebar
+
+
+def test_a_temporary_experiment_logs_to_the_workspaces_store(origin: Path) -> None:
+    """`dvc exp run --temp` runs the stages in a copy of the workspace under .dvc/tmp: with the default
+    store, their runs land in the workspace's mlflow.db (found through DVC_ROOT), named for the experiment,
+    and the copy gets no store of its own."""
+    import mlflow
+
+    env = {k: v for k, v in _env(origin).items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        ["dvc", "exp", "run", "--temp", "-n", "temp-check", "-S", "visualize.max_per_defect=4"],
+        cwd=origin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _ran(result.stdout) == {f"visualize@{c}" for c in CATEGORIES}, result.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{origin / 'mlflow.db'}")
+    runs = mlflow.search_runs(
+        experiment_names=["anomaly-spotter"],
+        filter_string="tags.dvc_experiment = 'temp-check'",
+        output_format="list",
+    )
+    assert sorted(r.info.run_name for r in runs) == sorted(f"visualize@{c}" for c in CATEGORIES)
+    assert not list((origin / ".dvc" / "tmp").rglob("mlflow.db"))

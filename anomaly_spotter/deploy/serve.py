@@ -6,8 +6,8 @@ MLflow's scoring server reads and parses a whole request before the model's own 
 (`registry.max_images_per_request`, `max_request_megapixels`) can refuse it: a 100 MB body of junk is
 parsed first, and the worker's memory grows by several times that. Here a body over `--max-request-mb`
 is answered 413 before it is read (its Content-Length), or as soon as the bytes received pass the cap
-(chunked uploads), and the worker hands the memory of a large request back to the system after it
-(`malloc_trim`).
+(chunked uploads), and after each scoring request the worker hands the memory it freed back to the
+system (`malloc_trim`: a small PNG can decode to hundreds of MB).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 DEFAULT_MAX_REQUEST_MB = 64.0
-# after a request this large, give freed memory back to the system (glibc keeps it otherwise)
-TRIM_AFTER_BYTES = 8 * 2**20
 MODEL_ENV = "ANOMALY_SPOTTER_SERVE_MODEL"
 LIMIT_ENV = "ANOMALY_SPOTTER_SERVE_MAX_BYTES"
 
@@ -72,7 +70,7 @@ class BodyLimit:
             if not rejected:
                 raise
         finally:
-            if received > TRIM_AFTER_BYTES:
+            if scope.get("path") == "/invocations":  # decoded images are many times their body
                 release_memory()
 
     async def _reject(self, send: Send, size: int) -> None:

@@ -14,7 +14,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import tempfile
 import time
 import urllib.request
@@ -55,22 +54,11 @@ def _request_body(n: int, side: int) -> bytes:
 
 
 def _worker_rss_mb(port: str) -> int:
-    """Largest resident memory (MB) among the processes of the server listening on `port`."""
-    group = next(
-        os.getpgid(int(p.name))
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit()
-        and port in (p / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
-    )
-    rss = 0
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and os.getpgid(int(p.name)) == group:
-                line = next(x for x in (p / "status").read_text().splitlines() if x.startswith("VmRSS"))
-                rss = max(rss, int(line.split()[1]) // 1024)
-        except (OSError, StopIteration, ProcessLookupError):
-            continue
-    return rss
+    """Largest resident memory (MB) among the server on `port` and its worker processes."""
+    import psutil
+
+    server = next(p for p in psutil.process_iter(["cmdline"]) if port in " ".join(p.info["cmdline"] or []))
+    return max(proc.memory_info().rss for proc in [server, *server.children(recursive=True)]) // 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
     )
-    p.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    _add_model(p)
     p.add_argument(
         "--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here"
     )
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SCORE_SPARK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    _add_model(k)
     k.add_argument(
         "--input",
         required=True,
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    _add_model(e)
     e.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
     e.add_argument("--int8", action="store_true", help="quantise (static, calibrated on good images)")
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="model folder to write")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder")
+    _add_model(v)
     v.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0: all)")
     v.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     v.add_argument("--workers", type=int, default=1, help="worker processes, each holding the model (1)")
@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=cmd_serve)
     return parser
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    """The --model of every command that scores: a registry or run URI, or a model folder."""
+    parser.add_argument(
+        "--model", required=True, metavar="MODEL_URI_OR_PATH", help="service model URI or folder"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -90,15 +91,21 @@ class BodyLimit:
 
 
 def release_memory() -> None:
-    """Give the memory freed after a large request back to the system (glibc's malloc_trim; elsewhere a
+    """Give the memory freed after a scoring request back to the system (glibc's malloc_trim; elsewhere a
     no-op)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once per worker (`find_library` runs ldconfig), or None."""
     name = ctypes.util.find_library("c")
-    if not name:
-        return
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def app_from_env() -> Any:

@@ -488,11 +488,13 @@ def read_images(
         if has_scheme(path) and not path.startswith("file:"):
             ok = fs.is_file(path)
             qualified = fs.qualified(path) if ok else path
+            is_empty = ok and fs.length(path) == 0
         else:
             local = local_path(path) or path
             ok = os.path.isfile(local)
             qualified = "file:" + os.path.abspath(local)
-        if ok and _is_empty(fs, path):
+            is_empty = ok and os.path.getsize(local) == 0
+        if is_empty:
             empty.append(path)  # Spark's file scan skips zero-byte files: they get their row here
         elif ok:
             found.append((qualified, path))
@@ -518,11 +520,6 @@ def unread_files(files: Any) -> list[str]:
     listed = {key(p): p for p in files.inputFiles() if pattern.search(p.lower())}
     read = {key(r[0]) for r in files.select("path").distinct().collect()}
     return sorted(uri for k, uri in listed.items() if k not in read)
-
-
-def _is_empty(fs: _HadoopFS, path: str) -> bool:
-    local = None if has_scheme(path) and not path.startswith("file:") else (local_path(path) or path)
-    return os.path.getsize(local) == 0 if local is not None else fs.length(path) == 0
 
 
 def _prepare_udf(config: Any, cwd: str | None) -> Any:

@@ -7,6 +7,7 @@ prints one warning line naming them (`drift_warning`) and runs on: users have th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -34,28 +35,35 @@ def find_lock(start: Path | None = None) -> Path | None:
 
 def read_lock(path: Path) -> dict[str, str]:
     """`{normalized name: version}` of the `name==version` lines; anything else in the file is a comment."""
-    pins = {}
-    for line in Path(path).read_text().splitlines():
-        match = _PIN.match(line.strip())
-        if match:
-            pins[normalize(match.group(1))] = match.group(2)
-    return pins
+    return dict(_pins(Path(path).read_text()))
+
+
+def _pins(text: str) -> tuple[tuple[str, str], ...]:
+    matches = (_PIN.match(line.strip()) for line in text.splitlines())
+    return tuple((normalize(m.group(1)), m.group(2)) for m in matches if m)
 
 
 def lock_drift(path: Path) -> list[str]:
     """Installed packages whose version differs from the lock, as `name installed (lock locked)`, sorted.
     Packages of the lock that are not installed (an extra not asked for) are not drift."""
+    return list(_drift(_pins(Path(path).read_text())))
+
+
+@functools.cache
+def _drift(pins: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """Cached per lock content: the installed versions do not change while a process runs, and a stage
+    asks twice (its warning line, then each run's tags)."""
     from importlib.metadata import PackageNotFoundError, version
 
     drift = []
-    for name, locked in sorted(read_lock(path).items()):
+    for name, locked in sorted(pins):
         try:
             installed = version(name)
         except PackageNotFoundError:
             continue
         if public(installed) != public(locked):
             drift.append(f"{name} {installed} (lock {locked})")
-    return drift
+    return tuple(drift)
 
 
 def environment_tags(path: Path | None = None) -> dict[str, str]:

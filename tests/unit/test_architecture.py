@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.unit.test_dvc_declarations import _walk_runtime as runtime_nodes
 
 PACKAGE = "anomaly_spotter"
 # folder -> the folders its modules may import (besides itself); the layering docs/architecture.md draws
@@ -49,27 +50,12 @@ def modules() -> dict[str, Path]:
     return {_name(p): p for p in sorted((REPO / PACKAGE).rglob("*.py")) if "__pycache__" not in p.parts}
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node, lazy imports inside functions included, but not `if TYPE_CHECKING:` bodies."""
-    out = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                todo.extend(child.orelse)
-            else:
-                todo.append(child)
-    return out
-
-
 @cache
 def imports(module: str) -> dict[str, set[str]]:
     """Project modules `module` imports -> the names it takes from each (empty for `import x`)."""
     tree = ast.parse(modules()[module].read_text())
     found: dict[str, set[str]] = {}
-    for node in _runtime_nodes(tree):
+    for node in runtime_nodes(tree):  # lazy imports in functions too, not `if TYPE_CHECKING:` bodies
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in modules():

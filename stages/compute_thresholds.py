@@ -10,6 +10,7 @@ from anomaly_spotter import tracking
 from anomaly_spotter.core.config import flatten, params_to_dict
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.compute_thresholds import run_compute_thresholds
+from anomaly_spotter.pipeline.results import covers_dataset, subset_note
 from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
 
 
@@ -46,6 +47,8 @@ def run() -> None:
         ):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
             tracking.log_artifacts([paths.METRICS_JSON, paths.THRESHOLDS_CSV])
+    if not covers_dataset(params):
+        print(f"compute_thresholds: {subset_note(params)}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def run() -> None:
         models, tags = tracking.category_models(categories, model_files)
         result = run_extract_metrics(params)
         with tracking.stage_run("extract_metrics", None, flatten(params.metrics, "metrics."), tags) as run:
-            tracking.log_metrics(result["overall"])
+            tracking.log_metrics(result["overall"])  # nothing for a subset of the dataset's categories
             for category, values in result["categories"].items():
                 tracking.log_metrics({f"{category}.{k}": v for k, v in values.items()})
             tracking.log_artifacts([paths.PER_IMAGE_CSV, paths.METRICS_JSON])

@@ -62,16 +62,25 @@ def run() -> None:
             tracking.log_metrics(headline)
             name = tracking.registered_model_name(category)
             version = log_service_model(model_dir / paths.MODEL_FILE, config, name, kind)
+            # the network version's run.<stage> lineage; none for a model this store has no train run of
+            network_ref = tracking.network_ref(network)
             lineage = {
                 k: v
-                for k, v in tracking.model_version_tags(
-                    network["registered_model"], network["model_version"]
+                for k, v in (
+                    tracking.model_version_tags(network["registered_model"], network["model_version"])
+                    if network_ref
+                    else {}
                 ).items()
                 if k.startswith("run.")
             }
-            network_ref = f"{network['registered_model']}/{network['model_version']}"
             tags, description = service_version_metadata(
-                config, kind, network_ref, data_hash, commit, dirty, headline
+                config,
+                kind,
+                network_ref or f"none in this store (model md5 {network['model_md5']})",
+                data_hash,
+                commit,
+                dirty,
+                headline,
             )
             tags |= {**lineage, "run.register": run.info.run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
             if served.note:

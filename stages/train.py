@@ -45,9 +45,8 @@ def run() -> None:
         detector, metrics = run_train(params, category, progress_enabled())
         logged = {"seed": params.seed, **train_params_logged(params)}
         lineage = {
-            "prepare_run_id": prepared.info.run_id,
-            tracking.PREPARED_MD5_TAG: prepared.data.tags[tracking.PREPARED_MD5_TAG],
-        }
+            k: v for k, v in prepared.items() if v is not None
+        }  # md5, and the run where the store has it
         with tracking.stage_run("train", category, logged, lineage) as run:
             tracking.log_metrics(metrics)
             history = training_history(detector)
@@ -66,7 +65,7 @@ def run() -> None:
                 tags={
                     "category": category,
                     "detector": detector.kind,
-                    "run.prepare": prepared.info.run_id,
+                    **({"run.prepare": prepared["prepare_run_id"]} if prepared["prepare_run_id"] else {}),
                     "run.train": run.info.run_id,
                     tracking.MODEL_MD5_TAG: model_md5,
                 },

@@ -7,6 +7,7 @@ registered versions, review thresholds in a dashboard, and run a team's shared M
     anomaly-spotter promote --category fabric
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
     anomaly-spotter dashboard --port 8501
+    anomaly-spotter experiments --category fabric
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
+from anomaly_spotter.cli.experiments import EXPERIMENTS_EPILOG, cmd_experiments
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
 from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
 from anomaly_spotter.cli.promote import PROMOTE_EPILOG, cmd_promote
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{predict,serve,score-spark,promote,export,server,dashboard}"
+        dest="command",
+        required=True,
+        metavar="{predict,serve,score-spark,promote,export,server,dashboard,experiments}",
     )
 
     p = sub.add_parser(
@@ -181,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_dashboard)
 
+    x = sub.add_parser(
+        "experiments",
+        help="DVC's experiment table in 120 columns: changed parameters and headline metrics",
+        description=__import__("anomaly_spotter.cli.experiments", fromlist=["_"]).__doc__,
+        epilog=EXPERIMENTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("--category", metavar="NAME", help="that category's metrics, not the overall means")
+    x.add_argument("--sort-by", metavar="METRIC", help="sort the rows by this metric, best first")
+    x.set_defaults(func=cmd_experiments, passes_unknown_args=True)  # the rest goes to dvc exp show
+
     v = sub.add_parser(
         "serve",
         help="serve a registered or exported model over HTTP, refusing oversized requests",
@@ -212,7 +227,11 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.dvc_args = unknown
     try:
         return int(args.func(args))
     except AnomalySpotterError as err:

@@ -162,8 +162,9 @@ def plot_training_history(history: pd.DataFrame, path: Path) -> None:
     """Train / validation loss per epoch; log y axis if the losses span > LOG_RANGE_RATIO; best epoch marked.
 
     history: columns epoch, train_loss, val_loss (val_loss may be absent or NaN). The best epoch is the
-    lowest val_loss if any is finite, else the lowest train_loss. An empty history (any columns, e.g.
-    from a detector without epochs) gives a placeholder PNG saying so.
+    lowest val_loss if any is finite, else the lowest train_loss. A history whose first column is
+    bank_size (PatchCore) is drawn as coverage radius per bank size, one line per member. An empty history
+    gives a placeholder PNG saying so.
     """
     if history.empty:  # e.g. PatchCore: no training loop; still write the PNG the pipeline declares
         fig = _new_figure(HISTORY_FIGSIZE)
@@ -171,6 +172,9 @@ def plot_training_history(history: pd.DataFrame, path: Path) -> None:
         ax.text(0.5, 0.5, "no epoch history: this detector has no training loop", ha="center", va="center")
         ax.set_axis_off()
         _save(fig, path)
+        return
+    if history.columns[0] == "bank_size":  # PatchCore: each memory bank's coverage as it was chosen
+        _plot_coverage(history, path)
         return
     missing = [c for c in ("epoch", "train_loss") if c not in history.columns]
     if missing:
@@ -212,6 +216,29 @@ def plot_training_history(history: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("Training history")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_coverage(history: pd.DataFrame, path: Path) -> None:
+    """Coverage radius (largest distance from a training patch to its nearest bank patch) per bank size,
+    one line per `coverage_<stages>` column, each relative to its first value."""
+    fig = _new_figure(HISTORY_FIGSIZE)
+    ax = fig.add_subplot()
+    sizes = history["bank_size"].to_numpy(dtype=np.float64)
+    for name in history.columns[1:]:
+        radius = history[name].to_numpy(dtype=np.float64)
+        first = radius[0] if np.isfinite(radius[0]) and radius[0] > 0 else 1.0
+        stages = name.removeprefix("coverage_").replace("_", "+")
+        last = int(np.flatnonzero(np.isfinite(radius))[-1]) if np.isfinite(radius).any() else 0
+        ax.plot(
+            sizes, radius / first, label=f"stages {stages}: {radius[last] / first:.3f} at {sizes[last]:g}"
+        )
+    ax.set_xlabel("memory-bank size (patches)")
+    ax.set_ylabel("coverage radius / first")
+    ax.set_title("Memory-bank coverage: flat at the end = bank large enough")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -47,6 +47,13 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
+def dataset_categories(root: Path) -> list[str]:
+    """The categories of an MVTec-layout folder: its subfolders that hold `train/good`, sorted; none if
+    `root` is not a folder."""
+    root = Path(root)
+    return [p.name for p in _subfolders(root) if (p / "train" / "good").is_dir()] if root.is_dir() else []
+
+
 def make_category_index(root: Path, category: str) -> pd.DataFrame:
     """Index one category of an MVTec-layout folder: one row per image, split train or test.
 

@@ -43,8 +43,9 @@ class Detector(ABC):
     requirements: ClassVar[tuple[str, ...]] = ()  # pip packages a served model needs beyond the core's
     data_parallel: ClassVar[bool] = False  # fits in a torchrun group (`train.world_size` > 1)
     progress: bool = True  # `fit` shows a progress bar (on stderr)
-    # Set by `fit` for detectors with a training loop: one row per epoch (epoch, train_loss, val_loss) and
-    # the wall time of each epoch; None for detectors without epochs (PatchCore).
+    # Set by `fit`: the training history, a table whose first column is the step (epoch, or bank_size for
+    # PatchCore's coverage) and each other column a curve (train_loss, val_loss; coverage per member);
+    # the train stage writes it as the category's DVC plot. `epoch_seconds_`: wall time of each epoch.
     history_: pd.DataFrame | None = None
     epoch_seconds_: list[float] | None = None
     # The category's pixel threshold, fitted after `fit` on validation good maps (pipeline.train);

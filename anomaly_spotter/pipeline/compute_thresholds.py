@@ -17,7 +17,7 @@ from anomaly_spotter.core.thresholds import (
     rows_to_frame,
 )
 from anomaly_spotter.pipeline import paths
-from anomaly_spotter.pipeline.results import k_of_n, py, write_json
+from anomaly_spotter.pipeline.results import covers_dataset, k_of_n, py, write_json
 
 # The DVC metrics files (metrics/categories/<c>.json, metrics/overall.json), what `dvc metrics show` prints
 # in 120 columns: image AUROC, pixel AUROC and AUPRO from extract_metrics, then the out-of-fold figures at the
@@ -34,8 +34,9 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
 
     Writes thresholds.csv / .json (full detail) and the DVC metrics: metrics/categories/<c>.json (image
     AUROC, pixel AUROC, AUPRO from metrics.json; F1, precision, recall, false-alarm rate out-of-fold)
-    and their mean,
-    metrics/overall.json. Each threshold also has its false-alarm rate on good test and validation images.
+    and their mean, metrics/overall.json (all null when the run covers only some of the dataset's
+    categories: `covers_dataset`). Each threshold also has its false-alarm rate on good test and
+    validation images.
     Returns those per category (plus good_only_f1) and overall, for MLflow.
     """
     tp = params.thresholds
@@ -102,8 +103,10 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
         }
         for c, s in summary.items()
     }
+    whole = covers_dataset(params)
     overall = {
-        k: mean_present([h[k] for h in headline.values()]) for k in IMAGE_HEADLINE + THRESHOLD_HEADLINE
+        k: mean_present([h[k] for h in headline.values()]) if whole else None
+        for k in IMAGE_HEADLINE + THRESHOLD_HEADLINE
     }
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)
     frame.to_csv(paths.THRESHOLDS_CSV, index=False)

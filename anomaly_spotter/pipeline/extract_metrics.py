@@ -13,7 +13,7 @@ from anomaly_spotter.core.metrics import mean_present, region_metrics, summarize
 from anomaly_spotter.core.scoring import SCORES_FILE, anomaly_pct_by_label, load_maps, load_region
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.pipeline import paths
-from anomaly_spotter.pipeline.results import write_json
+from anomaly_spotter.pipeline.results import covers_dataset, write_json
 
 HEADLINE_METRICS = (
     "image_auroc",
@@ -60,7 +60,8 @@ def _region_summary(
 
 
 def run_extract_metrics(params: Params) -> dict[str, Any]:
-    """Per-image map stats to CSV; image/pixel AUROC, AUPRO, F1-max per category and overall to JSON."""
+    """Per-image map stats to CSV; image/pixel AUROC, AUPRO, F1-max per category and overall to JSON (the
+    overall values null when the run covers only some of the dataset's categories: `covers_dataset`)."""
     per_image, summary = [], {}
     for category in params.data.categories:
         out = paths.outputs_dir(category)
@@ -78,7 +79,8 @@ def run_extract_metrics(params: Params) -> dict[str, Any]:
             pixel_rows=table.loc[test, "has_mask"].to_numpy().astype(bool),
         )
         summary[category] |= _region_summary(table[test], masks, maps[test], load_region(out))
-    overall = {k: mean_present([summary[c][k] for c in summary]) for k in HEADLINE_METRICS}
+    whole = covers_dataset(params)  # a mean over some of the dataset's categories is not "overall"
+    overall = {k: mean_present([summary[c][k] for c in summary]) if whole else None for k in HEADLINE_METRICS}
     result = {"overall": overall, "categories": summary}
     paths.METRICS_ROOT.mkdir(parents=True, exist_ok=True)
     pd.concat(per_image, ignore_index=True).to_csv(paths.PER_IMAGE_CSV, index=False)

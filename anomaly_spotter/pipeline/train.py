@@ -23,7 +23,8 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
     """Fit the configured detector on the category's train split (val split for early stopping).
 
     Then fits the pixel threshold (`train.pixel_quantile` of the validation good maps), kept in the model.
-    Writes models/<c>/model.pt and, for a detector with epochs, models/<c>/history/ (losses CSV + PNG).
+    Writes models/<c>/model.pt and models/<c>/history/ (CSV + PNG: losses per epoch, or coverage per
+    bank size).
     In a torchrun group (`train.world_size` > 1) every process fits (`train.num_threads` split between
     them) and only rank 0 goes on; the others return the detector and no metrics.
     """
@@ -47,7 +48,7 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
     history_dir.mkdir(parents=True, exist_ok=True)
     detector.save(out / paths.MODEL_FILE)
     history = training_history(detector)
-    if len(history):  # no epochs (patchcore): the folder stays empty, no empty plot
+    if len(history):
         history.to_csv(history_dir / paths.HISTORY_CSV, index=False)
         plot_training_history(history, history_dir / paths.HISTORY_PNG)
     metrics = {
@@ -59,7 +60,7 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
         "pixel_threshold": calibration.threshold,
         "good_pixel_max": calibration.good_max,
     }
-    if len(history) and history["val_loss"].notna().any():
+    if "val_loss" in history.columns and history["val_loss"].notna().any():
         best = history.loc[history["val_loss"].idxmin()]
         metrics |= {
             "epochs_run": len(history),
@@ -82,9 +83,10 @@ def calibrate_pixels(detector: Detector, val_images: np.ndarray, quantile: float
 
 
 def training_history(detector: Detector) -> pd.DataFrame:
-    """Per-epoch losses; an empty table for detectors with no training loop (patchcore)."""
+    """The detector's training history (`Detector.history_`: a step column, then curves); an empty table
+    for a detector that records none."""
     history = detector.history_
-    return history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
+    return history if history is not None else pd.DataFrame()
 
 
 def train_params_logged(params: Params) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from anomaly_spotter.tracking.lineage import (  # noqa: F401
     content_md5,
     find_stage_run,
     model_tags,
+    network_ref,
+    note_missing_run,
     prepare_run,
     train_run,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,10 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def find_stage_run(stage: str, category: str | None, tags: Mapping[str, str]) -> Any:
+def find_stage_run(stage: str, category: str | None, tags: Mapping[str, str]) -> Any | None:
     """The newest FINISHED run of `stage` (and `category`) in the experiment `anomaly-spotter` whose tags
-    include `tags` (e.g. the md5 of the output it wrote). Raises TrackingError, naming the stage to rerun,
-    if there is none (e.g. the output was made with another tracking store)."""
+    include `tags` (e.g. the md5 of the output it wrote), or None if the store has none: the output came
+    from `dvc pull`, DVC's run cache, `dvc exp apply` or another store, or its run was deleted."""
     from mlflow import MlflowClient
 
     experiment_id = ensure_experiment(EXPERIMENT)
@@ -55,47 +56,70 @@ def find_stage_run(stage: str, category: str | None, tags: Mapping[str, str]) ->
     runs = MlflowClient().search_runs(
         [experiment_id], " and ".join(query), max_results=1, order_by=["attributes.start_time DESC"]
     )
-    if not runs:
-        name = f"{stage}@{category}" if category else stage
-        wanted = ", ".join(f"{k}={v}" for k, v in tags.items())
-        raise TrackingError(
-            f"no finished MLflow run of {name} with {wanted} in {mlflow_uri()}: its output was made "
-            f"with another tracking store or that run was deleted; rerun it with `dvc repro --force {name}` "
-            f"(or set MLFLOW_TRACKING_URI to the store that has it)"
-        )
-    return runs[0]
+    return runs[0] if runs else None
 
 
-def prepare_run(category: str, prepared_dir: Path) -> Any:
-    """The prepare run that wrote `prepared_dir` (matched by its content md5)."""
-    return find_stage_run("prepare", category, {PREPARED_MD5_TAG: content_md5(prepared_dir)})
+def note_missing_run(stage: str, category: str | None, path: Path, md5: str) -> str:
+    """Print (to stderr) and return the one line a stage gives when an input has no run in the store: its
+    lineage is then the input's md5 alone. DVC decides what runs; the store only records it."""
+    name = f"{stage}@{category}" if category else stage
+    note = (
+        f"note: {path} (md5 {md5}) has no {name} run in {mlflow_uri()} (pulled, restored from DVC's run "
+        f"cache, applied from an experiment or made with another store): lineage is recorded by md5 only"
+    )
+    print(note, file=sys.stderr)
+    return note
 
 
-def train_run(category: str, model_file: Path) -> dict[str, str]:
+def prepare_run(category: str, prepared_dir: Path) -> dict[str, str | None]:
+    """What the train stage records of the prepared data it read: `{"prepared_md5", "prepare_run_id"}`,
+    the run id None (and a note printed) when the store has no prepare run that wrote that content."""
+    md5 = content_md5(prepared_dir)
+    run = find_stage_run("prepare", category, {PREPARED_MD5_TAG: md5})
+    if run is None:
+        note_missing_run("prepare", category, prepared_dir, md5)
+    return {PREPARED_MD5_TAG: md5, "prepare_run_id": run.info.run_id if run else None}
+
+
+def train_run(category: str, model_file: Path) -> dict[str, str | None]:
     """The train run that wrote `model_file` (matched by md5) and the network version it registered:
-    `{"run_id", "registered_model", "model_version", "model_md5"}`."""
+    `{"run_id", "registered_model", "model_version", "model_md5"}`; all but the md5 None (and a note
+    printed) when the store has no such run."""
     md5 = content_md5(model_file)
     run = find_stage_run("train", category, {MODEL_MD5_TAG: md5})
+    if run is None:
+        note_missing_run("train", category, model_file, md5)
+        return {"run_id": None, "registered_model": None, "model_version": None, MODEL_MD5_TAG: md5}
     return {
         "run_id": run.info.run_id,
-        "registered_model": run.data.tags["registered_model"],
-        "model_version": run.data.tags["model_version"],
+        "registered_model": run.data.tags.get("registered_model"),
+        "model_version": run.data.tags.get("model_version"),
         MODEL_MD5_TAG: md5,
     }
 
 
 def model_tags(info: Mapping[str, Any]) -> dict[str, str]:
-    """Tags that link a downstream run to the model version `train` registered (`info`: `train_run`)."""
-    return {
-        "registered_model": str(info["registered_model"]),
-        "model_version": str(info["model_version"]),
-        "train_run_id": str(info["run_id"]),
-        MODEL_MD5_TAG: str(info[MODEL_MD5_TAG]),
+    """Tags that link a downstream run to the model `train` made (`info`: `train_run`): always its md5;
+    the network version and train run where the store has them."""
+    names = {
+        "registered_model": "registered_model",
+        "model_version": "model_version",
+        "run_id": "train_run_id",
     }
+    tags = {tag: str(info[key]) for key, tag in names.items() if info.get(key) is not None}
+    return tags | {MODEL_MD5_TAG: str(info[MODEL_MD5_TAG])}
+
+
+def network_ref(info: Mapping[str, Any]) -> str | None:
+    """`<registered network>/<version>` of a `train_run` record, or None when the store has none."""
+    if info.get("registered_model") is None or info.get("model_version") is None:
+        return None
+    return f"{info['registered_model']}/{info['model_version']}"
 
 
 def category_models(categories: list[str], model_files: Mapping[str, Path]) -> tuple[dict, dict[str, str]]:
-    """The train run and network version behind each category's model file, and run tags naming them."""
+    """The train run and network version behind each category's model file, and run tags naming them
+    (the network version, or `md5:<model md5>` for a model without a run in this store)."""
     models = {c: train_run(c, model_files[c]) for c in categories}
-    tags = {f"model_version.{c}": f"{m['registered_model']}/{m['model_version']}" for c, m in models.items()}
+    tags = {f"model_version.{c}": network_ref(m) or f"md5:{m[MODEL_MD5_TAG]}" for c, m in models.items()}
     return models, tags

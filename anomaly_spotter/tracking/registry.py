@@ -29,10 +29,13 @@ def tag_model_version(info: Mapping[str, Any], stage: str, run_id: str) -> None:
     """Point the network version, and the service versions built from it, at a stage run (`run.<stage>`).
 
     `register` copies the network's `run.*` tags when it builds a service version; a stage that runs
-    after it (DVC may order `visualize` and `register` either way) tags the service version here.
+    after it (DVC may order `visualize` and `register` either way) tags the service version here. Nothing
+    for a model whose train run this store lacks (`lineage.train_run` gave no version).
     """
     from mlflow import MlflowClient
 
+    if info.get("registered_model") is None or info.get("model_version") is None:
+        return  # a model with no train run in this store (pulled): no version to point
     client = MlflowClient()
     name, version = info["registered_model"], str(info["model_version"])
     client.set_model_version_tag(name, version, f"run.{stage}", run_id)

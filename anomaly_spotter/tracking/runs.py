@@ -142,10 +142,32 @@ def set_run_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+LOG_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
 def log_history(history: Any) -> None:
-    """Per-epoch curves (a DataFrame with epoch, train_loss, val_loss) as stepped metrics."""
-    for row in history.itertuples():
-        log_metrics({"train_loss": row.train_loss, "val_loss": row.val_loss}, step=int(row.epoch))
+    """A training history (first column the step: epoch or bank_size; each other column a curve) as
+    stepped metrics named after the curves; blank cells are left out."""
+    import math
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    if history.empty:
+        return
+    step, *curves = history.columns
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(curve, float(value), now, int(at))
+        for curve in curves
+        for at, value in zip(history[step], history[curve], strict=True)
+        if math.isfinite(float(value))
+    ]
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), LOG_BATCH):  # one request per 1,000 points, not one per point
+        client.log_batch(run_id, metrics=metrics[start : start + LOG_BATCH])
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:

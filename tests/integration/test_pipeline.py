@@ -22,6 +22,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -459,7 +460,9 @@ def test_default_detector_patchcore_runs_end_to_end(origin: Path, tmp_path: Path
         assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["pixel_auroc"] <= 1.0
         kind = _model_kind(project / f"models/{category}/model.pt")
         assert kind == {"kind": "patchcore", "members": [[3], [2, 3], [3, 5]]}
-        assert not any((project / f"models/{category}/history").glob("*"))  # no epochs: no history
+        coverage = pd.read_csv(project / f"models/{category}/history/history.csv")  # bank coverage
+        assert list(coverage.columns) == ["bank_size", "coverage_3", "coverage_2_3", "coverage_3_5"]
+        assert coverage["coverage_3"].iloc[-1] < coverage["coverage_3"].iloc[0]
         registered = json.loads((project / f"registry/{category}.json").read_text())
         assert registered["registered_model"] == f"anomaly-spotter-{category}"
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")

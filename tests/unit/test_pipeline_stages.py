@@ -18,6 +18,7 @@ from anomaly_spotter.pipeline import compute_thresholds as thresholds_stage
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline import train as train_stage
 from anomaly_spotter.pipeline import visualize as visualize_stage
+from anomaly_spotter.pipeline.results import covers_dataset, subset_note
 from tests.conftest import make_mvtec_category
 
 
@@ -159,6 +160,21 @@ def test_compute_thresholds_writes_one_small_metrics_file_per_category(
     assert result["categories"]["a"]["good_only_f1"] is not None and result["overall"] == pytest.approx(
         overall
     )
+
+    # run over some of the dataset's categories: no overall mean (it would not compare with the whole's)
+    for category in ("a", "b", "c"):
+        (tmp_path / "data" / category / "train" / "good").mkdir(parents=True)
+    (tmp_path / "data" / "notes").mkdir()  # not a category: no train/good
+    whole = params_from_dict({"data": {"root": "data", "categories": ["a", "b", "c"]}})
+    assert covers_dataset(whole) and not covers_dataset(params_from_dict({"data": {"root": "data"}}))
+    subset = params_from_dict(
+        {"data": {"root": "data", "categories": ["b", "a"]}, "thresholds": {"n_folds": 2}}
+    )
+    assert subset_note(subset).startswith("data.categories covers 2 of the 3 categories in data (a, b):")
+    result = thresholds_stage.run_compute_thresholds(subset)
+    assert json.loads(paths.OVERALL_METRICS_JSON.read_text()) == dict.fromkeys(a)  # every value null
+    assert json.loads(paths.category_metrics_file("a").read_text()) == a  # the categories' rows unchanged
+    assert set(result["overall"].values()) == {None}
 
 
 def test_compute_thresholds_reports_a_good_only_category_as_absent_not_zero(

@@ -98,8 +98,12 @@ def test_training_history_plot(tmp_path: Path) -> None:
     )
     plot_training_history(history, tmp_path / "history.png")
     plot_training_history(history.drop(columns="val_loss"), tmp_path / "history_train_only.png")
-    plot_training_history(pd.DataFrame(), tmp_path / "history_empty.png")  # detector without epochs
-    for name in ("history.png", "history_train_only.png", "history_empty.png"):
+    plot_training_history(pd.DataFrame(), tmp_path / "history_empty.png")  # a detector that records none
+    coverage = pd.DataFrame(
+        {"bank_size": [1, 2, 3], "coverage_3": [4.0, 2.0, 1.0], "coverage_2_3": [5.0, 3.0, np.nan]}
+    )
+    plot_training_history(coverage, tmp_path / "history_coverage.png")  # PatchCore's banks
+    for name in ("history.png", "history_train_only.png", "history_empty.png", "history_coverage.png"):
         assert _png_size(tmp_path / name) == _expected(HISTORY_FIGSIZE)
     with pytest.raises(ValueError, match="lacks column"):
         plot_training_history(pd.DataFrame({"loss": [1.0]}), tmp_path / "bad.png")

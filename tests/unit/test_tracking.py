@@ -363,8 +363,9 @@ def test_content_md5_of_file_and_folder(tmp_path: Path) -> None:
         tracking.content_md5(tmp_path / "missing")
 
 
-def test_train_run_is_found_by_model_md5(store: str, tmp_path: Path) -> None:
-    """The newest FINISHED train run of the category whose model_md5 matches; others are ignored."""
+def test_train_run_is_found_by_model_md5(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The newest FINISHED train run of the category whose model_md5 matches; others are ignored. A model
+    no run wrote is recorded by md5 alone, with a note."""
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights v1")
     md5 = tracking.content_md5(model)
@@ -391,11 +392,17 @@ def test_train_run_is_found_by_model_md5(store: str, tmp_path: Path) -> None:
     assert found == {"run_id": newest, "registered_model": "net-a", "model_version": "2", "model_md5": md5}
     assert tracking.model_tags(found)["train_run_id"] == newest
 
+    # bytes no run here wrote (pulled, from DVC's run cache): lineage by md5 alone, one note, no error
     model.write_bytes(b"weights from elsewhere")
-    with pytest.raises(
-        TrackingError, match=r"no finished MLflow run of train@a with model_md5=.*dvc repro --force"
-    ):
-        tracking.train_run("a", model)
+    pulled = tracking.train_run("a", model)
+    other = tracking.content_md5(model)
+    assert pulled == {"run_id": None, "registered_model": None, "model_version": None, "model_md5": other}
+    assert tracking.model_tags(pulled) == {"model_md5": other}
+    assert tracking.network_ref(pulled) is None and tracking.network_ref(found) == "net-a/2"
+    note = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
+    assert note.startswith(f"note: {model} (md5 {other}) has no train@a run in sqlite:")
+    assert note.endswith("lineage is recorded by md5 only") and "\n" not in note
+    tracking.tag_model_version(pulled, "process_all", newest)  # no version to tag: nothing, no error
 
 
 def test_stage_runs_record_the_lock_and_the_drift_from_it(store: str, tmp_path: Path) -> None:

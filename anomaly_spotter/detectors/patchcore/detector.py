@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -26,6 +27,17 @@ from anomaly_spotter.detectors.patchcore.network import (
 )
 
 
+def coverage_history(coverage: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The members' coverage radii per bank size -> a table: `bank_size` (1..the largest bank), then one
+    column per member (blank past that member's bank size). Where a curve has flattened by its last
+    row, the bank is large enough; still falling there, `max_bank_size` or `coreset_ratio` limit it."""
+    size = max((len(r) for r in coverage.values()), default=0)
+    table = {"bank_size": np.arange(1, size + 1)}
+    for name, radius in coverage.items():
+        table[name] = np.pad(radius.astype(np.float64), (0, size - len(radius)), constant_values=np.nan)
+    return pd.DataFrame(table)
+
+
 class PatchCoreDetector(Detector):
     """PatchCore on an ImageNet-pretrained EfficientNet-Lite; higher = more anomalous.
 
@@ -33,7 +45,8 @@ class PatchCoreDetector(Detector):
     memory-bank patch, bilinearly upsampled to the image size, standardised by the member's validation
     statistics, averaged over members and Gaussian-smoothed (`config.sigma`, scipy reflect border, as
     `anomaly_map.gaussian_smooth`). Fitted state: `model_` (the `PatchCore` module, banks included)
-    and `n_train_patches_` (training patches per member).
+    and `n_train_patches_` (training patches per member); `history_` holds each bank's coverage radius per
+    bank size (`coverage_history`), the training-history plot for a detector without epochs.
     """
 
     kind = "patchcore"
@@ -100,10 +113,14 @@ class PatchCoreDetector(Detector):
                     per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
                     pools[k].append(self._preselect(per_image, projections[k], n_images))
                     n_patches[k] += per_image.shape[0] * per_image.shape[1]
-            for k in range(n_members):
+            coverage = {}
+            for k, member in enumerate(self.config.members):
                 pool = torch.cat(pools[k])
                 pools[k] = []
-                model.set_memory_bank(k, self._coreset(pool, self._bank_size(n_patches[k]), projections[k]))
+                bank, coverage["coverage_" + "_".join(map(str, member))] = self._bank(
+                    pool, self._bank_size(n_patches[k]), projections[k]
+                )
+                model.set_memory_bank(k, bank)
                 del pool
             loc, scale = torch.zeros(n_members), torch.ones(n_members)
             if val_images is not None and len(val_images) >= 2:
@@ -131,6 +148,7 @@ class PatchCoreDetector(Detector):
         model.set_normalization(loc, scale)
         self.model_ = model.eval()
         self.n_train_patches_ = n_patches
+        self.history_ = coverage_history(coverage)
         return self
 
     def _projection(self, dim: int) -> torch.Tensor | None:
@@ -166,6 +184,17 @@ class PatchCoreDetector(Detector):
         if patches.ndim == 2:
             return patches[chosen]
         return patches[torch.arange(len(patches))[:, None], chosen].reshape(-1, dim)
+
+    def _bank(
+        self, pool: torch.Tensor, k: int, projection: torch.Tensor | None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """`_coreset` of the pooled patches `(P, D)` -> the bank `(k, D)` and its coverage radius after
+        each pick `(k,)` (in the projection's space; all zero when the whole pool is kept)."""
+        if k >= len(pool):
+            return pool.clone(), np.zeros(len(pool))
+        feats = pool if projection is None else pool @ projection
+        chosen, radius = k_center_greedy(feats, k, self.config.seed, radii=True)
+        return pool[chosen], radius.numpy()
 
     def _smooth(self, maps: np.ndarray) -> np.ndarray:
         """Gaussian(sigma) over the last two axes of `(..., H, W)` maps."""

@@ -156,12 +156,16 @@ def random_projection(dim: int, out_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(dim, out_dim, generator=gen) / out_dim**0.5
 
 
-def k_center_greedy(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+def k_center_greedy(
+    features: torch.Tensor, k: int, seed: int, radii: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-center (farthest-point) selection: `(P, D)` -> indices `(k,)` int64, deterministic per seed.
 
     Starts from a seeded random point; each step adds the point farthest from everything chosen so far.
     Cost per step is one matrix-vector product over all points. A batch `(B, P, D)` selects in each of
-    the B sets at once -> `(B, k)`.
+    the B sets at once -> `(B, k)`. With `radii`, also the coverage radius after each step, `(k,)` or
+    `(B, k)`: the largest distance from any point to its nearest chosen one (non-increasing; where it
+    flattens, more centres add little).
     """
     batched = features.ndim == 3
     feats = (features if batched else features[None]).float().contiguous()
@@ -172,6 +176,7 @@ def k_center_greedy(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     min_d = torch.full((b, n), float("inf"))
     chosen = torch.empty(b, k, dtype=torch.long)
     rows = torch.arange(b)
+    radius = torch.empty(b, k)
     idx = torch.randint(n, (b,), generator=torch.Generator().manual_seed(seed))
     for i in range(k):
         chosen[:, i] = idx
@@ -179,8 +184,11 @@ def k_center_greedy(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
         d = torch.baddbmm(sq[:, :, None], feats, centre[:, :, None], alpha=-2.0)[:, :, 0]  # |x|^2 - 2 x.c
         d.add_(sq[rows, idx][:, None])
         torch.minimum(min_d, d, out=min_d)
-        idx = torch.argmax(min_d, dim=1)
-    return chosen if batched else chosen[0]
+        radius[:, i], idx = torch.max(min_d, dim=1)
+    if not radii:
+        return chosen if batched else chosen[0]
+    radius = radius.clamp_(min=0).sqrt_()
+    return (chosen, radius) if batched else (chosen[0], radius[0])
 
 
 def coreset_size(num_patches: int, ratio: float) -> int:

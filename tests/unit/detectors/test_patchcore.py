@@ -148,6 +148,30 @@ def test_batched_k_center_greedy_takes_the_farthest_point_in_each_set() -> None:
     assert torch.equal(k_center_greedy(sets[0], 15, seed=1), k_center_greedy(sets[:1], 15, seed=1)[0])
 
 
+def test_k_center_greedy_reports_the_coverage_radius_after_each_pick() -> None:
+    points = torch.randn(300, 6, generator=torch.Generator().manual_seed(2))
+    chosen, radius = k_center_greedy(points, 20, seed=4, radii=True)
+    assert torch.equal(chosen, k_center_greedy(points, 20, seed=4))  # the same picks
+    for j in range(20):  # the farthest any point lies from its nearest chosen one, by brute force
+        farthest = torch.cdist(points.double(), points[chosen[: j + 1]].double()).min(1).values.max()
+        assert float(radius[j]) == pytest.approx(float(farthest), rel=1e-4)
+    assert bool((radius[1:] <= radius[:-1]).all())
+
+
+def test_fit_records_each_banks_coverage_as_its_history() -> None:
+    det = PatchCoreDetector(dataclasses.replace(CONFIG, members=((3,), (2, 3)))).fit(
+        good_images(6), good_images(3)
+    )
+    history = det.history_
+    banks = [len(b) for b in det.model_.banks()]
+    assert list(history.columns) == ["bank_size", "coverage_3", "coverage_2_3"]
+    assert history["bank_size"].tolist() == list(range(1, max(banks) + 1))
+    for column, size in zip(history.columns[1:], banks, strict=True):
+        curve = history[column].to_numpy()
+        assert np.isfinite(curve[:size]).all() and np.isnan(curve[size:]).all()
+        assert (np.diff(curve[:size]) <= 1e-6).all() and curve[size - 1] < curve[0]
+
+
 def test_pool_ratio_bounds_the_pool_and_a_full_pool_is_the_exact_coreset() -> None:
     images = good_images(6)
     exact = PatchCoreDetector(dataclasses.replace(CONFIG, pool_ratio=1.0)).fit(images)

@@ -165,23 +165,37 @@ def served(
     else:
         cmd = [sys.executable, "-m", "anomaly_spotter.cli", "serve", "--model", model, "--port", str(port)]
         cmd += ["--max-request-mb", str(max_request_mb)] + (["--workers", str(workers)] if workers else [])
+    with running(cmd, port, log=log, env=env, timeout_s=timeout_s, what=f"the server for {model}") as url:
+        yield url
+
+
+@contextmanager
+def running(
+    cmd: Sequence[str],
+    port: int,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+    what: str = "the server",
+) -> Iterator[str]:
+    """Run a server command that listens on 127.0.0.1:`port` until the block ends; yields its URL once
+    /ping answers (within `timeout_s`). `env` adds to this process's environment; the venv's bin folder
+    leads PATH (servers start uvicorn by name). The server runs in its own process group, stopped as a
+    whole."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
-    bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn/gunicorn by name
+    bindir = str(Path(sys.executable).parent)
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     out = log.open("w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while not _ping(url):
             if proc.poll() is not None:
-                raise SystemExit(
-                    f"serve_bench: the server for {model} exited ({proc.returncode}){_log_hint(log, out)}"
-                )
+                raise SystemExit(f"serve_bench: {what} exited ({proc.returncode}){_log_hint(log, out)}")
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"serve_bench: the server for {model} did not answer /ping in {timeout_s}s"
-                    f"{_log_hint(log, out)}"
+                    f"serve_bench: {what} did not answer /ping in {timeout_s}s{_log_hint(log, out)}"
                 )
             time.sleep(0.5)
         yield url

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ EXPERIMENTS_EPILOG = """examples:
   anomaly-spotter experiments --sort-by image_auroc -A
 
 Each experiment's pipeline summary run in MLflow (experiment anomaly-spotter-pipelines) is named after it.
-see docs/pipeline.md "Experiments"
+see docs/pipeline.md
 """
 
 # the headline per row: ranking (image, pixel, region), then what the recall-target threshold costs
@@ -110,8 +111,9 @@ def render(rows: Sequence[Row], metrics_file: str, width: int = WIDTH) -> str:
         return "  ".join(out).rstrip()
 
     rule = "─" * min(width, sum(widths) + 2 * (len(widths) - 1))
-    title = f"metrics: {metrics_file}" + (f"   changed parameters: {', '.join(params)}" if params else "")
-    return "\n".join([title, rule, line(headers), rule, *(line(r) for r in body), rule])
+    title = f"metrics: {metrics_file}" + (f"; changed parameters: {', '.join(params)}" if params else "")
+    titles = textwrap.wrap(title, width, subsequent_indent="  ")
+    return "\n".join([*titles, rule, line(headers), rule, *(line(r) for r in body), rule])
 
 
 def _short_names(keys: Sequence[str]) -> list[str]:

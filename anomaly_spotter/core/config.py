@@ -33,7 +33,7 @@ MAX_IMAGE_SIZE = 1024
 @dataclass(frozen=True)
 class DataParams:
     root: str = "data/builtin"
-    categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label", "board"])
+    categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label", "board", "component"])
     image_size: int = 128
     val_fraction: float = 0.2
 

@@ -1,120 +1,14 @@
 """`anomaly-spotter serve`: a registered (or exported) service model over HTTP, as `mlflow models serve`
-serves it (the same app: /invocations, /ping, /health, /version; the same requests and answers), with a
-cap on the request body.
-
-MLflow's scoring server reads and parses a whole request before the model's own limits
-(`registry.max_images_per_request`, `max_request_megapixels`) can refuse it: a 100 MB body of junk is
-parsed first, and the worker's memory grows by several times that. Here a body over `--max-request-mb`
-is answered 413 before it is read (its Content-Length), or as soon as the bytes received pass the cap
-(chunked uploads), and after each scoring request the worker hands the memory it freed back to the
-system (`malloc_trim`: a small PNG can decode to hundreds of MB).
+serves it, with a cap on the request body (`anomaly_spotter.serving.app`, which says why).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import json
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-DEFAULT_MAX_REQUEST_MB = 64.0
-MODEL_ENV = "ANOMALY_SPOTTER_SERVE_MODEL"
-LIMIT_ENV = "ANOMALY_SPOTTER_SERVE_MAX_BYTES"
+from anomaly_spotter.serving.app import DEFAULT_MAX_REQUEST_MB, LIMIT_ENV, MODEL_ENV
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for an HTTP request body over `max_bytes`, before the app reads it."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, int(declared))
-            return
-        received = 0
-        rejected = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:  # answer now; the app sees the client gone
-                    rejected = True
-                    await self._reject(send, received)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not rejected:  # once refused, whatever the app answers to the disconnect is dropped
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
-        finally:
-            if scope.get("path") == "/invocations":  # decoded images are many times their body
-                release_memory()
-
-    async def _reject(self, send: Send, size: int) -> None:
-        body = json.dumps(
-            {
-                "error_code": "REQUEST_TOO_LARGE",
-                "message": (
-                    f"request body is {size / 2**20:.1f} MB (or more), over this server's limit of "
-                    f"{self.max_bytes / 2**20:.1f} MB (anomaly-spotter serve --max-request-mb); send fewer "
-                    "or smaller images per request"
-                ),
-            }
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def release_memory() -> None:
-    """Give the memory freed after a scoring request back to the system (glibc's malloc_trim; elsewhere a
-    no-op)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, looked up once per worker (`find_library` runs ldconfig), or None."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-
-
-def app_from_env() -> Any:
-    """The capped scoring app for the model folder in ANOMALY_SPOTTER_SERVE_MODEL (each uvicorn worker)."""
-    import mlflow
-    from mlflow.pyfunc import scoring_server
-
-    model = mlflow.pyfunc.load_model(os.environ[MODEL_ENV])
-    return BodyLimit(scoring_server.init(model), int(os.environ[LIMIT_ENV]))
+__all__ = ["DEFAULT_MAX_REQUEST_MB", "serve"]
 
 
 def serve(model_uri: str, host: str, port: int, workers: int, max_request_mb: float) -> None:
@@ -136,7 +30,7 @@ def serve(model_uri: str, host: str, port: int, workers: int, max_request_mb: fl
         os.environ[MODEL_ENV] = local
         os.environ[LIMIT_ENV] = str(int(max_request_mb * 2**20))
         uvicorn.run(
-            "anomaly_spotter.deploy.serve:app_from_env",
+            "anomaly_spotter.serving.app:app_from_env",
             factory=True,
             host=host,
             port=port,

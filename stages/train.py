@@ -44,9 +44,8 @@ def run() -> None:
         prepared = tracking.prepare_run(category, prepared_dir)
         detector, metrics = run_train(params, category, progress_enabled())
         logged = {"seed": params.seed, **train_params_logged(params)}
-        lineage = {
-            k: v for k, v in prepared.items() if v is not None
-        }  # md5, and the run where the store has it
+        # the prepared data's md5, and the run that wrote it where the store has one
+        lineage = {k: v for k, v in prepared.items() if v is not None}
         with tracking.stage_run("train", category, logged, lineage) as run:
             tracking.log_metrics(metrics)
             history = training_history(detector)

@@ -64,15 +64,12 @@ def run() -> None:
             version = log_service_model(model_dir / paths.MODEL_FILE, config, name, kind)
             # the network version's run.<stage> lineage; none for a model this store has no train run of
             network_ref = tracking.network_ref(network)
-            lineage = {
-                k: v
-                for k, v in (
-                    tracking.model_version_tags(network["registered_model"], network["model_version"])
-                    if network_ref
-                    else {}
-                ).items()
-                if k.startswith("run.")
-            }
+            version_tags = (
+                tracking.model_version_tags(network["registered_model"], network["model_version"])
+                if network_ref
+                else {}
+            )
+            lineage = {k: v for k, v in version_tags.items() if k.startswith("run.")}
             tags, description = service_version_metadata(
                 config,
                 kind,

@@ -123,7 +123,7 @@ def _short_names(keys: Sequence[str]) -> list[str]:
         parts = key.split(".")
         for n in range(1, len(parts) + 1):
             tail = ".".join(parts[-n:])
-            if not any(k != key and k.endswith("." + tail) or k == tail for k in keys if k != key):
+            if not any(k == tail or k.endswith("." + tail) for k in keys if k != key):
                 break
         names.append(tail)
     return names

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from anomaly_spotter.cli import experiments as experiments_cli
 from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
 from anomaly_spotter.cli.experiments import EXPERIMENTS_EPILOG, cmd_experiments
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser(
         "experiments",
         help="DVC's experiment table in 120 columns: changed parameters and headline metrics",
-        description=__import__("anomaly_spotter.cli.experiments", fromlist=["_"]).__doc__,
+        description=experiments_cli.__doc__,
         epilog=EXPERIMENTS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

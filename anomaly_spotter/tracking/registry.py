@@ -7,6 +7,7 @@ from typing import Any
 
 from anomaly_spotter.core.errors import TrackingError
 from anomaly_spotter.core.packages import pinned
+from anomaly_spotter.tracking.lineage import network_ref
 from anomaly_spotter.tracking.store import tracking_uri
 
 MODEL_NAME_PREFIX = "anomaly-spotter"
@@ -34,7 +35,7 @@ def tag_model_version(info: Mapping[str, Any], stage: str, run_id: str) -> None:
     """
     from mlflow import MlflowClient
 
-    if info.get("registered_model") is None or info.get("model_version") is None:
+    if network_ref(info) is None:
         return  # a model with no train run in this store (pulled): no version to point
     client = MlflowClient()
     name, version = info["registered_model"], str(info["model_version"])

@@ -174,22 +174,21 @@ class PatchCoreDetector(Detector):
         return self._coreset(patches, k, projection)
 
     def _coreset(self, patches: torch.Tensor, k: int, projection: torch.Tensor | None) -> torch.Tensor:
-        """`k` rows of `(P, D)` patch embeddings, or of each of B sets `(B, P, D)` at once, chosen by
-        k-center greedy on their projection -> `(k, D)` or `(B * k, D)`."""
+        """`k` rows of each of B sets of patch embeddings `(B, P, D)` at once, chosen by k-center greedy
+        on their projection -> `(B * k, D)`."""
         dim = patches.shape[-1]
         if k >= patches.shape[-2]:
             return patches.reshape(-1, dim).clone()
         feats = patches if projection is None else patches @ projection
-        chosen = k_center_greedy(feats, k, self.config.seed)  # (k,) or (B, k)
-        if patches.ndim == 2:
-            return patches[chosen]
+        chosen = k_center_greedy(feats, k, self.config.seed)  # (B, k)
         return patches[torch.arange(len(patches))[:, None], chosen].reshape(-1, dim)
 
     def _bank(
         self, pool: torch.Tensor, k: int, projection: torch.Tensor | None
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """`_coreset` of the pooled patches `(P, D)` -> the bank `(k, D)` and its coverage radius after
-        each pick `(k,)` (in the projection's space; all zero when the whole pool is kept)."""
+        """`k` rows of the pooled patches `(P, D)`, chosen by k-center greedy on their projection -> the
+        bank `(k, D)` and its coverage radius after each pick `(k,)` (in the projection's space; all zero
+        when the whole pool is kept)."""
         if k >= len(pool):
             return pool.clone(), np.zeros(len(pool))
         feats = pool if projection is None else pool @ projection

@@ -4,9 +4,11 @@ answers), with a cap on the request body: what `anomaly-spotter serve` and the e
 MLflow's scoring server reads and parses a whole request before the model's own limits
 (`registry.max_images_per_request`, `max_request_megapixels`) can refuse it: a 100 MB body of junk is
 parsed first, and the worker's memory grows by several times that. Here a body over `--max-request-mb`
-is answered 413 before it is read (its Content-Length), or as soon as the bytes received pass the cap
-(chunked uploads), and after each scoring request the worker hands the memory it freed back to the
-system (`malloc_trim`: a small PNG can decode to hundreds of MB).
+is answered 413 unparsed: by its Content-Length, or as soon as the bytes received pass the cap (chunked
+uploads). What is left of a refused body is read and dropped before the 413 goes out (up to DRAIN_BYTES,
+and not when the client waits on `Expect: 100-continue`), so that a client still sending gets its 413
+rather than a reset connection. After each scoring request the worker hands the memory it freed back to
+the system (`malloc_trim`: a small PNG can decode to hundreds of MB).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 DEFAULT_MAX_REQUEST_MB = 64.0
 MODEL_ENV = "ANOMALY_SPOTTER_SERVE_MODEL"
 LIMIT_ENV = "ANOMALY_SPOTTER_SERVE_MAX_BYTES"
+DRAIN_BYTES = 256 * 2**20  # a refused body up to this size is read and dropped before the 413
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,7 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for an HTTP request body over `max_bytes`, before the app reads it."""
+    """ASGI middleware: 413 for an HTTP request body over `max_bytes`, before the app parses it."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
         self.app = app
@@ -40,8 +43,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_BYTES and headers.get(b"expect", b"").lower() != b"100-continue":
+                await _drain(receive)
             await self._reject(send, int(declared))
             return
         received = 0
@@ -56,6 +62,8 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:  # answer now; the app sees the client gone
                     rejected = True
+                    if message.get("more_body", False):
+                        await _drain(receive, received)
                     await self._reject(send, received)
                     return {"type": "http.disconnect"}
             return message
@@ -87,6 +95,19 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, drained: int = 0) -> None:
+    """Read and drop what is left of a request body, until `drained` bytes in all pass DRAIN_BYTES. The
+    server stops reading a body its app ignores and closes the connection with the bytes unread: the
+    client, still sending, gets a reset before it can read the answer."""
+    while drained <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def release_memory() -> None:

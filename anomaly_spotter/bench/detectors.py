@@ -20,6 +20,9 @@ in a JSON-lines file, so an interrupted or extended run recomputes only what is 
 by the variant, the category, the data and the params file, not by the code: start a new cache file
 after changing the code).
 
+`--per-type` adds a table of image AUROC per defect type (that type's test images against all good ones),
+one column per variant: which kinds of defect a variant finds, and which it misses.
+
 `--sigmas 1 2 4` replaces each variant's row by one row per smoothing of its anomaly maps (the detector's
 `sigma`, for the map and the image score alike; post-processing only: the model is fitted once and its
 test maps re-smoothed), labelled `<variant> sigma=<s>`; with `--loco` the smoothing is chosen by
@@ -209,6 +212,7 @@ def run_job(
             "peak_mb": peak_mb,
             "n_train": len(train_images),
             "bank_size": sum(len(b) for b in banks),
+            "per_type": {k.partition(".")[2]: summary[k] for k in summary if k.startswith("image_auroc.")},
         }
         for name, summary, ms in evaluated
     ]
@@ -294,6 +298,31 @@ def loco_table(rows: list[dict[str, Any]], metric: str = "image_auroc") -> tuple
     return "\n".join(lines + per_variant), out
 
 
+def per_type_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: image AUROC per defect type (that type's images against all good images), one row per
+    (category, defect type), one column per variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    value = {(r["variant"], r["category"]): r.get("per_type") for r in rows}
+    stale = sorted({v for (v, _), types in value.items() if types is None})
+    if stale:
+        raise SystemExit(
+            f"bench: --per-type: rows of {stale} come from a cache written before per-type values were "
+            "kept; start a new --cache file"
+        )
+    lines = [
+        "| category | defect type | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for category in dict.fromkeys(r["category"] for r in rows):
+        types = dict.fromkeys(t for v in variants for t in value.get((v, category)) or {})
+        for t in types:
+            cells = [value.get((v, category), {}).get(t) for v in variants]
+            lines.append(
+                f"| {category} | {t} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |"
+            )
+    return "\n".join(lines)
+
+
 def scaling_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per (category, training-set size)."""
     names = ("category", "training images", "fit s", "peak MB", "bank (patches)", "ms / image", "image AUROC")
@@ -368,6 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="S",
         help="one row per map smoothing S of each fitted variant (post-processing only, no refit)",
     )
+    parser.add_argument(
+        "--per-type", action="store_true", help="also a table of image AUROC per defect type and variant"
+    )
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
     parser.add_argument(
@@ -409,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
     )
     text = f"{table}\n\nmachine: {machine}; data: {data}\n"
+    if args.per_type:
+        text += f"\n## Image AUROC per defect type\n\n{per_type_table(rows)}\n"
     loco_rows = {}
     if args.loco:
         for metric, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):

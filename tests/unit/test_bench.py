@@ -1,10 +1,10 @@
-"""The benchmark's pure parts: variant specs and the leave-one-category-out selection."""
+"""The benchmark's pure parts: variant specs, the leave-one-category-out selection, the per-type table."""
 
 from __future__ import annotations
 
 import pytest
 
-from anomaly_spotter.bench.detectors import loco_table, parse_variant
+from anomaly_spotter.bench.detectors import loco_table, parse_variant, per_type_table
 
 
 def test_variant_specs_parse_nested_lists() -> None:
@@ -112,3 +112,21 @@ def test_sigmas_rescore_one_fit_at_each_smoothing(tiny_mvtec) -> None:
     assert [refit[0][k] for k in ("image_auroc", "pixel_auroc")] == [
         rows[1][k] for k in ("image_auroc", "pixel_auroc")
     ]
+
+
+def test_per_type_table_has_a_row_per_category_and_type_and_a_column_per_variant() -> None:
+    rows = [
+        {"variant": "a", "category": "board", "per_type": {"missing": 1.0, "count": 0.885}},
+        {"variant": "b", "category": "board", "per_type": {"missing": 0.9, "count": 0.9375}},
+        {"variant": "a", "category": "pill", "per_type": {"crack": 0.97321}},
+        {"variant": "b", "category": "pill", "per_type": {}},  # a type a variant has no value for: blank
+    ]
+    lines = per_type_table(rows).splitlines()
+    assert lines[0] == "| category | defect type | a | b |"
+    assert lines[2:] == [
+        "| board | missing | 1.0000 | 0.9000 |",
+        "| board | count | 0.8850 | 0.9375 |",
+        "| pill | crack | 0.9732 |  |",
+    ]
+    with pytest.raises(SystemExit, match="new --cache"):  # rows cached before per-type values were kept
+        per_type_table([{"variant": "a", "category": "board", "image_auroc": 0.9}])

@@ -79,9 +79,12 @@ def test_fp32_export_maps_equal_the_torch_detector(
     tmp_path: Path, size: int, members: list[list[int]]
 ) -> None:
     detector = tiny_patchcore(size, members)
+    assert detector.model_.position_blocks  # the default: the position-aware part is exported too
     export_onnx(detector, size, tmp_path / ONNX_FILE)
     graph = onnx.load(str(tmp_path / ONNX_FILE)).graph
-    assert "Pad" not in {n.op_type for n in graph.node}  # the "SAME" paddings moved into the convolutions
+    pads = {n.output[0] for n in graph.node if n.op_type == "Pad"}  # the position-aware search shifts by Pad
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert not any(set(n.input) & pads for n in convs)  # the "SAME" paddings moved into the convolutions
     read = {name for n in graph.node for name in n.input}
     assert all(init.name in read for init in graph.initializer)  # no unused ones for ONNX Runtime to warn of
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "onnx", "image_size": size}))
@@ -140,7 +143,8 @@ def test_int8_search_exports_to_integer_onnx_that_equals_its_torch_reference(tmp
     detector = tiny_patchcore(32, [[3], [3, 5]])
     export_onnx(detector, 32, tmp_path / ONNX_FILE, int8_search=True)
     ops = [n.op_type for n in onnx.load(str(tmp_path / ONNX_FILE)).graph.node]
-    assert ops.count("MatMulInteger") == 2 and "ReduceMin" not in ops  # one integer search per member
+    assert ops.count("MatMulInteger") == 2  # one integer search per member
+    assert ops.count("ReduceMin") == 9  # the position-aware part's float search, one per offset (radius 1)
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "onnx", "image_size": 32}))
     images = _images(4, 32, 7)
     images[2, 10:16, 10:16] = 250

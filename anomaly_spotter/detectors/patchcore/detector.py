@@ -10,6 +10,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomaly_spotter.core.anomaly_map import gaussian_smooth
@@ -36,6 +37,14 @@ def coverage_history(coverage: dict[str, np.ndarray]) -> pd.DataFrame:
     for name, radius in coverage.items():
         table[name] = np.pad(radius.astype(np.float64), (0, size - len(radius)), constant_values=np.nan)
     return pd.DataFrame(table)
+
+
+def _location_scale(smoothed: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches of smoothed maps `(K, n, H, W)` of validation good images -> per map kind k, the mean and
+    standard deviation of their maxima `(K,)`, `(K,)` (the scale floored above 0)."""
+    maxima = np.concatenate([maps.max(axis=(2, 3)) for maps in smoothed], axis=1)
+    scale = np.maximum(maxima.std(axis=1), 1e-6 * np.abs(maxima).mean(axis=1) + 1e-12)
+    return torch.from_numpy(maxima.mean(axis=1)), torch.from_numpy(scale)
 
 
 class PatchCoreDetector(Detector):
@@ -89,7 +98,10 @@ class PatchCoreDetector(Detector):
         caps, fit time is linear in N and memory bounded. `val_images` (good images held out from the
         banks) give each member's border correction (`PatchCore.set_border_baseline`) and its location
         and scale: the mean and standard deviation of their image scores (max of the smoothed, corrected
-        map). An ensemble needs them; a single member without them keeps raw distances.
+        map). An ensemble needs them; a single member without them keeps raw distances. With
+        `position_radius`, the training images' embeddings at full density (up to `position_max_images`,
+        from the unaugmented images) are the position-aware comparison's bank, and the validation images
+        also standardise the two parts (ensemble, position-aware) by their maxima after smoothing.
         """
         model = PatchCore(self.config, load_pretrained_backbone(self.config.backbone))
         n_members = len(self.config.members)
@@ -108,11 +120,16 @@ class PatchCoreDetector(Detector):
                 unit="batch",
                 disable=not self.progress,
             )
-            for x in batches:
-                for k, emb in enumerate(model.embed(x)):
+            positions: list[torch.Tensor] = []
+            unaugmented_batches = math.ceil(len(train_images) / self.config.batch_size)
+            for i, x in enumerate(batches):
+                embeddings, position = model.embed_all(x)
+                for k, emb in enumerate(embeddings):
                     per_image = emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
                     pools[k].append(self._preselect(per_image, projections[k], n_images))
                     n_patches[k] += per_image.shape[0] * per_image.shape[1]
+                if position is not None and i < unaugmented_batches:  # the first copy is the image itself
+                    positions.append(position.half())
             coverage = {}
             for k, member in enumerate(self.config.members):
                 pool = torch.cat(pools[k])
@@ -122,34 +139,48 @@ class PatchCoreDetector(Detector):
                 )
                 model.set_memory_bank(k, bank)
                 del pool
-            loc, scale = torch.zeros(n_members), torch.ones(n_members)
+            if positions:
+                model.set_position_bank(self._position_images(torch.cat(positions)).float())
+                del positions
             if val_images is not None and len(val_images) >= 2:
-                per_batch = [(model.member_grids(x), x.shape[-2:]) for x in self._batches(val_images)]
+                # one backbone pass over the validation images serves the border, the members and the parts
+                per_batch = [(model.grids(x), x.shape[-2:]) for x in self._batches(val_images)]
                 for k in range(n_members):
-                    model.set_border_baseline(k, torch.cat([grids[k] for grids, _ in per_batch]))
-                maxima = np.concatenate(
-                    [
-                        self._smooth(model.grids_to_maps(grids, size).numpy()).max(axis=(2, 3))
-                        for grids, size in per_batch
-                    ],
-                    axis=1,
-                )  # (K, N_val): one backbone pass over the validation images serves both
-                loc = torch.from_numpy(maxima.mean(axis=1))
-                scale = torch.from_numpy(
-                    np.maximum(maxima.std(axis=1), 1e-6 * np.abs(maxima).mean(axis=1) + 1e-12)
+                    model.set_border_baseline(k, torch.cat([grids[k] for (grids, _), _ in per_batch]))
+                model.set_normalization(
+                    *_location_scale(
+                        [
+                            self._smooth(model.grids_to_maps(grids, size).numpy())
+                            for (grids, _), size in per_batch
+                        ]
+                    )
                 )
-            elif n_members > 1:
+                if model.position_blocks:
+                    model.set_part_normalization(
+                        *_location_scale(
+                            [self._smooth(model.raw_parts(*grids, size).numpy()) for grids, size in per_batch]
+                        )
+                    )
+            elif n_members > 1 or model.position_blocks:
                 raise ValueError(
-                    "a PatchCore ensemble needs at least 2 validation good images to standardise its "
-                    "members; pass val_images (data.val_fraction > 0) or use one member, e.g. members: [[3]]"
+                    "a PatchCore ensemble or position-aware part needs at least 2 validation good images to "
+                    "standardise its maps; pass val_images (data.val_fraction > 0), or use one member and no "
+                    "position-aware part: members: [[3]], position_radius: null"
                 )
         for name, buffer in list(model.named_buffers(recurse=False)):  # made under inference_mode, which
             setattr(model, name, buffer.clone())  # autograd and torch.export refuse: normal tensors instead
-        model.set_normalization(loc, scale)
         self.model_ = model.eval()
         self.n_train_patches_ = n_patches
         self.history_ = coverage_history(coverage)
         return self
+
+    def _position_images(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The training images' position embeddings `(N, D, h, w)` -> at most `position_max_images` of
+        them: the most spread out by greedy k-center on their 2 x 2 average-pooled embeddings."""
+        if len(embeddings) <= self.config.position_max_images:
+            return embeddings
+        keys = F.adaptive_avg_pool2d(embeddings.float(), 2).flatten(1)
+        return embeddings[k_center_greedy(keys, self.config.position_max_images, self.config.seed)]
 
     def _projection(self, dim: int) -> torch.Tensor | None:
         """The seeded random projection `(dim, projection_dim)` used to select coresets, or None."""
@@ -207,11 +238,12 @@ class PatchCoreDetector(Detector):
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         """Raw maps `(N, H, W)` float32 at the images' resolution: Gaussian(sigma) of the members' mean
         standardised nearest-bank distance (a good image's maximum is about 0, one unit is one standard
-        deviation of good images' maxima)."""
+        deviation of good images' maxima); with the position-aware part, the pixelwise maximum of that
+        and of the smoothed position-aware distances, each standardised by its validation maxima."""
         self._check_fitted()
         with torch.inference_mode():
-            maps = [self.model_(x).numpy() for x in self._batches(images)]
-        return self._smooth(np.concatenate(maps))
+            parts = [self.model_(x).numpy() for x in self._batches(images)]  # (P, n, H, W) each
+        return self._smooth(np.concatenate(parts, axis=1)).max(axis=0)
 
     def exporter(self) -> Exporter:
         from anomaly_spotter.detectors.patchcore.export import export_graph
@@ -241,6 +273,8 @@ class PatchCoreDetector(Detector):
         n_members = len(det.config.members)  # models saved before the ensemble have no normalisation
         weights.setdefault("norm_loc", torch.zeros(n_members))
         weights.setdefault("norm_scale", torch.ones(n_members))
+        weights.setdefault("part_loc", torch.zeros(1))  # ... nor, before the position-aware part, parts
+        weights.setdefault("part_scale", torch.ones(1))
         for k in range(n_members):
             weights.setdefault(f"{BORDER_KEY}_{k}", torch.zeros(model.grid_size(k)))
         model.load_state_dict(weights, strict=True)

@@ -21,7 +21,7 @@ from torch import nn
 
 from anomaly_spotter.core.errors import ExportError
 from anomaly_spotter.detectors.base import GRAPH_INPUT, GRAPH_OPSET, GRAPH_OUTPUT
-from anomaly_spotter.detectors.patchcore.network import PatchCore
+from anomaly_spotter.detectors.patchcore.network import POSITION_BANK_KEY, PatchCore, position_distances
 
 # the int8 search's tensors per member (`Int8Search`), registered as buffers `<name>_<k>` of EdgePatchCore
 INT8_BUFFERS = ("mean", "low", "high", "q_scale", "q_zero", "extra", "bank_int8", "b_zero", "dot_scale")
@@ -157,6 +157,9 @@ class EdgePatchCore(nn.Module):
     """Fitted PatchCore as one graph: normalised `(N, 3, S, S)` -> smoothed raw maps `(N, S, S)`.
 
     Equal to `PatchCoreDetector.anomaly_maps` on the same images up to float32 rounding (see module doc).
+    Each part's standardisation folds into its matrices and constant; the position-aware part (if any) is
+    searched in float32 (`int8_search` is the ensemble's nearest-neighbour search) and the map is the
+    two parts' pixelwise maximum.
     """
 
     def __init__(self, model: PatchCore, image_size: int, int8_search: bool = False) -> None:
@@ -174,11 +177,12 @@ class EdgePatchCore(nn.Module):
         smooth = smoothing_matrix(size, model.config.sigma)
         constant = np.zeros((size, size))
         loc, scale = model.norm_loc.double().numpy(), model.norm_scale.double().numpy()
+        part_loc, part_scale = model.part_loc.double().numpy(), model.part_scale.double().numpy()
         for k, (bank, baseline) in enumerate(zip(model.banks(), model.border_baselines(), strict=True)):
             h, w = model.grid_size(k)
             rows = smooth @ resize_matrix(h, size, False)  # (S, h): upsample, then smooth
             cols = smooth @ resize_matrix(w, size, False)  # (S, w)
-            weight = 1.0 / (n_members * scale[k])
+            weight = 1.0 / (n_members * scale[k] * part_scale[0])
             constant += weight * (rows @ baseline.double().numpy() @ cols.T + loc[k])
             self.register_buffer(f"rows_{k}", torch.from_numpy(rows * weight).float())
             self.register_buffer(f"cols_t_{k}", torch.from_numpy(cols.T.copy()).float())
@@ -189,7 +193,19 @@ class EdgePatchCore(nn.Module):
             else:
                 # [q, 1] @ [-2 b^T; |b|^2] = |b|^2 - 2 q.b in one matrix product `(D + 1, M)` (x -2 is exact)
                 self.register_buffer(f"bank_t_{k}", torch.cat([-2.0 * bank.T, (bank * bank).sum(1)[None]]))
+        constant += part_loc[0] / part_scale[0]
         self.register_buffer("constant", torch.from_numpy(constant).float())
+        self.position = bool(model.position_blocks)
+        if self.position:
+            h, w = model.position_grid_size()
+            rows = smooth @ resize_matrix(h, size, False) / part_scale[1]
+            self.register_buffer("position_rows", torch.from_numpy(rows).float())
+            self.register_buffer(
+                "position_cols_t", torch.from_numpy((smooth @ resize_matrix(w, size, False)).T.copy()).float()
+            )
+            self.register_buffer(
+                "position_constant", torch.tensor(part_loc[1] / part_scale[1], dtype=torch.float32)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = self.input_size
@@ -198,7 +214,8 @@ class EdgePatchCore(nn.Module):
         elif x.shape[-1] != size:  # upscaling: antialiasing changes nothing (within 3e-5 on [-1, 1])
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         out = -self.constant
-        for k, emb in enumerate(self.model.embed(x)):
+        embeddings, position = self.model.embed_all(x)
+        for k, emb in enumerate(embeddings):
             n, d, h, w = emb.shape
             q = emb.permute(0, 2, 3, 1).reshape(n, h * w, d)
             if self.int8_search:
@@ -209,6 +226,17 @@ class EdgePatchCore(nn.Module):
                 nearest = d2.min(dim=2).values + (q * q).sum(2)
             grid = nearest.clamp_min(0.0).sqrt().reshape(n, h, w)
             out = out + getattr(self, f"rows_{k}") @ grid @ getattr(self, f"cols_t_{k}")
+        if position is not None:
+            model = self.model
+            grid = position_distances(
+                position,
+                getattr(model, POSITION_BANK_KEY),
+                model.position_bank_sq,
+                model.config.position_radius,
+            )
+            out = torch.maximum(
+                out, self.position_rows @ grid @ self.position_cols_t - self.position_constant
+            )
         return out
 
 

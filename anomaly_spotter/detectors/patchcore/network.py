@@ -13,6 +13,16 @@ nearest bank patch; each member's score grid is bilinearly upsampled to `(H, W)`
 the location and scale the detector measured on validation good images, and the members are averaged
 (smoothing is the detector's job).
 
+The position-aware part (`position_radius`, on by default): a part missing, shifted or turned, or a lead
+cut short, leaves patches that each look normal *somewhere* on a good part, so a bank that forgets where a
+patch came from cannot see it. Each test patch (stage set `position_stages`, stride 8) is also compared
+with the patches of up to `position_max_images` good training images (all of them, at full density) that
+lie within `position_radius` cells of its own place. Its map and the ensemble's are each standardised by
+the validation good images' maxima (after smoothing), and the anomaly map is their pixelwise maximum: on
+a texture or a part that turns freely, where no place is special, the position map is as noisy on good
+images as on defective ones and standardising it keeps it below the ensemble's; on a part in a fixture it
+stands out where something is not where it belongs.
+
 Why an ensemble: stage sets see different things. Stage 3 (stride 8) finds small defects; adding stage 2
 sharpens textures; adding stage 5 (stride 16, a wider receptive field) sees a part that is missing,
 misplaced or of the wrong colour, which patch-local features at stride 8 miss. No single stage set is
@@ -37,6 +47,9 @@ from anomaly_spotter.detectors.backbone import EfficientNetLite, EfficientNetLit
 
 BANK_KEY = "memory_bank"
 BORDER_KEY = "border_baseline"
+POSITION_BANK_KEY = "position_bank_t"  # (P, D, M): per grid cell, the M good images' embeddings there
+# a squared distance no real one reaches: what a comparison with a cell outside the grid gets
+FAR = 1e30
 # training-image copies per `augment` option: (quarter turns, mirror left-right) of each copy
 AUGMENTS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),
@@ -81,6 +94,13 @@ class PatchCoreConfig:
         which costs it little accuracy and 16 times less nearest-neighbour search.
     embed_dim: channels of each member's patch embedding after adaptive average pooling over channels
         (0 = keep the concatenated channels as they are).
+    position_radius: tolerance, in cells of `feature_stride`, of the position-aware comparison (see the
+        module doc): each patch is compared with good patches at most this many cells from its place
+        (0: the same cell only; null: no position-aware part, the ensemble alone, as before).
+    position_stages: the backbone stage set of the position-aware comparison's patch embeddings.
+    position_max_images: good training images kept whole for it (the most spread out by greedy k-center
+        on their 2 x 2 pooled embeddings when there are more); its memory is this times the patch grid
+        times the embedding's channels (200 x 1,600 x 40 floats: 51 MB at the defaults).
     batch_size: images per backbone forward pass.
     seed: seeds the random projection and the coreset's first centre.
     """
@@ -99,6 +119,9 @@ class PatchCoreConfig:
     patch_kernel: int = 3
     feature_stride: int = 8
     embed_dim: int = 0
+    position_radius: int | None = 1
+    position_stages: tuple[int, ...] = (3,)
+    position_max_images: int = 200
     batch_size: int = 8
     seed: int = 0
 
@@ -139,6 +162,17 @@ class PatchCoreConfig:
             raise ConfigError(f"patchcore.feature_stride={self.feature_stride} must be >= 1, e.g. 8")
         if self.batch_size < 1:
             raise ConfigError(f"patchcore.batch_size={self.batch_size} must be >= 1")
+        object.__setattr__(self, "position_stages", tuple(int(s) for s in self.position_stages))
+        if self.position_radius is not None:
+            if self.position_radius < 0:
+                raise ConfigError(
+                    f"patchcore.position_radius={self.position_radius} must be >= 0, or null for no "
+                    "position-aware part"
+                )
+            if not self.position_stages:
+                raise ConfigError("patchcore.position_stages needs at least one stage, e.g. [3]")
+            if self.position_max_images < 1:
+                raise ConfigError(f"patchcore.position_max_images={self.position_max_images} must be >= 1")
 
     @classmethod
     def from_saved(cls, config: dict[str, Any]) -> PatchCoreConfig:
@@ -147,6 +181,7 @@ class PatchCoreConfig:
         if "stages" in config:
             config["members"] = [config.pop("stages")]
         config.pop("num_neighbours", None)
+        config.setdefault("position_radius", None)  # saved before the position-aware part existed
         return cls(**config)
 
 
@@ -223,12 +258,39 @@ def nearest_neighbours(
     return torch.cat(dists), torch.cat(idxs)
 
 
+def position_distances(
+    queries: torch.Tensor, bank_t: torch.Tensor, bank_sq: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """Position-aware nearest distances: patch embeddings `(N, D, h, w)` -> `(N, h, w)`, each patch's
+    Euclidean distance to the nearest of the good images' patches `bank_t` `(h*w, D, M)` (squared norms
+    `bank_sq` `(h*w, M)`) within `radius` cells of its own place (cells outside the grid do not count).
+
+    Per offset d, the queries are shifted so that the patch at u - d meets the bank's cell u, which makes
+    one batched matrix product over cells; the result is shifted back to u - d.
+    """
+    n, dim, h, w = queries.shape
+    r = radius
+    padded = F.pad(queries, (r, r, r, r))
+    best = None
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            shifted = padded[:, :, r - dy : r - dy + h, r - dx : r - dx + w]  # [u] = queries[u - d]
+            q = shifted.permute(2, 3, 0, 1).reshape(h * w, n, dim)
+            d2 = torch.baddbmm(bank_sq[:, None, :], q, bank_t, alpha=-2.0).amin(dim=2) + (q * q).sum(2)
+            grid = d2.permute(1, 0).reshape(n, h, w)  # at cell u: the query at u - d
+            back = F.pad(grid, (r, r, r, r), value=FAR)[:, r + dy : r + dy + h, r + dx : r + dx + w]
+            best = back if best is None else torch.minimum(best, back)
+    return best.clamp_min(0.0).sqrt()
+
+
 class PatchCore(nn.Module):
     """Backbone + one memory bank per member. `forward`: normalised `(N, 3, H, W)` -> maps `(N, H, W)`.
 
-    A member's raw map is the distance of each patch to its nearest bank patch; `forward` averages
-    the members' maps after standardising each, `(d_k - loc_k) / scale_k`, with the statistics the
-    detector measured on validation good images (identity until it does).
+    A member's raw map is the distance of each patch to its nearest bank patch; the ensemble's map is the
+    members' mean after standardising each, `(d_k - loc_k) / scale_k`, with the statistics the detector
+    measured on validation good images (identity until it does). With `config.position_radius` set, the
+    position-aware map (`position_distances`) is a second part; `parts` returns both, each standardised
+    by `part_loc` and `part_scale`, and the detector smooths them and keeps their pixelwise maximum.
     """
 
     def __init__(
@@ -250,11 +312,35 @@ class PatchCore(nn.Module):
         self.register_buffer("norm_scale", torch.ones(len(self.config.members)))
         for k in range(len(self.member_blocks)):
             self.register_buffer(f"{BORDER_KEY}_{k}", torch.zeros(self.grid_size(k)))
+        self.position_blocks: list[int] = []
+        if self.config.position_radius is not None:
+            self.position_blocks = [self.backbone.stage_last_block(s) for s in self.config.position_stages]
+            self.block_indices = sorted(set(self.block_indices) | set(self.position_blocks))
+            h, w = self.position_grid_size()
+            self.register_buffer(POSITION_BANK_KEY, torch.empty(h * w, self.position_dim, 0))
+            self.register_buffer("position_bank_sq", torch.empty(h * w, 0))
+        n_parts = 2 if self.position_blocks else 1
+        self.register_buffer("part_loc", torch.zeros(n_parts))
+        self.register_buffer("part_scale", torch.ones(n_parts))
+
+    def _stride(self, blocks: list[int]) -> int:
+        """Stride of the patch grid of embeddings from `blocks`: the deepest one's, at least
+        `feature_stride`."""
+        return max(self.config.feature_stride, max(self.backbone.block_strides[i] for i in blocks))
+
+    def position_grid_size(self) -> tuple[int, int]:
+        """(h, w) of the position-aware comparison's patch grid."""
+        side = math.ceil(self.config.input_size / self._stride(self.position_blocks))
+        return side, side
+
+    @property
+    def position_dim(self) -> int:
+        """Channels of the position-aware comparison's patch embeddings."""
+        return self.config.embed_dim or sum(self.backbone.block_channels[i] for i in self.position_blocks)
 
     def member_stride(self, k: int) -> int:
         """Stride of member `k`'s patch grid: its deepest stage's, and at least `feature_stride`."""
-        deepest = max(self.backbone.block_strides[i] for i in self.member_blocks[k])
-        return max(self.config.feature_stride, deepest)
+        return self._stride(self.member_blocks[k])
 
     def grid_size(self, k: int) -> tuple[int, int]:
         """(h, w) of member `k`'s patch grid: ceil(input_size / member_stride(k)) each."""
@@ -284,6 +370,9 @@ class PatchCore(nn.Module):
             bank = state_dict.get(f"{prefix}{BANK_KEY}_{k}")
             if isinstance(bank, torch.Tensor):
                 setattr(self, f"{BANK_KEY}_{k}", torch.empty_like(bank))
+        for key in (POSITION_BANK_KEY, "position_bank_sq"):
+            if self.position_blocks and isinstance(state_dict.get(prefix + key), torch.Tensor):
+                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def set_memory_bank(self, k: int, bank: torch.Tensor) -> None:
@@ -316,11 +405,36 @@ class PatchCore(nn.Module):
         self.norm_loc = loc.detach().float().clone()
         self.norm_scale = scale.detach().float().clone()
 
+    def set_position_bank(self, embeddings: torch.Tensor) -> None:
+        """The position-aware comparison's good patches: `(M, D, h, w)` embeddings of M good images."""
+        m, dim, h, w = embeddings.shape
+        if (dim, (h, w)) != (self.position_dim, self.position_grid_size()):
+            raise ValueError(
+                f"position bank must be (M, {self.position_dim}, *{self.position_grid_size()}), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        bank_t = embeddings.detach().float().permute(2, 3, 1, 0).reshape(h * w, dim, m).contiguous()
+        setattr(self, POSITION_BANK_KEY, bank_t)
+        self.position_bank_sq = (bank_t * bank_t).sum(1)
+
+    def set_part_normalization(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-part standardisation `(P,)`, `(P,)` (the ensemble, then the position-aware part) applied by
+        `parts`; scales must be > 0."""
+        if not bool((scale > 0).all()):
+            raise ValueError(f"normalisation scales must be > 0, got {scale.tolist()}")
+        self.part_loc = loc.detach().float().clone()
+        self.part_scale = scale.detach().float().clone()
+
     def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Locally aware patch embeddings of each member: normalised `(N, 3, H, W)` -> `[(N, D_k, h_k, w_k)]`.
 
         (h_k, w_k) = `grid_size(k)`; one backbone pass serves every member.
         """
+        return self.embed_all(x)[0]
+
+    def embed_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """`embed`'s member embeddings and the position-aware comparison's `(N, D, h, w)` (None without
+        one), from one backbone pass."""
         size = self.config.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -332,8 +446,10 @@ class PatchCore(nn.Module):
                 for i, m in feats.items()
             }
         out = []
-        for k, blocks in enumerate(self.member_blocks):
-            grid = self.grid_size(k)
+        sets = [*self.member_blocks, *([self.position_blocks] if self.position_blocks else [])]
+        grids = [self.grid_size(k) for k in range(len(self.member_blocks))]
+        grids += [self.position_grid_size()] if self.position_blocks else []
+        for blocks, grid in zip(sets, grids, strict=True):
             maps = []
             for m in (feats[i] for i in blocks):
                 if m.shape[-2] > grid[0]:  # finer than the grid: average down
@@ -348,21 +464,34 @@ class PatchCore(nn.Module):
                 emb = F.adaptive_avg_pool1d(flat, self.config.embed_dim).reshape(n, h, w, -1)
                 emb = emb.permute(0, 3, 1, 2)
             out.append(emb.contiguous())
-        return out
+        if self.position_blocks:
+            return out[:-1], out[-1]
+        return out, None
 
     @staticmethod
     def flatten(emb: torch.Tensor) -> torch.Tensor:
         """Patch embeddings `(N, D, h, w)` -> one row per patch `(N*h*w, D)`, image-major, row-major."""
         return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
 
-    def member_grids(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each member's nearest-bank distance per patch: `[(N, h_k, w_k)]`, no border correction."""
+    def grids(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each member's nearest-bank distance per patch `[(N, h_k, w_k)]` (no border correction) and the
+        position-aware distances `(N, h, w)` (None without them), from one backbone pass."""
+        embeddings, position = self.embed_all(x)
         grids = []
-        for emb, bank in zip(self.embed(x), self.banks(), strict=True):
+        for emb, bank in zip(embeddings, self.banks(), strict=True):
             n, _, h, w = emb.shape
             dist, _ = nearest_neighbours(self.flatten(emb), bank)
             grids.append(dist.reshape(n, h, w))
-        return grids
+        if position is None:
+            return grids, None
+        bank_t = getattr(self, POSITION_BANK_KEY)
+        if bank_t.shape[-1] == 0:
+            raise RuntimeError("PatchCore position bank is empty; call fit() before scoring")
+        return grids, position_distances(position, bank_t, self.position_bank_sq, self.config.position_radius)
+
+    def member_grids(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's nearest-bank distance per patch: `[(N, h_k, w_k)]`, no border correction."""
+        return self.grids(x)[0]
 
     def member_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Each member's border-corrected distances upsampled to the input: `(K, N, H, W)`, not
@@ -375,10 +504,27 @@ class PatchCore(nn.Module):
         pairs = zip(grids, self.border_baselines(), strict=True)
         return torch.stack([upsample(grid - baseline, size) for grid, baseline in pairs])
 
+    def raw_parts(
+        self, grids: list[torch.Tensor], position: torch.Tensor | None, size: tuple[int, int] | torch.Size
+    ) -> torch.Tensor:
+        """`grids` output -> the unstandardised parts `(P, N, H, W)`: the ensemble's map (its members'
+        standardised mean), then the position-aware distances upsampled (if any)."""
+        maps = self.grids_to_maps(grids, size)
+        ensemble = ((maps - self.norm_loc[:, None, None, None]) / self.norm_scale[:, None, None, None]).mean(
+            0
+        )
+        return torch.stack([ensemble] if position is None else [ensemble, upsample(position, size)])
+
+    def parts(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised parts `(P, N, H, W)` at the input's resolution, unsmoothed: the ensemble's map
+        and, with `position_radius`, the position-aware one. The anomaly map is their pixelwise maximum
+        after smoothing (the detector's job)."""
+        raw = self.raw_parts(*self.grids(x), x.shape[-2:])
+        return (raw - self.part_loc[:, None, None, None]) / self.part_scale[:, None, None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unsmoothed anomaly maps `(N, H, W)` at the input's resolution: the members' standardised mean."""
-        maps = self.member_maps(x)
-        return ((maps - self.norm_loc[:, None, None, None]) / self.norm_scale[:, None, None, None]).mean(0)
+        """`parts(x)`: `(P, N, H, W)`, P = 1 without the position-aware part."""
+        return self.parts(x)
 
 
 def upsample(scores: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.data.images import to_tensor_normalized
 from anomaly_spotter.detectors import parse_options
 from anomaly_spotter.detectors.patchcore.detector import PatchCoreDetector
 from anomaly_spotter.detectors.patchcore.network import (
@@ -19,12 +20,19 @@ from anomaly_spotter.detectors.patchcore.network import (
     coreset_size,
     k_center_greedy,
     nearest_neighbours,
+    position_distances,
 )
 
 SIZE = 64
 SQUARE = (slice(24, 40), slice(28, 44))  # rows, cols of the pasted defect
 CONFIG = PatchCoreConfig(
-    members=((2, 3),), input_size=SIZE, coreset_ratio=0.25, pool_ratio=0.5, projection_dim=32, sigma=2.0
+    members=((2, 3),),
+    input_size=SIZE,
+    coreset_ratio=0.25,
+    pool_ratio=0.5,
+    projection_dim=32,
+    sigma=2.0,
+    position_radius=None,  # the position-aware part has its own tests below
 )
 ENSEMBLE = dataclasses.replace(CONFIG, members=((3,), (3, 5)))  # (3, 5): a stride-16 grid
 
@@ -274,14 +282,20 @@ def test_a_single_bank_model_saved_by_the_previous_version_still_loads(
     fitted: PatchCoreDetector, test_images: np.ndarray
 ) -> None:
     state = fitted.state()
-    old_config = {k: v for k, v in state["config"].items() if k != "members"}
+    old_config = {k: v for k, v in state["config"].items() if k != "members" and not k.startswith("position")}
     old_config.update(stages=[2, 3], num_neighbours=9)
     old_dict = {("memory_bank" if k == "memory_bank_0" else k): v for k, v in state["state_dict"].items()}
-    old_dict = {k: v for k, v in old_dict.items() if not k.startswith(("norm_", "border_"))}
+    old_dict = {k: v for k, v in old_dict.items() if not k.startswith(("norm_", "border_", "part_"))}
     old = {**state, "config": old_config, "state_dict": old_dict}
     model = PatchCore(PatchCoreConfig.from_saved(old_config))
     missing = model.load_state_dict(old_dict, strict=False)
-    assert set(missing.missing_keys) == {"norm_loc", "norm_scale", "border_baseline_0"}
+    assert set(missing.missing_keys) == {
+        "norm_loc",
+        "norm_scale",
+        "border_baseline_0",
+        "part_loc",
+        "part_scale",
+    }
     assert not missing.unexpected_keys
     np.testing.assert_array_equal(
         PatchCoreDetector.from_state(old).anomaly_maps(test_images), fitted.anomaly_maps(test_images)
@@ -323,3 +337,80 @@ def test_rot90_augmentation_makes_turned_good_parts_normal() -> None:
     assert rotating.anomaly_maps(turned).max() < 0.5 * plain.anomaly_maps(turned).max()
     with pytest.raises(ConfigError, match="augment"):
         PatchCoreConfig(augment="rot45")
+
+
+def test_position_distances_equal_brute_force_within_the_radius() -> None:
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(5, 3, 6, 7, generator=gen)  # 5 good images' embeddings, a 6 x 7 grid
+    queries = torch.randn(2, 3, 6, 7, generator=gen)
+    bank_t = bank.permute(2, 3, 1, 0).reshape(6 * 7, 3, 5)
+    for radius in (0, 1, 2):
+        got = position_distances(queries, bank_t, (bank_t * bank_t).sum(1), radius)
+        expected = torch.empty(2, 6, 7)
+        for i in range(6):
+            for j in range(7):
+                near = bank[:, :, max(i - radius, 0) : i + radius + 1, max(j - radius, 0) : j + radius + 1]
+                d = (near - queries[:, None, :, i, j, None, None]).pow(2).sum(2).sqrt()  # (2, 5, a, b)
+                expected[:, i, j] = d.flatten(1).min(1).values
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # a good image shifted by one cell is normal within radius 1, not at radius 0
+    shifted = torch.roll(bank[:1], 1, dims=3)
+    one = position_distances(shifted, bank_t, (bank_t * bank_t).sum(1), 1)
+    assert (
+        one[0, :, 1:].max() < 1e-3
+        and position_distances(shifted, bank_t, (bank_t * bank_t).sum(1), 0).min() > 0.1
+    )
+
+
+def square_at(col: int | None, n: int, seed: int) -> np.ndarray:
+    """A bright square (a part) on a plain dark floor (a fixture), its column jittered by 1 px (None: the
+    part is missing)."""
+    rng = np.random.default_rng(seed)
+    out = np.full((n, SIZE, SIZE, 3), 40, np.uint8)
+    for image in out:
+        left = None if col is None else col + int(rng.integers(-1, 2))
+        if left is not None:
+            image[24:40, left : left + 16] = 220
+    return np.clip(out + rng.normal(0, 2, out.shape), 0, 255).astype(np.uint8)
+
+
+def test_the_position_aware_part_finds_a_missing_part() -> None:
+    config = dataclasses.replace(CONFIG, members=((3,),), position_radius=1, sigma=1.0)
+    train, val = square_at(24, 12, seed=0), square_at(24, 6, seed=1)
+    missing = square_at(None, 1, seed=2)  # bare floor, seen all around the part on every good image
+    good = square_at(24, 1, seed=3)
+    position = PatchCoreDetector(config).fit(train, val)
+    model = position.model_
+    assert model.position_grid_size() == (8, 8) and model.position_bank_t.shape == (64, 40, 12)
+    # each part is standardised on the validation goods; the missing part stands out where it belongs
+    maps = position.anomaly_maps(np.concatenate([good, missing]))
+    assert maps[1].max() > maps[0].max() + 3
+    row, col = np.unravel_index(int(maps[1].argmax()), maps[1].shape)
+    assert 20 <= row < 44 and 20 <= col < 44
+    # the map is the smoothed parts' pixelwise maximum, and a saved model gives the same maps
+    with torch.inference_mode():
+        parts = position._smooth(model(torch.from_numpy(to_tensor_normalized(missing))).numpy())
+    np.testing.assert_allclose(maps[1:], parts.max(axis=0), atol=1e-4)
+    np.testing.assert_array_equal(
+        PatchCoreDetector.from_state(position.state()).anomaly_maps(missing), position.anomaly_maps(missing)
+    )
+    with pytest.raises(ValueError, match="position_radius: null"):
+        PatchCoreDetector(config).fit(train)
+
+
+def test_the_position_bank_keeps_the_most_spread_out_images() -> None:
+    config = dataclasses.replace(CONFIG, members=((3,),), position_radius=0, position_max_images=3)
+    images = np.concatenate([square_at(8, 4, seed=0), square_at(40, 1, seed=1), good_images(1)])
+    detector = PatchCoreDetector(config).fit(images, square_at(8, 2, seed=2))
+    bank = detector.model_.position_bank_t
+    assert bank.shape[-1] == 3
+    with torch.inference_mode():
+        embedded = detector.model_.embed_all(torch.from_numpy(to_tensor_normalized(images)))[1]
+    kept = embedded.permute(2, 3, 1, 0).reshape(64, 40, 6)
+    # the odd ones out (the square on the right, the stripes) are kept, and one of the four alike
+    matches = [
+        int(np.argmin([(bank[..., j] - kept[..., i]).abs().max() for i in range(6)])) for j in range(3)
+    ]
+    assert {4, 5} <= set(matches) and len(set(matches) & {0, 1, 2, 3}) == 1
+    with pytest.raises(ConfigError, match="position_radius"):
+        PatchCoreConfig(position_radius=-1)

@@ -586,7 +586,12 @@ def test_queued_experiments_run_two_at_a_time_into_the_workspaces_store(origin: 
     names = {"queued-6": 6, "queued-7": 7}
     for name, value in names.items():
         dvc("exp", "run", "--queue", "-n", name, "-S", f"visualize.max_per_defect={value}")
-    dvc("queue", "start", "-j", "2")
+    # the workers it starts inherit its output: to pipes, `subprocess.run` would wait for them to finish
+    with (origin.parent / "queue-start.log").open("w") as log:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=origin, env=env, stdout=log, stderr=log, timeout=120
+        )
+    assert started.returncode == 0, (origin.parent / "queue-start.log").read_text()
     deadline = time.monotonic() + 600
 
     def ended(status: str) -> bool:  # each experiment's row says how it ended (not Queued, Running, ...)

@@ -430,7 +430,9 @@ def test_served_model_answers_50_concurrent_requests(store: ServiceStore, server
             assert json.loads(result.body)["message"]
             continue
         (prediction,) = json.loads(result.body)["predictions"]
-        assert prediction["score"] == pytest.approx(expected[i % len(images)], rel=1e-6)
+        # its own image's score, up to float32 rounding: requests in parallel share the cores, and the
+        # matrix products' summation order follows the threads they get (measured 1.4e-5 apart)
+        assert prediction["score"] == pytest.approx(expected[i % len(images)], rel=1e-4)
         assert prediction["verdict"] in ("good", "defective")
     assert _request(f"{server}/ping")[0] == 200  # still up
     status, body = _request(f"{server}/invocations", serve_bench.request_body([images[0]]))

@@ -21,7 +21,7 @@ from torch import nn
 
 from anomaly_spotter.core.errors import ExportError
 from anomaly_spotter.detectors.base import GRAPH_INPUT, GRAPH_OPSET, GRAPH_OUTPUT
-from anomaly_spotter.detectors.patchcore.network import POSITION_BANK_KEY, PatchCore, position_distances
+from anomaly_spotter.detectors.patchcore.network import PatchCore
 
 # the int8 search's tensors per member (`Int8Search`), registered as buffers `<name>_<k>` of EdgePatchCore
 INT8_BUFFERS = ("mean", "low", "high", "q_scale", "q_zero", "extra", "bank_int8", "b_zero", "dot_scale")
@@ -195,8 +195,7 @@ class EdgePatchCore(nn.Module):
                 self.register_buffer(f"bank_t_{k}", torch.cat([-2.0 * bank.T, (bank * bank).sum(1)[None]]))
         constant += part_loc[0] / part_scale[0]
         self.register_buffer("constant", torch.from_numpy(constant).float())
-        self.position = bool(model.position_blocks)
-        if self.position:
+        if model.position_blocks:
             h, w = model.position_grid_size()
             rows = smooth @ resize_matrix(h, size, False) / part_scale[1]
             self.register_buffer("position_rows", torch.from_numpy(rows).float())
@@ -227,13 +226,7 @@ class EdgePatchCore(nn.Module):
             grid = nearest.clamp_min(0.0).sqrt().reshape(n, h, w)
             out = out + getattr(self, f"rows_{k}") @ grid @ getattr(self, f"cols_t_{k}")
         if position is not None:
-            model = self.model
-            grid = position_distances(
-                position,
-                getattr(model, POSITION_BANK_KEY),
-                model.position_bank_sq,
-                model.config.position_radius,
-            )
+            grid = self.model.position_grid(position)
             out = torch.maximum(
                 out, self.position_rows @ grid @ self.position_cols_t - self.position_constant
             )

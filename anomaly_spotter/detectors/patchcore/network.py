@@ -485,21 +485,28 @@ class PatchCore(nn.Module):
         """Each member's nearest-bank distance per patch `[(N, h_k, w_k)]` (no border correction) and the
         position-aware distances `(N, h, w)` (None without them), from one backbone pass."""
         embeddings, position = self.embed_all(x)
+        return self._nearest_grids(embeddings), None if position is None else self.position_grid(position)
+
+    def member_grids(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's nearest-bank distance per patch: `[(N, h_k, w_k)]`, no border correction."""
+        return self._nearest_grids(self.embed(x))
+
+    def _nearest_grids(self, embeddings: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Members' embeddings `[(N, D_k, h_k, w_k)]` -> their nearest-bank distances `[(N, h_k, w_k)]`."""
         grids = []
         for emb, bank in zip(embeddings, self.banks(), strict=True):
             n, _, h, w = emb.shape
             dist, _ = nearest_neighbours(self.flatten(emb), bank)
             grids.append(dist.reshape(n, h, w))
-        if position is None:
-            return grids, None
+        return grids
+
+    def position_grid(self, position: torch.Tensor) -> torch.Tensor:
+        """`embed_all`'s position-aware embeddings `(N, D, h, w)` -> their distances to the position bank
+        within `position_radius` cells, `(N, h, w)`."""
         bank_t = getattr(self, POSITION_BANK_KEY)
         if bank_t.shape[-1] == 0:
             raise RuntimeError("PatchCore position bank is empty; call fit() before scoring")
-        return grids, position_distances(position, bank_t, self.position_bank_sq, self.config.position_radius)
-
-    def member_grids(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each member's nearest-bank distance per patch: `[(N, h_k, w_k)]`, no border correction."""
-        return self.grids(x)[0]
+        return position_distances(position, bank_t, self.position_bank_sq, self.config.position_radius)
 
     def member_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Each member's border-corrected distances upsampled to the input: `(K, N, H, W)`, not
@@ -518,9 +525,8 @@ class PatchCore(nn.Module):
         """`grids` output -> the unstandardised parts `(P, N, H, W)`: the ensemble's map (its members'
         standardised mean), then the position-aware distances upsampled (if any)."""
         maps = self.grids_to_maps(grids, size)
-        ensemble = ((maps - self.norm_loc[:, None, None, None]) / self.norm_scale[:, None, None, None]).mean(
-            0
-        )
+        standardised = (maps - self.norm_loc[:, None, None, None]) / self.norm_scale[:, None, None, None]
+        ensemble = standardised.mean(0)
         return torch.stack([ensemble] if position is None else [ensemble, upsample(position, size)])
 
     def parts(self, x: torch.Tensor) -> torch.Tensor:

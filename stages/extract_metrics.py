@@ -19,13 +19,19 @@ def run() -> None:
         with tracking.stage_run("extract_metrics", None, flatten(params.metrics, "metrics."), tags) as run:
             tracking.log_metrics(result["overall"])  # nothing for a subset of the dataset's categories
             for category, values in result["categories"].items():
-                tracking.log_metrics({f"{category}.{k}": v for k, v in values.items()})
+                tracking.log_metrics(flatten(values, f"{category}."))  # the field set's as <c>.field.<key>
             tracking.log_artifacts([paths.PER_IMAGE_CSV, paths.METRICS_JSON])
             for model in models.values():
                 tracking.tag_model_version(model, "extract_metrics", run.info.run_id)
     for category, values in result["categories"].items():
         image = _shown(values["image_auroc"], "needs good and defective test images")
         print(f"{category}: image AUROC {image}  pixel AUROC {_shown(values['pixel_auroc'], 'needs masks')}")
+        if "field" in values:  # reviewed line images held out of training (docs/line.md)
+            f = values["field"]
+            print(
+                f"{category}: field set {f['n_field_good']} held-out reviewed goods, "
+                f"{f['n_field_defective']} confirmed defects (rates at the threshold: compute_thresholds)"
+            )
 
 
 def _shown(value: float, why_absent: str) -> str:

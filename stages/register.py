@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 from anomaly_spotter import tracking
-from anomaly_spotter.core.thresholds import FALSE_ALARM_KEYS, served_threshold
+from anomaly_spotter.core.thresholds import FALSE_ALARM_KEYS, FIELD_KEYS, served_threshold
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.register import service_version_metadata
-from anomaly_spotter.pipeline.stage import main, parse_args, stage_outputs
+from anomaly_spotter.pipeline.stage import FEEDBACK_TAG, main, parse_args, stage_outputs
 from anomaly_spotter.serving.inference import InferenceConfig
 from anomaly_spotter.serving.model import log_service_model
 
@@ -55,6 +55,8 @@ def run() -> None:
         # what the served threshold does: defects found, and good parts flagged (test and validation goods)
         at_served = thresholds[category][served.method]
         headline |= {k: at_served.get(k) for k in ("precision", "recall", *FALSE_ALARM_KEYS)}
+        # and on the field set of reviewed line images, where the category has one (what `promote` gates on)
+        headline |= {k: at_served[k] for k in FIELD_KEYS if k in at_served}
         data_hash = tracking.data_dvc_hash(DVC_LOCK, category)
         commit, dirty = tracking.git_commit()
         logged = {**{f"service.{k}": v for k, v in config.to_dict().items()}, "data_dvc_hash": data_hash}
@@ -80,6 +82,8 @@ def run() -> None:
                 headline,
             )
             tags |= {**lineage, "run.register": run.info.run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
+            # the reviewed line images it was trained and judged with (set for every run of this stage)
+            tags[FEEDBACK_TAG] = tracking.RUN_TAGS[FEEDBACK_TAG]
             if served.note:
                 tags["threshold_note"] = served.note
             tracking.set_model_version_tags(name, version["model_version"], tags)

@@ -153,11 +153,13 @@ def served(
     env: Mapping[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
     max_request_mb: float | None = None,
+    scoring_log: Path | None = None,
 ) -> Iterator[str]:
     """`mlflow models serve -m model --env-manager local` on a free loopback port until the block ends;
     yields its URL once /ping answers (within `timeout_s`). `env` adds to this process's environment
     (e.g. MLFLOW_TRACKING_URI). With `max_request_mb`, `anomaly-spotter serve` with that request cap
-    instead. The server runs in its own process group, stopped as a whole."""
+    instead (and with `scoring_log`, its `--log`). The server runs in its own process group, stopped as a
+    whole."""
     port = free_port()
     if max_request_mb is None:
         cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local"]
@@ -165,6 +167,7 @@ def served(
     else:
         cmd = [sys.executable, "-m", "anomaly_spotter.cli", "serve", "--model", model, "--port", str(port)]
         cmd += ["--max-request-mb", str(max_request_mb)] + (["--workers", str(workers)] if workers else [])
+        cmd += ["--log", str(scoring_log)] if scoring_log is not None else []
     with running(cmd, port, log=log, env=env, timeout_s=timeout_s, what=f"the server for {model}") as url:
         yield url
 

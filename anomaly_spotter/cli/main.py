@@ -8,6 +8,7 @@ registered versions, review thresholds in a dashboard, and run a team's shared M
     anomaly-spotter promote --category fabric --force --reason "hotfix for line 3"
     anomaly-spotter dashboard --port 8501
     anomaly-spotter experiments --category fabric
+    anomaly-spotter monitor --log logs/fabric --period day
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
@@ -25,6 +26,7 @@ from anomaly_spotter.cli import experiments as experiments_cli
 from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
 from anomaly_spotter.cli.experiments import EXPERIMENTS_EPILOG, cmd_experiments
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
+from anomaly_spotter.cli.monitor import DEFAULT_LIMITS, MONITOR_EPILOG, cmd_monitor
 from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
 from anomaly_spotter.cli.promote import PROMOTE_EPILOG, cmd_promote
 from anomaly_spotter.cli.serve import SERVE_EPILOG, cmd_serve
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{predict,serve,score-spark,promote,export,server,dashboard,experiments}",
+        metavar="{predict,serve,score-spark,monitor,promote,export,server,dashboard,experiments}",
     )
 
     p = sub.add_parser(
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="write an overlay PNG per image (and the CSV) here"
     )
     p.add_argument("--csv", type=Path, metavar="FILE", help="CSV path ('-' for stdout)")
+    _add_log(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
 
@@ -87,8 +90,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Spark setting, repeatable (e.g. spark.driver.memory=4g)",
     )
     k.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _add_log(k)
     k.add_argument("--no-progress", action="store_true", help="no Spark progress bar")
     k.set_defaults(func=cmd_score_spark)
+
+    m = sub.add_parser(
+        "monitor",
+        help="drift of a scoring log from validation, per day or batch and model version (exit 3: alert)",
+        description="Judge a scoring log against its model versions' validation, per day or batch.",
+        epilog=MONITOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--log", required=True, type=Path, metavar="LOG", help="the scoring log folder to read")
+    m.add_argument(
+        "--period",
+        choices=("day", "batch"),
+        default="day",
+        help="a report row per UTC day (default) or per scoring batch (a predict run, Spark job, request)",
+    )
+    m.add_argument(
+        "--max-flag-excess",
+        type=float,
+        default=DEFAULT_LIMITS.max_flag_excess,
+        metavar="SHARE",
+        help="alert when the flagged share exceeds the expected false-alarm rate by more than this "
+        f"(default {DEFAULT_LIMITS.max_flag_excess:g}: 10 percentage points)",
+    )
+    m.add_argument(
+        "--max-psi",
+        type=float,
+        default=DEFAULT_LIMITS.max_psi,
+        metavar="PSI",
+        help="alert when the good-looking scores' PSI against the validation goods exceeds this "
+        f"(default {DEFAULT_LIMITS.max_psi:g}, the usual 'significant shift')",
+    )
+    m.add_argument(
+        "--min-images",
+        type=int,
+        default=DEFAULT_LIMITS.min_images,
+        metavar="N",
+        help=f"judge only periods with at least N images (default {DEFAULT_LIMITS.min_images}); "
+        "fewer are shown, not judged",
+    )
+    m.add_argument("--csv", type=Path, metavar="FILE", help="also write the report (every column) here")
+    m.add_argument("--no-mlflow", action="store_true", help="log no MLflow run")
+    m.set_defaults(func=cmd_monitor)
 
     q = sub.add_parser(
         "promote",
@@ -215,8 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help=f"larger request bodies are answered 413 unread (default {DEFAULT_MAX_REQUEST_MB:g})",
     )
+    _add_log(v, served=True)
     v.set_defaults(func=cmd_serve)
     return parser
+
+
+def _add_log(parser: argparse.ArgumentParser, served: bool = False) -> None:
+    """--log: the scoring log (a Parquet folder) a scoring command appends its rows to (docs/line.md)."""
+    kept = "; request images are kept in LOG/images/ for review" if served else ""
+    parser.add_argument(
+        "--log",
+        type=Path,
+        metavar="LOG",
+        help=f"append one row per scored image to this scoring log (a Parquet folder: image, sha256, "
+        f"model version, score, threshold, verdict, time){kept}; read by `monitor` and the dashboard",
+    )
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from anomaly_spotter import tracking
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.inputs import chunks, collect_images
 
 CSV_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage")
@@ -26,12 +27,17 @@ CSV_DIGITS = 7
 
 
 PROGRESS_MIN_IMAGES = 2
+LOG_FLUSH_ROWS = 1000  # `--log`: a part file per this many images (and one at the end)
 
 
 PREDICT_EPILOG = """examples:
   anomaly-spotter predict part.png --model models:/anomaly-spotter-fabric@champion
   anomaly-spotter predict photos/ --model models:/anomaly-spotter-fabric/3 --out results/
   anomaly-spotter predict a.jpg b.jpg --model ./exported_model --csv scores.csv
+  anomaly-spotter predict line/day1 --model models:/anomaly-spotter-fabric@champion --log logs/fabric
+
+--log appends one row per scored image to a scoring log (Parquet), which `anomaly-spotter monitor` and
+the dashboard's line review read (docs/line.md).
 
 see docs/serving.md
 """
@@ -57,7 +63,7 @@ def write_overlay(overlay: np.ndarray, path: Path) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from anomaly_spotter.serving.inference import ImageInputError, read_image
+    from anomaly_spotter.serving.inference import ImageInputError, decode_image, read_file
 
     if args.no_progress:  # nor MLflow's bar while it downloads the model (from a tracking server)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -65,7 +71,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files, stems, errors = collect_images(args.paths)
     for message in errors:
         print(f"anomaly-spotter predict: error: {message}", file=sys.stderr)
-    model = load_scoring_model(args.model)
+    # an alias is pinned to the version holding it now: every image of this run is scored by one version
+    uri, model_name, model_version = tracking.model_identity(args.model)
+    model = load_scoring_model(uri)
+    log = (
+        PredictLog(
+            args.log,
+            scoring_log.LogContext(
+                "predict",
+                args.model,
+                model_name,
+                model_version,
+                model.config.category,
+                scoring_log.new_batch_id(),
+            ),
+        )
+        if args.log is not None
+        else None
+    )
     csv_path = args.csv or (args.out / PREDICTIONS_CSV if args.out else Path("-"))
     used: set[str] = set()
     n_failed, n_scored, n_defective = len(errors), 0, 0
@@ -78,11 +101,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
         for chunk in chunks(files, PREDICT_CHUNK):
             ok: list[tuple[Path, np.ndarray]] = []
+            hashes: list[str] = []
             for path in chunk:
                 try:
-                    image = read_image(path)
+                    data = read_file(path)
+                    image = decode_image(data, str(path))
                     model.config.check_min_side(image.shape[1], image.shape[0], str(path))
                     ok.append((path, image))
+                    hashes.append(scoring_log.sha256_hex(data))
                 except ImageInputError as err:
                     n_failed += 1
                     tqdm.write(f"anomaly-spotter predict: error: {err}", file=sys.stderr)
@@ -91,6 +117,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
             n_scored += len(rows)
             n_defective += sum(row["verdict"] == "defective" for row in rows)
+            if log is not None:
+                log.add([p for p, _ in ok], hashes, rows)
             for (path, _), row in zip(ok, rows, strict=True):
                 target = csv_path
                 try:
@@ -109,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     ) from err
             bar.update(len(chunk))
         bar.close()
+        if log is not None:
+            log.flush()
     finally:
         if handle is not sys.stdout:
             handle.close()
@@ -119,11 +149,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     to_stdout = str(csv_path) == "-"
+    summary = predict_summary(n_scored, n_defective, n_failed, None if to_stdout else csv_path, args.out)
     print(
-        predict_summary(n_scored, n_defective, n_failed, None if to_stdout else csv_path, args.out),
+        summary + (f"; logged to {args.log}" if log is not None else ""),
         file=sys.stderr if to_stdout else sys.stdout,  # never inside the CSV on stdout
     )
     return 1 if n_failed else 0
+
+
+class PredictLog:
+    """The rows one predict run appends to its scoring log: a part file per LOG_FLUSH_ROWS images and at
+    the end (a run that fails half-way keeps what it logged of the images it wrote out)."""
+
+    def __init__(self, log_dir: Path, context: scoring_log.LogContext) -> None:
+        self.log_dir = log_dir
+        self.context = context
+        self.pending: list[Any] = []
+        self.n_pending = 0
+
+    def add(self, paths: list[Path], hashes: list[str], rows: list[dict[str, Any]]) -> None:
+        images = [str(p.resolve()) for p in paths]
+        self.pending.append(scoring_log.make_rows(self.context, images, hashes, rows))
+        self.n_pending += len(rows)
+        if self.n_pending >= LOG_FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pandas as pd
+
+        if self.pending:
+            scoring_log.append(self.log_dir, pd.concat(self.pending, ignore_index=True))
+        self.pending, self.n_pending = [], 0
 
 
 def predict_summary(

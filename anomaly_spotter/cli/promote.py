@@ -13,16 +13,19 @@ PROMOTE_EPILOG = """examples:
   anomaly-spotter promote --category fabric
   anomaly-spotter promote --category fabric --force --reason "approved by QA, ticket 123"
 
+The newest version becomes champion when it is at least as good on registry.promote_metric (ties:
+registry.tiebreak_metric) and, where the category has a field set (reviewed line images held out of
+training, feedback/<category>/), it catches every confirmed defect the champion catches and flags no
+more held-out reviewed goods than the champion; otherwise it becomes challenger.
+
 see docs/serving.md
 """
 
 
-def _registry_defaults(params_path: Path) -> Any:
-    from anomaly_spotter.core.config import RegistryParams, load_params
+def _params(params_path: Path) -> Any:
+    from anomaly_spotter.core.config import Params, load_params
 
-    if not params_path.is_file():
-        return RegistryParams()
-    return load_params(params_path).registry
+    return load_params(params_path) if params_path.is_file() else Params()
 
 
 def _fmt(value: str | None) -> str:
@@ -45,13 +48,31 @@ def metrics_table(
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def field_gate(params: Any, category: str, name: str, new: str, champion: str) -> Any | None:
+    """Both versions scored on the category's field set (feedback.gate.FieldComparison), or None when it
+    has none (no reviewed images held out of training yet)."""
+    from anomaly_spotter.feedback.gate import compare_on_field, field_set
+    from anomaly_spotter.serving.model import load_service_model
+
+    rows = field_set(
+        Path(params.feedback.root), category, params.data.val_fraction, params.feedback.holdout_fraction
+    )
+    if rows.empty:
+        return None
+    print(f"scoring the field set ({len(rows)} reviewed images held out of training) with both versions")
+    return compare_on_field(
+        load_service_model(f"models:/{name}/{new}"), load_service_model(f"models:/{name}/{champion}"), rows
+    )
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from anomaly_spotter import tracking
     from anomaly_spotter.tracking import promotion
 
     if args.force and not args.reason:
         raise AnomalySpotterError('--force needs --reason "..." (it is recorded on the model version)')
-    reg = _registry_defaults(args.params)
+    params = _params(args.params)
+    reg = params.registry
     metric, tiebreak = args.metric or reg.promote_metric, args.tiebreak or reg.tiebreak_metric
     name = tracking.registered_model_name(args.category)
     tracking.use_existing_store(f"model {name}")
@@ -76,6 +97,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     decision = promotion.decide_promotion(
         new_tags, champ_tags if champ is not None else None, metric, tiebreak
     )
+    if champ is not None:  # and on the field set: what reviewers already decided about the line's images
+        field = field_gate(params, args.category, name, str(newest.version), str(champ.version))
+        if field is not None:
+            print(field.table())
+            decision = promotion.with_field_gate(decision, field.passes, field.reason())
     who = args.by or tracking.current_user()
     if decision.promote or args.force:
         reason = (

@@ -13,6 +13,8 @@ SCORE_SPARK_EPILOG = """examples:
       --input data/builtin/fabric/test --output results/fabric.parquet --master 'local[2]'
   anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input todo.parquet \\
       --output hdfs:///scores/fabric.parquet --master yarn --conf spark.executor.instances=8
+  anomaly-spotter score-spark --model models:/anomaly-spotter-fabric@champion --input line/day1 \\
+      --output results/day1.parquet --log logs/fabric    # and append to the scoring log (docs/line.md)
 
 see docs/scaling-out.md
 """
@@ -27,7 +29,9 @@ def cmd_score_spark(args: argparse.Namespace) -> int:
         conf.setdefault("spark.ui.showConsoleProgress", "false")
     tracking.connect_for_model(args.model)
     try:
-        result = spark.run(args.model, args.input, args.output, args.master, conf, args.overwrite)
+        result = spark.run(
+            args.model, args.input, args.output, args.master, conf, args.overwrite, scoring_log=args.log
+        )
     except KeyboardInterrupt:
         print(f"anomaly-spotter score-spark: interrupted; nothing written to {args.output}", file=sys.stderr)
         return 130
@@ -42,5 +46,5 @@ def cmd_score_spark(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(result.timing())
-    print(result.summary())
+    print(result.summary() + (f"; logged to {args.log}" if args.log else ""))
     return 0

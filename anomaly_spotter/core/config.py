@@ -58,6 +58,18 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class FeedbackParams:
+    """Read by prepare: the reviewed images of the line (anomaly_spotter.feedback, docs/line.md)."""
+
+    root: str = "feedback"  # one folder per category, written by the dashboard's line review
+    holdout_fraction: float = 0.3  # of reviewed goods, held out of training as the field set's goods
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"feedback.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclass(frozen=True)
 class BuiltinParams:
     image_size: int = 160
     n_train: int = 60
@@ -163,6 +175,7 @@ class RegistryParams:
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
+    feedback: FeedbackParams = field(default_factory=FeedbackParams)
     builtin: BuiltinParams = field(default_factory=BuiltinParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)

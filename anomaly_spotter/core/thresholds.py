@@ -365,3 +365,25 @@ def false_alarm_rates(
     test = false_positives / n_good if n_good and false_positives is not None else None
     val = float(np.mean(val_goods > threshold)) if threshold is not None and len(val_goods) else None
     return dict(zip(FALSE_ALARM_KEYS, (test, val), strict=True))
+
+
+# What a threshold does on the field set (reviewed line images held out of training: anomaly_spotter.feedback)
+FIELD_KEYS = ("field_recall", "field_false_alarm_rate")
+
+
+def field_rates(labels: np.ndarray, scores: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """A threshold on the field set: recall on the confirmed (and missed) defects and the false-alarm rate
+    on the held-out reviewed goods, with their counts (`field_detected` "k/n", `field_false_alarms`
+    "k/n"); a rate is None where the field set has no such images (or there is no threshold)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = scores > threshold if threshold is not None else np.zeros(len(scores), bool)
+    n_defective, n_good = int((labels == 1).sum()), int((labels == 0).sum())
+    detected, false_alarms = int((flagged & (labels == 1)).sum()), int((flagged & (labels == 0)).sum())
+    known = threshold is not None
+    return {
+        "field_recall": detected / n_defective if n_defective and known else None,
+        "field_false_alarm_rate": false_alarms / n_good if n_good and known else None,
+        "field_detected": f"{detected}/{n_defective}",
+        "field_false_alarms": f"{false_alarms}/{n_good}",
+    }

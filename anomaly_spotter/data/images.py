@@ -116,6 +116,13 @@ def image_size(data: Any, name: str = "image", max_side: int | None = None) -> t
         raise ImageInputError(f"{name}: cannot read image header ({err}); re-export the image") from err
 
 
+def npy_bytes(image: np.ndarray) -> bytes:
+    """A uint8 array as `.npy` bytes, which `decode_rgb` reads back losslessly."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
+    return buf.getvalue()
+
+
 def decode_rgb(data: Any, name: str = "image", max_side: int | None = None) -> np.ndarray:
     """The one image decoder (prepare, predict and the served model): encoded bytes (PNG, JPEG, BMP, TIFF,
     ... or a NumPy .npy array) -> uint8 RGB `(H, W, 3)`.

@@ -27,6 +27,8 @@ INDEX_COLUMNS = ("category", "split", "defect_type", "label", "image_path", "mas
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
 MASK_SUFFIX = "_mask"
+# Reviewed line images held out of training (anomaly_spotter.feedback): the prepared index's fourth split
+FIELD_SPLIT = "field"
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from anomaly_spotter.core.errors import DatasetError
 from anomaly_spotter.data.images import read_mask_levels, read_rgb, resize_mask, resize_rgb
-from anomaly_spotter.data.index import make_category_index, split_validation
+from anomaly_spotter.data.index import FIELD_SPLIT, make_category_index, split_validation
 
 INDEX_FILE = "index.csv"
 IMAGES_FILE = "images.npy"
@@ -61,9 +61,15 @@ def prepare_category(
     val_fraction: float,
     seed: int,
     progress: bool = True,
+    reviewed: pd.DataFrame | None = None,
 ) -> dict[str, int]:
-    """Index, validate, resize and cache one category into `out_dir`; returns split counts."""
+    """Index, validate, resize and cache one category into `out_dir`; returns split counts.
+
+    `reviewed`: index rows of reviewed line images, already split (`feedback.feedback_rows`: goods in
+    train / val / field, defects in field), appended after the dataset's."""
     index = split_validation(make_category_index(root, category), val_fraction, seed)
+    if reviewed is not None and len(reviewed):
+        index = pd.concat([index, reviewed], ignore_index=True)
     n = len(index)
     images = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
     masks = np.zeros((n, image_size, image_size), dtype=bool)
@@ -90,11 +96,16 @@ def prepare_category(
             f"{images.nbytes + masks.nbytes:,} bytes: free disk space or lower data.image_size"
         ) from err
     counts = {f"n_{k}": int(v) for k, v in index["split"].value_counts().sort_index().items()}
-    counts["n_defective"] = int(index["label"].sum())
-    counts["n_defect_types"] = int(index.loc[index["label"] == 1, "defect_type"].nunique())
-    counts["n_defective_without_mask"] = int((index["has_mask"] == 0).sum())
+    test = index[index["split"] == "test"]  # the dataset's defects (the field set's are counted apart)
+    counts["n_defective"] = int(test["label"].sum())
+    counts["n_defect_types"] = int(test.loc[test["label"] == 1, "defect_type"].nunique())
+    counts["n_defective_without_mask"] = int((test["has_mask"] == 0).sum())
     counts["n_masks_binarised"] = len(graded)
-    _warn_about_masks(category, index, graded)
+    field = index[index["split"] == FIELD_SPLIT]
+    if len(field):  # reviewed images from the line (anomaly_spotter.feedback)
+        counts["n_field_defective"] = int(field["label"].sum())
+        counts["n_reviewed"] = len(reviewed) if reviewed is not None else 0
+    _warn_about_masks(category, test, graded)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(counts, indent=2) + "\n")
     return counts
 

@@ -42,7 +42,6 @@ so this module imports without it.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -64,14 +63,16 @@ import numpy as np
 import pandas as pd
 
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.data.images import npy_bytes
 
-OUTPUT_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage", "error")
+OUTPUT_COLUMNS = ("path", "image_sha256", "score", "verdict", "threshold", "anomaly_percentage", "error")
 OUTPUT_SCHEMA = (
-    "path string, score double, verdict string, threshold double, anomaly_percentage double, error string"
+    "path string, image_sha256 string, score double, verdict string, threshold double, "
+    "anomaly_percentage double, error string"
 )
 # the served model's output (serving.signature), as the Spark struct spark_udf returns
 MODEL_RESULT_TYPE = "score double, verdict string, threshold double, anomaly_percentage double"
-PREPARED_TYPE = "image binary, error string, shown string"
+PREPARED_TYPE = "image binary, error string, shown string, sha256 string"
 MAX_RECORDS_PER_BATCH = 64
 # The Python worker daemon: this module's __main__ imports torch, MLflow and this package once, then
 # PySpark's daemon forks the workers from it (`preloaded_daemon`)
@@ -204,13 +205,6 @@ def display_path(uri: str, cwd: str | None) -> str:
     return path
 
 
-def npy_bytes(image: np.ndarray) -> bytes:
-    """A uint8 array as `.npy` bytes: the served model decodes them losslessly (`data.images.decode_rgb`)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
-    return buf.getvalue()
-
-
 def stand_in(config: Any) -> bytes:
     """The mid-grey input-size image scored in place of an unreadable one (its result is dropped)."""
     return npy_bytes(np.full((config.image_size, config.image_size, 3), 128, np.uint8))
@@ -240,19 +234,24 @@ def prepare_image(content: Any, name: str, config: Any) -> tuple[bytes | None, s
 
 def prepare_batch(
     uris: Sequence[str], contents: Sequence[Any], config: Any, cwd: str | None
-) -> tuple[list[bytes], list[str | None], list[str]]:
-    """`prepare_image` over a batch: (model inputs, stand-ins for the unreadable; errors; shown paths)."""
+) -> tuple[list[bytes], list[str | None], list[str], list[str | None]]:
+    """`prepare_image` over a batch: (model inputs, stand-ins for the unreadable; errors; shown paths;
+    sha256 of each file's bytes, None for the unreadable)."""
+    from anomaly_spotter.serving.scoring_log import sha256_hex
+
     grey = stand_in(config)
     images: list[bytes] = []
     errors: list[str | None] = []
     shown: list[str] = []
+    hashes: list[str | None] = []
     for uri, content in zip(uris, contents, strict=True):
         name = display_path(uri, cwd)
         image, error = prepare_image(content, name, config)
         images.append(grey if image is None else image)
         errors.append(error)
         shown.append(name)
-    return images, errors, shown
+        hashes.append(None if image is None else sha256_hex(bytes(content)))
+    return images, errors, shown, hashes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,23 +265,8 @@ class ResolvedModel:
     pinned: str  # the URI actually loaded: an alias resolved to its version
     local_dir: Path  # downloaded pyfunc folder
     config: Any  # its InferenceConfig
-
-
-def pin_version(uri: str) -> str:
-    """`models:/name@alias` as `models:/name/<version holding the alias now>` (the job then scores with one
-    version even if the alias moves meanwhile); other URIs as they are."""
-    from anomaly_spotter import tracking
-
-    if not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    version = tracking.model_version_by_alias(name, alias)
-    if version is None:
-        raise AnomalySpotterError(
-            f"cannot load model {uri!r}: no version of {name!r} holds the alias {alias!r} in "
-            f"{tracking.tracking_uri()} (anomaly-spotter promote --category ... sets champion)"
-        )
-    return f"models:/{name}/{version.version}"
+    name: str = ""  # registered model name and version ("" for a run URI or a folder)
+    version: str = ""
 
 
 def service_config(local_dir: Path, uri: str) -> Any:
@@ -305,12 +289,14 @@ def resolve_model(uri: str, dst: Path) -> ResolvedModel:
     """Download the service model once (the driver reads its config; spark_udf ships this copy)."""
     import mlflow
 
-    pinned = pin_version(uri)
+    from anomaly_spotter import tracking
+
+    pinned, name, version = tracking.model_identity(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(dst)))
     except Exception as err:  # noqa: BLE001 - any download failure is reported with the URI
         raise AnomalySpotterError(f"cannot load model {uri!r}: {err}") from err
-    return ResolvedModel(uri, pinned, local, service_config(local, uri))
+    return ResolvedModel(uri, pinned, local, service_config(local, uri), name, version)
 
 
 class _QuietLocalEnvWarning(logging.Filter):
@@ -528,8 +514,8 @@ def _prepare_udf(config: Any, cwd: str | None) -> Any:
     # (pandas_udf reads the type hints, resolved in this module's globals: `pd` is imported at the top)
     @pandas_udf(PREPARED_TYPE)  # type: ignore[call-overload]
     def prepare(path: pd.Series, content: pd.Series) -> pd.DataFrame:
-        images, errors, shown = prepare_batch(list(path), list(content), config, cwd)
-        return pd.DataFrame({"image": images, "error": errors, "shown": shown})
+        images, errors, shown, hashes = prepare_batch(list(path), list(content), config, cwd)
+        return pd.DataFrame({"image": images, "error": errors, "shown": shown, "sha256": hashes})
 
     return prepare
 
@@ -549,12 +535,17 @@ def scored_frame(
     if balance:
         prepared = prepared.repartition(balance)
     scored = prepared.select(
-        "uri", "p.shown", "p.error", predict(F.struct(F.col("p.image").alias("image"))).alias("r")
+        "uri",
+        "p.shown",
+        "p.error",
+        "p.sha256",
+        predict(F.struct(F.col("p.image").alias("image"))).alias("r"),
     )
     ok = F.col("error").isNull()
     return scored.select(
         "uri",
         F.col("shown").alias("path"),
+        F.col("sha256").alias("image_sha256"),
         *(
             F.when(ok, F.col(f"r.{c}")).alias(c)
             for c in ("score", "verdict", "threshold", "anomaly_percentage")
@@ -576,8 +567,10 @@ def score(
     input_text: str,
     output: str,
     overwrite: bool = False,
+    log: Path | None = None,
 ) -> ScoreResult:
-    """Score every image of `input_text` with `model` in `spark` and write the Parquet `output`."""
+    """Score every image of `input_text` with `model` in `spark` and write the Parquet `output`; with
+    `log`, append the scored rows to that scoring log (`serving.scoring_log`) once the output is complete."""
     from pyspark.sql import functions as F
 
     fs = _HadoopFS(spark)
@@ -598,7 +591,7 @@ def score(
     if missing:
         parts.append(
             spark.createDataFrame(
-                [(path, None, None, None, None, error) for path, error in missing], OUTPUT_SCHEMA
+                [(path, None, None, None, None, None, error) for path, error in missing], OUTPUT_SCHEMA
             )
         )
     result = parts[0]
@@ -633,8 +626,28 @@ def score(
         _remove(fs, tmp)
         raise
     _remove(fs, old)
+    if log is not None:
+        append_to_log(spark.read.parquet(output), model, log)
     images, failed = int(counts["images"]), int(counts["failed"])
     return ScoreResult(output, model.pinned, images, int(counts["defective"] or 0), failed, errors)
+
+
+def append_to_log(written: Any, model: ResolvedModel, log: Path) -> int:
+    """Append the scored rows of a score-spark output (not the unreadable) to the scoring log `log`: a
+    relative local path is made absolute; returns the rows appended."""
+    from pyspark.sql import functions as F
+
+    from anomaly_spotter.serving import scoring_log
+
+    columns = ["path", "image_sha256", *scoring_log.RESULT_COLUMNS]
+    rows = written.where(F.col("error").isNull()).select(*columns).toPandas()
+    images = [p if has_scheme(p) or os.path.isabs(p) else os.path.abspath(p) for p in rows["path"]]
+    context = scoring_log.LogContext(
+        "score-spark", model.uri, model.name, model.version, model.config.category, scoring_log.new_batch_id()
+    )
+    results = rows[list(scoring_log.RESULT_COLUMNS)].to_dict("records")
+    scoring_log.append(log, scoring_log.make_rows(context, images, list(rows["image_sha256"]), results))
+    return len(rows)
 
 
 def _cancellable(spark: Any, job: Callable[[], ScoreResult]) -> ScoreResult:
@@ -686,9 +699,11 @@ def run(
     conf: Mapping[str, str] | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    scoring_log: Path | None = None,
 ) -> ScoreResult:
     """score-spark: resolve and download the model, start Spark (unless a session is active: then use it,
-    and leave it running), score, stop the session it started.
+    and leave it running), score, stop the session it started; with `scoring_log`, append the scored rows
+    there.
 
     MLflow must already point at the tracking store (`tracking.connect_for_model`)."""
     _require_spark()
@@ -713,7 +728,9 @@ def run(
                 f"{spark.conf.get(BATCH_CONF)} images per Arrow batch"
             )
             start = time.perf_counter()
-            result = _cancellable(spark, lambda: score(spark, model, input_text, output, overwrite))
+            result = _cancellable(
+                spark, lambda: score(spark, model, input_text, output, overwrite, scoring_log)
+            )
             result.job_s = time.perf_counter() - start
             result.session_s = session_s
             return result

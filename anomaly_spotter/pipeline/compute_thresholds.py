@@ -10,12 +10,15 @@ import pandas as pd
 from anomaly_spotter.core.config import Params
 from anomaly_spotter.core.metrics import mean_present
 from anomaly_spotter.core.thresholds import (
+    FIELD_KEYS,
     evaluate_threshold,
     false_alarm_rates,
+    field_rates,
     good_only_threshold,
     recall_thresholds_out_of_fold,
     rows_to_frame,
 )
+from anomaly_spotter.data.index import FIELD_SPLIT
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.results import covers_dataset, k_of_n, py, write_json
 
@@ -33,7 +36,8 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
     """Recall-target thresholds (out-of-fold figures) and good-only calibration, per category and type.
 
     Writes thresholds.csv / .json (full detail) and the DVC metrics: metrics/categories/<c>.json (image
-    AUROC, pixel AUROC, AUPRO from metrics.json; F1, precision, recall, false-alarm rate out-of-fold)
+    AUROC, pixel AUROC, AUPRO from metrics.json; F1, precision, recall, false-alarm rate out-of-fold;
+    field_recall and field_false_alarm_rate on the field set of reviewed line images, where there is one)
     and their mean, metrics/overall.json (all null when the run covers only some of the dataset's
     categories: `covers_dataset`). Each threshold also has its false-alarm rate on good test and
     validation images.
@@ -53,6 +57,14 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
         good_t = good_only_threshold(val["score"].to_numpy(), tp.good_fpr)
         good_eval = evaluate_threshold(cat_test["label"].to_numpy(), cat_test["score"].to_numpy(), good_t)
         val_goods = val.loc[val["label"] == 0, "score"].to_numpy()
+        field = per_image[(per_image["category"] == category) & (per_image["split"] == FIELD_SPLIT)]
+
+        def on_field(threshold: float | None, field: pd.DataFrame = field) -> dict[str, Any]:
+            """The threshold on the field set, for a category that has one (else nothing)."""
+            if field.empty:
+                return {}
+            return field_rates(field["label"].to_numpy(), field["score"].to_numpy(), threshold)
+
         recall_entry = {
             k: py(overall_row[k])
             for k in (
@@ -75,6 +87,7 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
                     val_goods,
                     recall_entry["threshold"],
                 ),
+                **on_field(recall_entry["threshold"]),
             },
             "per_defect": {
                 r.defect_type: {
@@ -92,14 +105,16 @@ def run_compute_thresholds(params: Params) -> dict[str, Any]:
                 "target_fpr": tp.good_fpr,
                 **{k: py(v) for k, v in good_eval.items()},
                 **false_alarm_rates(good_eval["false_positives"], good_eval["n_good"], val_goods, good_t),
+                **on_field(good_t),
             },
             "method": str(overall_row["method"]),
         }
     image_metrics = json.loads(paths.METRICS_JSON.read_text())["categories"]
+    # a category with a field set (reviewed line images) also gets its recall and false-alarm rate there
     headline = {
         c: {
             **{k: image_metrics[c][k] for k in IMAGE_HEADLINE},
-            **{k: s["recall_target"][k] for k in THRESHOLD_HEADLINE},
+            **{k: s["recall_target"][k] for k in THRESHOLD_HEADLINE + FIELD_KEYS if k in s["recall_target"]},
         }
         for c, s in summary.items()
     }

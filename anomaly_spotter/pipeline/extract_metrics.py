@@ -9,8 +9,9 @@ import pandas as pd
 
 from anomaly_spotter.core.anomaly_map import RegionRule
 from anomaly_spotter.core.config import Params
-from anomaly_spotter.core.metrics import mean_present, region_metrics, summarize_category
+from anomaly_spotter.core.metrics import image_auroc, mean_present, region_metrics, summarize_category
 from anomaly_spotter.core.scoring import SCORES_FILE, anomaly_pct_by_label, load_maps, load_region
+from anomaly_spotter.data.index import FIELD_SPLIT
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.results import covers_dataset, write_json
@@ -59,9 +60,26 @@ def _region_summary(
     }
 
 
+def field_summary(field: pd.DataFrame) -> dict[str, Any]:
+    """The field set of one category on its own (its rates at a threshold are compute_thresholds'): how
+    many reviewed goods were held out and how many confirmed defects there are, per defect type, and how
+    well the scores separate them (image AUROC, where both are present)."""
+    labels = field["label"].to_numpy()
+    scores = field["score"].to_numpy(dtype=np.float64)
+    both = 0 < labels.sum() < len(labels)
+    defects = field[field["label"] == 1]
+    return {
+        "n_field_good": int((labels == 0).sum()),
+        "n_field_defective": int(labels.sum()),
+        "field_auroc": image_auroc(labels, scores) if both else None,
+        "field_defect_types": {str(k): int(v) for k, v in defects["defect_type"].value_counts().items()},
+    }
+
+
 def run_extract_metrics(params: Params) -> dict[str, Any]:
     """Per-image map stats to CSV; image/pixel AUROC, AUPRO, F1-max per category and overall to JSON (the
-    overall values null when the run covers only some of the dataset's categories: `covers_dataset`)."""
+    overall values null when the run covers only some of the dataset's categories: `covers_dataset`); a
+    category with a field set (reviewed line images) gets its `field` summary (`field_summary`)."""
     per_image, summary = [], {}
     for category in params.data.categories:
         out = paths.outputs_dir(category)
@@ -79,6 +97,9 @@ def run_extract_metrics(params: Params) -> dict[str, Any]:
             pixel_rows=table.loc[test, "has_mask"].to_numpy().astype(bool),
         )
         summary[category] |= _region_summary(table[test], masks, maps[test], load_region(out))
+        field = table[table["split"] == FIELD_SPLIT]
+        if len(field):  # reviewed line images held out of training (anomaly_spotter.feedback)
+            summary[category]["field"] = field_summary(field)
     whole = covers_dataset(params)  # a mean over some of the dataset's categories is not "overall"
     overall = {k: mean_present([summary[c][k] for c in summary]) if whole else None for k in HEADLINE_METRICS}
     result = {"overall": overall, "categories": summary}

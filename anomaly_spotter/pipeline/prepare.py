@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from anomaly_spotter.core.config import Params
 from anomaly_spotter.data.prepared import prepare_category
+from anomaly_spotter.feedback import feedback_dir, feedback_rows
 from anomaly_spotter.pipeline import paths
 
 
@@ -19,4 +22,13 @@ def run_prepare(params: Params, category: str, progress: bool = True) -> dict[st
         d.val_fraction,
         params.seed,
         progress,
+        reviewed_rows(params, category),
     )
+
+
+def reviewed_rows(params: Params, category: str) -> pd.DataFrame | None:
+    """The index rows of the category's reviewed line images (feedback/<category>/), or None."""
+    folder = feedback_dir(Path(params.feedback.root), category)
+    if not folder.is_dir():
+        return None
+    return feedback_rows(folder, category, params.data.val_fraction, params.feedback.holdout_fraction)

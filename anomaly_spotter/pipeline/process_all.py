@@ -6,17 +6,19 @@ import time
 
 from anomaly_spotter.core.config import Params
 from anomaly_spotter.core.scoring import anomaly_pct_by_label, region_rule, score_batches, write_scores
+from anomaly_spotter.data.index import FIELD_SPLIT
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.pipeline import paths
 
 
 def run_process(params: Params, category: str, progress: bool = True) -> dict[str, float]:
-    """Score every validation and test image; write maps, scores.csv, stats.json and region.json.
+    """Score every validation, test and field image (reviewed images held out of training, from
+    anomaly_spotter.feedback); write maps, scores.csv, stats.json and region.json.
 
     The predicted region (and so anomaly_percentage) follows `process.region_threshold`; the returned
     metrics include the mean anomaly_percentage of the good and of the defective test images."""
-    data = load_prepared(paths.prepared_dir(category)).split("val", "test")
+    data = load_prepared(paths.prepared_dir(category)).split("val", "test", FIELD_SPLIT)
     model_file = paths.model_dir(category) / paths.MODEL_FILE
     detector = load_detector(model_file)
     calibration = detector.pixel_calibration_

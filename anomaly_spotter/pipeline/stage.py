@@ -26,7 +26,26 @@ def parse_args(description: str, per_category: bool) -> tuple[Params, str | None
     category = getattr(args, "category", None)
     if category is not None and category not in params.data.categories:
         raise AnomalySpotterError(f"category {category!r} is not in data.categories {params.data.categories}")
+    tracking.add_run_tags(feedback_tags(params, category))
     return params, category
+
+
+FEEDBACK_TAG = "feedback_version"
+
+
+def feedback_tags(params: Params, category: str | None) -> dict[str, str]:
+    """The version of the reviewed line images a stage ran with, as MLflow tags: `feedback_version`, the
+    content md5 of feedback/<category>/ ("none" without one); a stage of all categories gets one tag
+    `feedback_version.<category>` per category."""
+    root = Path(params.feedback.root)
+
+    def version(name: str) -> str:
+        folder = root / name
+        return tracking.content_md5(folder) if folder.is_dir() else "none"
+
+    if category is not None:
+        return {FEEDBACK_TAG: version(category)}
+    return {f"{FEEDBACK_TAG}.{c}": version(c) for c in params.data.categories}
 
 
 def progress_enabled() -> bool:

@@ -1,12 +1,15 @@
 """The review dashboard's Streamlit page (`anomaly-spotter dashboard` runs it with `streamlit run`).
 
 Run in the repository folder: it shows the pipeline outputs found there (`anomaly_spotter.review.dashboard`
-reads them; this file only lays them out). Two pages, chosen in the sidebar with the category:
+reads them; this file only lays them out). Three pages, chosen in the sidebar with the category:
 
 - "Review a threshold": a threshold slider (starting at the deployed, calibrated threshold) over the
   score histogram, precision / recall / F1 / false-alarm rates and defects detected per type at it, the
   ROC and PR curves with the operating point, a button proposing the threshold, and the gallery;
-- "Compare two versions": two registered versions' metrics and the images whose verdict differs.
+- "Compare two versions": two registered versions' metrics and the images whose verdict differs;
+- "Review the line": the images of a scoring log (`predict|score-spark|serve --log`), flagged ones to
+  decide and a sample of passed ones, each decision recorded as feedback (`anomaly_spotter.review.line`
+  chooses the rows and records; it needs no pipeline outputs). `?page=line&log=LOG` opens it on a log.
 
 The numbers of the operating point are also kept in `st.session_state["operating_point"]` (tests read
 them there).
@@ -15,17 +18,26 @@ them there).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from anomaly_spotter import tracking
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.review import dashboard as db
+from anomaly_spotter.review import line
+from anomaly_spotter.serving import scoring_log
 
 REVIEW_PAGE = "Review a threshold"
 COMPARE_PAGE = "Compare two versions"
+LINE_PAGE = "Review the line"
+PAGES = (REVIEW_PAGE, COMPARE_PAGE, LINE_PAGE)
+LINE_QUERY = "line"  # ?page=line opens the line review
+RECORDED_KEY = "line_recorded"  # the last decision recorded, shown after the rerun that moves its image
 TILE_COLUMNS = 3
 HIST_BINS = 40
 CHART_HEIGHT = 260
@@ -275,14 +287,22 @@ def compare_page(root: Path, category: str) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="Anomaly Spotter: threshold review", layout="wide")
-    st.title("Anomaly Spotter: threshold review")
+    start = PAGES.index(LINE_PAGE) if st.query_params.get("page") == LINE_QUERY else 0
+    page = st.sidebar.radio("page", PAGES, index=start, key="page")
     root = Path.cwd()
+    if page == LINE_PAGE:  # a scoring log and the feedback folder; no pipeline outputs needed
+        st.title("Anomaly Spotter: line review")
+        try:
+            line_page(root)
+        except AnomalySpotterError as err:
+            st.error(str(err))
+        return
+    st.title("Anomaly Spotter: threshold review")
     try:
         categories = db.pipeline_categories(root)
     except AnomalySpotterError as err:
         st.error(str(err))
         st.stop()
-    page = st.sidebar.radio("page", [REVIEW_PAGE, COMPARE_PAGE], key="page")
     category = st.sidebar.selectbox("category", categories, key="category")
     try:
         if page == REVIEW_PAGE:
@@ -291,6 +311,196 @@ def main() -> None:
             compare_page(root, category)
     except AnomalySpotterError as err:
         st.error(str(err))
+
+
+# --------------------------------------------------------------------------------------------------
+# the line review
+# --------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=4, show_spinner="loading the model version")
+def _service_model(uri: str):  # noqa: ANN202 - a ServiceModel or an exported edge model
+    return line.load_model(uri)
+
+
+@st.cache_data(max_entries=1000, show_spinner=False)
+def _overlay(uri: str, log_dir: str, image: str, sha256: str) -> np.ndarray:
+    """The overlay of one scored image by the model version that scored it (cached on both)."""
+    row = {"image": image, "image_sha256": sha256}
+    picture = line.scored_image(Path(log_dir), row)
+    return line.overlay(_service_model(uri), picture, Path(image).name)
+
+
+@st.cache_data(max_entries=8, show_spinner="reading the scoring log")
+def _read_log(log_dir: str, parts: tuple[str, ...]) -> pd.DataFrame:
+    """The log (re-read when a part file is added: `parts` is in the cache key)."""
+    return scoring_log.read_log(Path(log_dir))
+
+
+def line_page(root: Path) -> None:
+    params = line.line_params(root)
+    feedback = line.feedback_root(root, params)
+    reviewer = st.sidebar.text_input(
+        "reviewer (recorded with each decision)", value=tracking.current_user(), key="reviewer"
+    ).strip()
+    if not reviewer:
+        st.sidebar.warning("Enter your name: every decision records who made it.")
+    st.subheader("Review the line: what the model decided on scored images")
+    default = line.default_log(root, st.query_params.get("log"), params.data.categories)
+    log_text = st.text_input(
+        "scoring log folder",
+        value=default,
+        key="line_log",
+        help="a folder `anomaly-spotter predict ... --log LOG` (or score-spark, serve) appends to",
+    ).strip()
+    if not log_text:
+        st.info(
+            "Enter a scoring log folder. Write one with `anomaly-spotter predict IMAGES --model "
+            "models:/anomaly-spotter-<category>@champion --log logs/<category>` (or `serve --log`)."
+        )
+        return
+    log_dir = Path(log_text)
+    log = _read_log(log_text, tuple(p.name for p in scoring_log.part_files(log_dir)))
+    st.caption(f"{log_dir}: {len(log)} rows. Feedback goes to {feedback} (params.yaml `feedback.root`).")
+    table = line.summary(log, feedback)
+    st.dataframe(table, hide_index=True, width="stretch")
+    categories = table["category"].tolist()
+    category = st.selectbox("category", categories, key="line_category")
+    recorded = st.session_state.pop(RECORDED_KEY, None)
+    if recorded is not None:
+        _show_recorded(recorded)
+    rows = line.with_decisions(
+        line.latest_rows(log[log["category"] == category]), line.category_decisions(feedback, category)
+    )
+    context = _LineContext(
+        root, feedback, log_dir, reviewer, line.known_defect_types(root, params, feedback, category), {}
+    )
+
+    todo = line.flagged_to_decide(rows)
+    st.markdown(f"#### Flagged, to decide: {len(todo)}")
+    st.caption(
+        "Highest score first. A false alarm joins the training goods; a confirmed defect the field set."
+    )
+    _tiles(context, _paged(todo, f"line_todo_{category}"))
+
+    passed = int((rows["verdict"] != line.FLAGGED).sum())
+    st.markdown(f"#### Passed: a sample to check ({passed} passed)")
+    left, right = st.columns(2)
+    size = left.number_input(
+        "sample size", 0, line.MAX_SAMPLE, line.SAMPLE_SIZE, key=f"line_sample_{category}"
+    )
+    seed = right.number_input("sample seed", 0, 2**31 - 1, 0, key=f"line_seed_{category}")
+    sample = line.passed_sample(rows, int(size), int(seed))
+    st.caption(f"{len(sample)} passed images not yet decided, chosen by the seed; mark one a missed defect.")
+    _tiles(context, sample)
+
+    done = line.decided_rows(rows)
+    st.markdown(f"#### Decided: {len(done)}")
+    st.caption("The decision in force for each image (the latest); a new one is appended, the old one kept.")
+    _tiles(context, _paged(done, f"line_done_{category}"))
+
+
+@dataclass
+class _LineContext:
+    root: Path
+    feedback: Path
+    log_dir: Path
+    reviewer: str
+    defect_types: list[str]
+    models: dict[str, str]  # model URIs tried in this run: "" loaded, else why not
+
+
+def _paged(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """One page of `rows` (db.TILES_PER_PAGE a page, as the gallery), with a page number when needed."""
+    pages = line.page_count(len(rows), db.TILES_PER_PAGE)
+    page = st.number_input(f"page (of {pages})", 1, pages, 1, key=f"{key}_{pages}") if pages > 1 else 1
+    return line.page_rows(rows, int(page), db.TILES_PER_PAGE)
+
+
+def _model_problem(context: _LineContext, uri: str) -> str:
+    """Why the model version `uri` cannot draw overlays ("" when it loads); tried once per run."""
+    if uri not in context.models:
+        try:
+            _service_model(uri)
+            context.models[uri] = ""
+        except AnomalySpotterError as err:
+            context.models[uri] = str(err)
+    return context.models[uri]
+
+
+def _tiles(context: _LineContext, rows: pd.DataFrame) -> None:
+    cols = st.columns(TILE_COLUMNS)
+    for i, row in enumerate(rows.to_dict("records")):
+        with cols[i % TILE_COLUMNS]:
+            _tile(context, row)
+
+
+def _tile(context: _LineContext, row: dict) -> None:
+    """One scored image: its overlay (or why not), what the log says, and the decision form."""
+    uri, sha = line.model_uri(row), str(row["image_sha256"])
+    try:
+        problem = _model_problem(context, uri)
+        if problem:
+            raise line.LineReviewError(problem)
+        picture = _overlay(uri, str(context.log_dir), str(row["image"]), sha)
+    except AnomalySpotterError as err:
+        st.error(str(err))
+    else:
+        st.image(picture, width="stretch")
+    st.caption(line.caption(row))
+    options = line.choices(row)
+    with st.form(key=f"line_form_{sha}", enter_to_submit=False):  # Enter in the note records nothing
+        kind = None
+        if any(d != line.FALSE_ALARM for d in options):
+            current = row.get("decided_type") or None
+            types = context.defect_types
+            kind = st.selectbox(
+                "defect type" + (" (required)" if line.CONFIRMED_DEFECT in options else " (optional)"),
+                types,
+                index=types.index(current) if current in types else None,
+                placeholder="choose or type a new one",
+                accept_new_options=True,
+                key=f"line_type_{sha}",
+            )
+        note = st.text_input("note (optional)", key=f"line_note_{sha}")
+        buttons = st.columns(len(options))
+        clicked = [
+            d
+            for d, col in zip(options, buttons, strict=True)
+            if col.form_submit_button(line.DECISION_LABELS[d], key=f"line_{d}_{sha}", width="stretch")
+        ]
+    if clicked:
+        try:
+            recorded = line.record(
+                context.root,
+                context.feedback,
+                context.log_dir,
+                row,
+                clicked[0],
+                context.reviewer,
+                kind or "",
+                note,
+            )
+        except AnomalySpotterError as err:
+            st.error(str(err))
+        else:
+            st.session_state[RECORDED_KEY] = recorded
+            st.rerun()
+
+
+def _show_recorded(recorded: line.Recorded) -> None:
+    """What the last decision wrote, and what to run next."""
+    r = recorded.row
+    kind = f" ({r['defect_type']})" if r["defect_type"] else ""
+    st.success(
+        f"Recorded **{line.DECISION_LABELS[r['decision']]}{kind}** by {r['reviewer']} at {r['decided_at']} "
+        f"for {line.short_name(r['source_image'])} (sha256 {r['image_sha256'][:12]}..., {r['model_name']} "
+        f"v{r['model_version']}): a row of {recorded.folder / 'decisions.csv'}, the image copied to "
+        f"{recorded.folder / r['image_file']}."
+    )
+    if recorded.dvc_error:
+        st.warning(f"The decision is kept, but DVC does not version it yet: {recorded.dvc_error}")
+    st.info(recorded.next_step)
 
 
 main()

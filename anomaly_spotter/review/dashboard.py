@@ -29,7 +29,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from anomaly_spotter.data.images import read_rgb
 from anomaly_spotter.data.prepared import PreparedCategory, load_prepared
 from anomaly_spotter.pipeline import paths
 from anomaly_spotter.pipeline.results import JSON_DECIMALS, k_of_n, write_json
+from anomaly_spotter.tracking.scores import run_scores
 
 APP_FILE = Path(__file__).with_name("app.py")
 DEFAULT_PORT = 8501
@@ -496,9 +496,7 @@ def version_scores(record: VersionRecord) -> pd.DataFrame:
     run_id = record.tags.get("run.process_all")
     if not run_id:
         raise DashboardError(f"{record.name} version {record.version} has no run.process_all tag")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = tracking.download_run_artifact(run_id, SCORES_FILE, Path(tmp))
-        return pd.read_csv(local, keep_default_na=False)
+    return run_scores(run_id)
 
 
 def version_summary(record: VersionRecord, scores: pd.DataFrame) -> dict[str, Any]:

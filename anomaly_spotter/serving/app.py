@@ -24,6 +24,10 @@ from typing import Any
 DEFAULT_MAX_REQUEST_MB = 64.0
 MODEL_ENV = "ANOMALY_SPOTTER_SERVE_MODEL"
 LIMIT_ENV = "ANOMALY_SPOTTER_SERVE_MAX_BYTES"
+# `anomaly-spotter serve --log LOG`: the scoring log folder, and the model as the log names it (JSON:
+# uri, name, version)
+LOG_ENV = "ANOMALY_SPOTTER_SERVE_LOG"
+LOG_MODEL_ENV = "ANOMALY_SPOTTER_SERVE_LOG_MODEL"
 DRAIN_BYTES = 256 * 2**20  # a refused body up to this size is read and dropped before the 413
 
 Scope = MutableMapping[str, Any]
@@ -35,11 +39,28 @@ Send = Callable[[Message], Awaitable[None]]
 class BodyLimit:
     """ASGI middleware: 413 for an HTTP request body over `max_bytes`, before the app parses it."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        max_bytes: int,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.on_shutdown = on_shutdown  # run when the server shuts down (the scoring log's last rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.on_shutdown is not None:
+            on_shutdown = self.on_shutdown
+
+            async def lifespan_receive() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    on_shutdown()
+                return message
+
+            await self.app(scope, lifespan_receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -128,6 +149,26 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def attach_scoring_log(service_model: Any, log_dir: str, model_json: str | None) -> Any:
+    """Make the served model append what it scores to the scoring log `log_dir`, from a thread of its own
+    (`scoring_log.BackgroundWriter`: a request only queues its rows; each worker writes its own files);
+    returns the writer (close it at shutdown: uvicorn ends a worker by its signal, without atexit)."""
+    from pathlib import Path
+
+    from anomaly_spotter.serving.scoring_log import BackgroundWriter, LogContext
+
+    named = json.loads(model_json) if model_json else {}
+    context = LogContext(
+        "serve",
+        named.get("uri", os.environ.get(MODEL_ENV, "")),
+        named.get("name", ""),
+        named.get("version", ""),
+        service_model.config.category,
+    )
+    service_model.scoring_log = BackgroundWriter(Path(log_dir), context)
+    return service_model.scoring_log
+
+
 def app_from_env() -> Any:
     """The capped scoring app for the model folder in ANOMALY_SPOTTER_SERVE_MODEL, refusing bodies over
     ANOMALY_SPOTTER_SERVE_MAX_BYTES (default DEFAULT_MAX_REQUEST_MB): each uvicorn worker builds one
@@ -136,6 +177,12 @@ def app_from_env() -> Any:
     from mlflow.pyfunc import scoring_server
 
     model = mlflow.pyfunc.load_model(os.environ[MODEL_ENV])
+    writer = None
+    if os.environ.get(LOG_ENV):
+        python_model = model.unwrap_python_model()
+        writer = attach_scoring_log(python_model, os.environ[LOG_ENV], os.environ.get(LOG_MODEL_ENV))
     return BodyLimit(
-        scoring_server.init(model), int(os.environ.get(LIMIT_ENV, DEFAULT_MAX_REQUEST_MB * 2**20))
+        scoring_server.init(model),
+        int(os.environ.get(LIMIT_ENV, DEFAULT_MAX_REQUEST_MB * 2**20)),
+        writer.close if writer is not None else None,
     )

@@ -180,14 +180,18 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as uint8 RGB `(H, W, 3)`; ImageInputError names the file when it cannot be read."""
+    return decode_image(read_file(path), str(path))
+
+
+def read_file(path: Path) -> bytes:
+    """An image file's bytes; ImageInputError names the file when it cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as err:
         raise ImageInputError(f"{path}: file not found") from err
     except OSError as err:
         raise ImageInputError(f"{path}: cannot read file ({err.strerror or err})") from err
-    return decode_image(data, str(path))
 
 
 def preprocess(images: Sequence[np.ndarray], image_size: int) -> np.ndarray:

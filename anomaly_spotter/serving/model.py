@@ -50,7 +50,7 @@ from PIL import Image
 
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.core.packages import pinned
-from anomaly_spotter.data.images import check_size, image_size
+from anomaly_spotter.data.images import check_size, image_size, npy_bytes
 from anomaly_spotter.serving.edge import CONFIG_FILE, ONNX_KIND
 from anomaly_spotter.serving.inference import (
     MAX_SIDE,
@@ -106,11 +106,14 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         so the unwrapped model still accepts a dict, a list of bytes or of uint8 arrays here too.
         """
         return_map = bool((params or {}).get("return_map", False))
+        log = getattr(self, "scoring_log", None)  # set by `anomaly-spotter serve --log`
         try:
-            images = _images_from_input(model_input, self.config)
-            rows = self.score(images, return_map)
+            sources = _decoded_sources(model_input, self.config)
+            rows = self.score([image for image, _ in sources], return_map)
         except AnomalySpotterError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
+        if log is not None:  # a queue put: the log's own thread hashes, keeps the images and writes
+            log.submit([data for _, data in sources], rows)
         frame = pd.DataFrame(rows, columns=[*_output_columns(return_map)])
         if return_map:
             frame["anomaly_map"] = [np.asarray(m).tolist() for m in frame["anomaly_map"]]
@@ -130,6 +133,14 @@ def _images_from_input(model_input: Any, config: InferenceConfig | None = None) 
     With `config`, the request is checked against its limits (images per request, smallest side,
     megapixels per request) from the image headers, before any pixels are decoded.
     """
+    return [image for image, _ in _decoded_sources(model_input, config)]
+
+
+def _decoded_sources(
+    model_input: Any, config: InferenceConfig | None = None
+) -> list[tuple[np.ndarray, bytes]]:
+    """`_images_from_input`'s arrays, each with the bytes it came from (an array sent as such: its `.npy`
+    bytes), which the scoring log hashes and keeps."""
     if isinstance(model_input, Mapping):
         model_input = pd.DataFrame(dict(model_input))
     if isinstance(model_input, pd.DataFrame):
@@ -155,7 +166,9 @@ def _images_from_input(model_input: Any, config: InferenceConfig | None = None) 
     if config is not None:
         config.check_request([size for _, size in sources])
     return [
-        source if isinstance(source, np.ndarray) else decode_image(source, f"image {i}")
+        (source, npy_bytes(source))
+        if isinstance(source, np.ndarray)
+        else (decode_image(source, f"image {i}"), source)
         for i, (source, _) in enumerate(sources)
     ]
 

@@ -58,6 +58,16 @@ def decide_promotion(
     )
 
 
+def with_field_gate(decision: PromotionDecision, passes: bool, reason: str) -> PromotionDecision:
+    """The metric decision, refused as well when the candidate fails on the field set (reviewed line
+    images: a confirmed defect the champion catches and it misses, or more false alarms on held-out
+    reviewed goods); `reason` says how it did there."""
+    if not passes:
+        also = "" if decision.promote else f"; and {decision.reason}"
+        return PromotionDecision(False, f"{reason}{also}")
+    return PromotionDecision(decision.promote, f"{decision.reason}; {reason}")
+
+
 def record_promotion(
     name: str, version: str, previous: str | None, reason: str, who: str, forced: bool
 ) -> None:

@@ -138,6 +138,29 @@ def model_version_by_alias(name: str, alias: str) -> Any | None:
         return None
 
 
+def model_identity(uri: str) -> tuple[str, str, str]:
+    """`(uri to load, registered name, version)` of a model URI: `models:/name@alias` pinned to the version
+    holding the alias now (a long job then scores with one version even if the alias moves), `models:/name/3`
+    as it is; a run URI or a model folder has no registered name or version (both ""). TrackingError when
+    no version holds the alias."""
+    if not uri.startswith("models:/"):
+        return uri, "", ""
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        version = model_version_by_alias(name, alias)
+        if version is None:
+            category = name.removeprefix(f"{MODEL_NAME_PREFIX}-")
+            raise TrackingError(
+                f"cannot load model {uri!r}: no version of {name!r} holds the alias {alias!r} in "
+                f"{tracking_uri()} yet; `anomaly-spotter promote --category {category}` gives the newest "
+                f"version the champion alias, or name a version: models:/{name}/1"
+            )
+        return f"models:/{name}/{version.version}", name, str(version.version)
+    name, _, version = rest.partition("/")
+    return uri, name, version if version.isdigit() else ""
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 

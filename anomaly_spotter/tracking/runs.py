@@ -27,6 +27,15 @@ WORKSPACE_TAG = "workspace"
 DVC_EXPERIMENT_TAG = "dvc_experiment"
 
 
+# Tags every stage run of this process gets (`add_run_tags`): e.g. the feedback data version.
+RUN_TAGS: dict[str, str] = {}
+
+
+def add_run_tags(tags: Mapping[str, str]) -> None:
+    """Tags for every stage run this process starts from now on (the stage plumbing sets them once)."""
+    RUN_TAGS.update({k: str(v) for k, v in tags.items()})
+
+
 def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
 
@@ -58,6 +67,7 @@ def stage_run(
         **environment_tags(),
         **({DVC_EXPERIMENT_TAG: dvc_exp} if dvc_exp else {}),
         **({"category": category} if category else {}),
+        **RUN_TAGS,
         **(tags or {}),
     }
     with mlflow.start_run(run_name=name, tags=all_tags) as run:

@@ -7,6 +7,7 @@ answer 4xx with a message (never 500) and the server keeps serving.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from PIL import Image
 
 from anomaly_spotter import cli
 from anomaly_spotter.bench import serve as serve_bench
+from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.model import png_bytes
 from tests.unit.data.test_images import png16
 from tests.unit.test_cli import NAME, ServiceStore, build_store, read_csv
@@ -212,3 +214,39 @@ def test_anomaly_spotter_serve_answers_as_mlflow_serve_and_caps_requests(
         urllib.request.urlopen(request, timeout=60)
     assert err.value.code == 413
     assert _request(f"{capped}/invocations", body)[0] == 200  # still serving
+
+
+def test_anomaly_spotter_serve_logs_what_it_scored(store: ServiceStore, tmp_path: Path) -> None:
+    """`serve --log`: one row per scored image with the pinned version and the image kept by content;
+    the rows are written by the worker's own thread (at the latest when the server stops)."""
+    env = {"MLFLOW_TRACKING_URI": store.uri}
+    log = tmp_path / "scoring-log"
+    first, second = (p.read_bytes() for p in store.image_paths[:2])
+    with serve_bench.served(
+        f"models:/{NAME}@champion", log=tmp_path / "server.log", env=env, timeout_s=START_TIMEOUT_S,
+        max_request_mb=16, scoring_log=log,
+    ) as url:  # fmt: skip
+        status, text = _request(f"{url}/invocations", _split([first, second]))
+        assert status == 200, text
+        answers = json.loads(text)["predictions"]
+        assert _request(f"{url}/invocations", _split([first]))[0] == 200
+        assert _request(f"{url}/invocations", _split([b"not an image"]))[0] == 400  # not logged
+    frame = scoring_log.read_log(log)
+    assert len(frame) == 3 and set(frame["source"]) == {"serve"} and frame["batch"].nunique() == 2
+    champion = tracking_version(store)
+    assert set(frame["model_version"]) == {champion} and set(frame["model_name"]) == {NAME}
+    assert set(frame["model_uri"]) == {f"models:/{NAME}@champion"} and set(frame["category"]) == {"widget"}
+    digests = [hashlib.sha256(b).hexdigest() for b in (first, second, first)]
+    assert frame["image_sha256"].tolist() == digests
+    assert frame["score"].tolist()[:2] == pytest.approx([a["score"] for a in answers], rel=1e-6)
+    assert frame["verdict"].tolist()[:2] == [a["verdict"] for a in answers]
+    kept = scoring_log.image_file(log, frame["image"].iloc[0])
+    assert kept.read_bytes() == first and frame["image"].iloc[0] == frame["image"].iloc[2]
+
+
+def tracking_version(store: ServiceStore) -> str:
+    """The version holding @champion in the test store."""
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    return str(MlflowClient().get_model_version_by_alias(NAME, "champion").version)

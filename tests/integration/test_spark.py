@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import shutil
@@ -112,10 +113,11 @@ def test_prepare_image_is_predicts_preprocessing(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "tiny.png")
     image, error = spark.prepare_image((tmp_path / "tiny.png").read_bytes(), "tiny.png", config)
     assert image is None and "tiny.png: image is 8x8" in str(error) and "min_image_side" in str(error)
-    images, errors, shown = spark.prepare_batch(
+    images, errors, shown, hashes = spark.prepare_batch(
         ["file:/w/a.png", "file:/w/b.png"], [path.read_bytes(), b"x"], config, "/w"
     )
     assert shown == ["a.png", "b.png"] and errors[0] is None and errors[1].startswith("b.png: ")
+    assert hashes == [hashlib.sha256(path.read_bytes()).hexdigest(), None]  # the scoring log's hash
     assert decode_image(images[1]).shape == (32, 32, 3)  # the stand-in the model scores in its place
 
 

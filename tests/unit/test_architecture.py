@@ -29,10 +29,12 @@ ALLOWED: dict[str, set[str]] = {
     "detectors": {"core", "data"},
     "serving": {"core", "data", "detectors"},
     "tracking": {"core"},
-    "pipeline": {"core", "data", "detectors", "serving", "tracking"},
+    "feedback": {"core", "data", "serving"},
+    "monitoring": {"core"},
+    "pipeline": {"core", "data", "detectors", "feedback", "serving", "tracking"},
     "deploy": {"core", "data", "detectors", "serving", "tracking"},
-    "review": {"core", "data", "pipeline", "tracking"},
-    "cli": {"core", "serving", "deploy", "review", "tracking"},
+    "review": {"core", "data", "feedback", "pipeline", "serving", "tracking"},
+    "cli": {"core", "serving", "deploy", "feedback", "monitoring", "review", "tracking"},
     "bench": {"core", "data", "detectors", "serving", "deploy", "pipeline", "tracking"},
 }
 BLOCKED_IN_SERVING = ("streamlit", "pyspark", "psycopg", "psycopg2") + tuple(

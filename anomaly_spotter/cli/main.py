@@ -9,6 +9,8 @@ registered versions, review thresholds in a dashboard, and run a team's shared M
     anomaly-spotter dashboard --port 8501
     anomaly-spotter experiments --category fabric
     anomaly-spotter monitor --log logs/fabric --period day
+    anomaly-spotter feedback --log logs/fabric --decision false_alarm line/day1/day1_0003.png
+    anomaly-spotter simulate-line --category component --change lighting --out line/day1
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
@@ -26,6 +28,7 @@ from anomaly_spotter.cli import experiments as experiments_cli
 from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
 from anomaly_spotter.cli.experiments import EXPERIMENTS_EPILOG, cmd_experiments
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
+from anomaly_spotter.cli.line import FEEDBACK_EPILOG, SIMULATE_EPILOG, cmd_feedback, cmd_simulate_line
 from anomaly_spotter.cli.monitor import DEFAULT_LIMITS, MONITOR_EPILOG, cmd_monitor
 from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
 from anomaly_spotter.cli.promote import PROMOTE_EPILOG, cmd_promote
@@ -45,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{predict,serve,score-spark,monitor,promote,export,server,dashboard,experiments}",
+        metavar="{predict,serve,score-spark,monitor,feedback,promote,export,server,dashboard,experiments,"
+        "simulate-line}",
     )
 
     p = sub.add_parser(
@@ -135,6 +139,53 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--csv", type=Path, metavar="FILE", help="also write the report (every column) here")
     m.add_argument("--no-mlflow", action="store_true", help="log no MLflow run")
     m.set_defaults(func=cmd_monitor)
+
+    f = sub.add_parser(
+        "feedback",
+        help="record reviewers' decisions on scored line images (false alarm, confirmed / missed defect)",
+        description="Append decisions on images of a scoring log to feedback/<category>/ (DVC-tracked).",
+        epilog=FEEDBACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="image files decided on (as scored)")
+    f.add_argument("--log", required=True, type=Path, metavar="LOG", help="the scoring log that scored them")
+    f.add_argument(
+        "--decision",
+        required=True,
+        choices=("false_alarm", "confirmed_defect", "missed_defect"),
+        help="false_alarm: flagged but good; confirmed_defect: flagged and defective (needs --defect-type); "
+        "missed_defect: passed but defective",
+    )
+    f.add_argument("--defect-type", metavar="TYPE", help="the defect's type, e.g. scratch")
+    f.add_argument("--note", metavar="TEXT", help="why (recorded with the decision)")
+    f.add_argument("--by", metavar="NAME", help="who decides (default: the current user)")
+    f.add_argument(
+        "--list", type=Path, metavar="FILE", help="more images: one path per line, or a CSV with 'path'"
+    )
+    f.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (feedback.root)")
+    f.set_defaults(func=cmd_feedback)
+
+    g = sub.add_parser(
+        "simulate-line",
+        help="write a batch of built-in parts from a changed production line (new lighting, new print)",
+        description="Images of a built-in category as a changed line would make them, with the answer key.",
+        epilog=SIMULATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument(
+        "--category", required=True, help="a built-in category (fabric, washer, label, board, component)"
+    )
+    g.add_argument(
+        "--change", default="lighting", help="none | lighting | print (label only); default lighting"
+    )
+    g.add_argument("--good", type=int, default=40, metavar="N", help="good parts (default 40)")
+    g.add_argument("--defective", type=int, default=0, metavar="N", help="defective parts (default 0)")
+    g.add_argument("--batch", metavar="NAME", help="batch name, the files' prefix (default: --out's name)")
+    g.add_argument("--seed", type=int, help="default: params.yaml seed (the product's design comes from it)")
+    g.add_argument("--image-size", type=int, metavar="PX", help="default: params.yaml builtin.image_size")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (new or empty)")
+    g.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    g.set_defaults(func=cmd_simulate_line)
 
     q = sub.add_parser(
         "promote",

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from anomaly_spotter import tracking
@@ -28,11 +27,13 @@ from anomaly_spotter.monitoring.drift import (
     Reference,
     drift_report,
     format_table,
+    references_from,
     short_name,
     summary,
 )
 from anomaly_spotter.serving import scoring_log
-from anomaly_spotter.tracking.scores import version_validation
+from anomaly_spotter.tracking.scores import log_validations
+from anomaly_spotter.tracking.scores import registered_pairs as registered_pairs  # importable here too
 
 MONITOR_EXPERIMENT = "anomaly-spotter-monitor"
 EXIT_OK = 0
@@ -64,43 +65,19 @@ see docs/line.md
 """
 
 
-def registered_pairs(log: pd.DataFrame) -> list[tuple[str, str]]:
-    """The (model_name, model_version) pairs of the log's rows scored by a registered version, in order."""
-    rows = log[(log["model_name"].astype(str) != "") & (log["model_version"].astype(str) != "")]
-    pairs = rows[["model_name", "model_version"]].astype(str).drop_duplicates()
-    return sorted(pairs.itertuples(index=False, name=None), key=lambda p: (p[0], _numeric(p[1])))
-
-
-def _numeric(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (1 << 62, version)
-
-
 def load_references(log: pd.DataFrame) -> dict[tuple[str, str], Reference]:
     """The validation reference of each registered model version with rows in `log`, from the MLflow store
     in use (point MLflow at it first: `tracking.use_existing_store`): the version's `threshold` tag, its
     `val_false_alarm_rate` tag as the expected rate (computed from the validation goods at the threshold,
     as `register` does, for a version registered before that tag existed) and the scores of the
-    validation goods (`split == "val"`, label 0) in the `scores.csv` of its `run.process_all` run.
+    validation goods (`split == "val"`, label 0) in the `scores.csv` of its `run.process_all` run
+    (`tracking.scores.log_validations`, made references by `monitoring.drift.references_from`).
 
     Rows scored by a model folder (empty model_name or model_version) have no reference and are skipped.
     MonitorError naming a version the store does not know; TrackingError naming the version when it lacks
     a threshold or validation goods (`tracking.scores.version_validation`), or when the store or the run's
     artifact cannot be read."""
-    references: dict[tuple[str, str], Reference] = {}
-    for name, version in registered_pairs(log):
-        validation = version_validation(name, version)
-        if validation is None:
-            raise MonitorError(
-                f"the scoring log has rows scored by {name} version {version}, which the MLflow store "
-                f"{tracking.mlflow_uri()} does not know; run monitor against the store that registered it "
-                "(MLFLOW_TRACKING_URI, or the folder holding its mlflow.db), or move the log's part files of "
-                "that version aside"
-            )
-        expected = validation.val_false_alarm_rate
-        if expected is None:
-            expected = float(np.mean(validation.val_good_scores > validation.threshold))
-        references[(name, version)] = Reference(validation.threshold, expected, validation.val_good_scores)
-    return references
+    return references_from(log_validations(log), tracking.mlflow_uri())
 
 
 def metrics_history(report: pd.DataFrame) -> pd.DataFrame:

@@ -230,8 +230,18 @@ def track_with_dvc(feedback_root: Path, category: str, repo: Path) -> str | None
     dvc_file = folder.with_name(folder.name + DVC_SUFFIX)
     if dvc_file.is_file():
         return None
+    repo = Path(repo).resolve()
+    try:
+        relative = folder.resolve().relative_to(repo)
+    except ValueError:
+        raise FeedbackError(f"{folder} is outside {repo}: DVC does not version it from there") from None
+    if not any((parent / ".dvc").is_dir() for parent in (repo, *repo.parents)):
+        raise FeedbackError(
+            f"{repo} is not a DVC repository (no .dvc folder): run `dvc init` there, then "
+            f"`dvc add {relative}`"
+        )
     result = subprocess.run(
-        ["dvc", "add", "--quiet", str(folder.resolve().relative_to(Path(repo).resolve()))],
+        ["dvc", "add", "--quiet", str(relative)],
         cwd=repo,
         capture_output=True,
         text=True,

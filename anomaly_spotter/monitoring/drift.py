@@ -30,7 +30,9 @@ goods whatever n. PSI is therefore judged only where that chance level is at mos
 a period with fewer than `Limits.min_images` images is reported and not judged at all.
 
 This module needs pandas, NumPy and SciPy only (no MLflow): `drift_report` takes the references as
-arguments. `anomaly-spotter monitor` (`anomaly_spotter.cli.monitor`) reads them from the registry.
+arguments. `references_from` makes them of what `anomaly_spotter.tracking.scores.log_validations` reads
+from the registry; `anomaly-spotter monitor` (`anomaly_spotter.cli.monitor`) and the dashboard's line
+review (`anomaly_spotter.review.drift`) both do.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -113,6 +116,35 @@ class Reference:
     def good_looking(self) -> np.ndarray:
         """The validation goods' scores at or below the threshold: what good verdicts compare to."""
         return self.val_good_scores[self.val_good_scores <= self.threshold]
+
+
+class Validation(Protocol):
+    """What a reference is made of (`anomaly_spotter.tracking.scores.VersionValidation` has it)."""
+
+    threshold: float
+    expected_rate: float
+    val_good_scores: Any
+
+
+def references_from(
+    validations: Mapping[tuple[str, str], Validation | None], store: str, tool: str = "monitor"
+) -> dict[tuple[str, str], Reference]:
+    """The `Reference` of each (model_name, model_version) in `validations` (its threshold, expected rate
+    and validation goods' scores). A version mapped to None is one the MLflow store `store` does not know:
+    MonitorError naming it and the store, and telling to run `tool` against the store that registered it."""
+    references: dict[tuple[str, str], Reference] = {}
+    for (name, version), validation in validations.items():
+        if validation is None:
+            raise MonitorError(
+                f"the scoring log has rows scored by {name} version {version}, which the MLflow store "
+                f"{store} does not know; run {tool} against the store that registered it "
+                "(MLFLOW_TRACKING_URI, or the folder holding its mlflow.db), or move the log's part files of "
+                "that version aside"
+            )
+        references[(name, version)] = Reference(
+            validation.threshold, validation.expected_rate, validation.val_good_scores
+        )
+    return references
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ reads them; this file only lays them out). Three pages, chosen in the sidebar wi
 - "Review the line": the images of a scoring log (`predict|score-spark|serve --log`), flagged ones to
   decide and a sample of passed ones, each decision recorded as feedback (`anomaly_spotter.review.line`
   chooses the rows and records; it needs no pipeline outputs). `?page=line&log=LOG` opens it on a log.
+  Its "Drift over time" section plots `anomaly-spotter monitor`'s report on the log per day or batch
+  (`anomaly_spotter.review.drift`).
 
 The numbers of the operating point are also kept in `st.session_state["operating_point"]` (tests read
 them there).
@@ -28,9 +30,11 @@ import streamlit as st
 
 from anomaly_spotter import tracking
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.monitoring.drift import PERIODS, Limits, summary
 from anomaly_spotter.review import dashboard as db
-from anomaly_spotter.review import line
+from anomaly_spotter.review import drift, line
 from anomaly_spotter.serving import scoring_log
+from anomaly_spotter.tracking.scores import registered_pairs
 
 REVIEW_PAGE = "Review a threshold"
 COMPARE_PAGE = "Compare two versions"
@@ -364,6 +368,7 @@ def line_page(root: Path) -> None:
     st.caption(f"{log_dir}: {len(log)} rows. Feedback goes to {feedback} (params.yaml `feedback.root`).")
     table = line.summary(log, feedback)
     st.dataframe(table, hide_index=True, width="stretch")
+    drift_section(log)
     categories = table["category"].tolist()
     category = st.selectbox("category", categories, key="line_category")
     recorded = st.session_state.pop(RECORDED_KEY, None)
@@ -398,6 +403,57 @@ def line_page(root: Path) -> None:
     st.markdown(f"#### Decided: {len(done)}")
     st.caption("The decision in force for each image (the latest); a new one is appended, the old one kept.")
     _tiles(context, _paged(done, f"line_done_{category}"))
+
+
+@st.cache_data(max_entries=16, show_spinner="reading the model versions' validation scores")
+def _references(uri: str, pairs: tuple[tuple[str, str], ...]) -> dict:
+    """The validation references of these versions in the store `uri` (cached on both)."""
+    return drift.line_references(list(pairs))
+
+
+def drift_section(log: pd.DataFrame) -> None:
+    """Drift over time: the flagged share and PSI of the log per period and model version against each
+    version's validation (`anomaly-spotter monitor`'s report), with its limits as controls."""
+    st.markdown("#### Drift over time")
+    st.caption(
+        "Per period and registered model version, as `anomaly-spotter monitor` reports it: the share flagged "
+        "against the share of validation goods above the threshold, and how far the good-looking images' "
+        "scores moved from the validation goods' (PSI). docs/line.md explains the limits."
+    )
+    default = Limits()
+    cols = st.columns(4)
+    period = cols[0].selectbox("period", PERIODS, key="line_drift_period")
+    excess = cols[1].number_input(
+        "max flag excess", 0.0, 1.0, default.max_flag_excess, 0.01, key="line_drift_excess"
+    )
+    max_psi = cols[2].number_input("max PSI", 0.001, None, default.max_psi, 0.05, key="line_drift_psi")
+    min_images = cols[3].number_input("min images", 1, None, default.min_images, key="line_drift_min")
+    pairs = tuple(registered_pairs(log))
+    if not pairs:
+        st.info(
+            "No rows of this log were scored by a registered model version, so there is no validation to "
+            "compare with; score with --model models:/anomaly-spotter-<category>/..."
+        )
+        return
+    try:
+        limits = Limits(float(excess), float(max_psi), int(min_images))
+        report = drift.line_report(log, _references(tracking.tracking_uri(), pairs), period, limits)
+    except AnomalySpotterError as err:
+        st.error(str(err))
+        return
+    left, right = st.columns(2)
+    left.altair_chart(drift.share_chart(report, limits), width="stretch")
+    right.altair_chart(drift.psi_chart(report, limits), width="stretch")
+    st.dataframe(
+        drift.report_table(report),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.NumberColumn(format="percent") for c in ("share", "expected", "excess")
+        }
+        | {c: st.column_config.NumberColumn(format="%.3f") for c in ("PSI", "PSI by chance", "KS", "KS p")},
+    )
+    st.caption(summary(report, limits))
 
 
 @dataclass

@@ -368,16 +368,9 @@ def record(
     dvc_file = dvc_error = None
     root = Path(root).resolve()
     try:
-        if not any((folder / ".dvc").is_dir() for folder in (root, *root.parents)):
-            raise FeedbackError(
-                f"{root} is not a DVC repository (no .dvc folder): run `dvc init` there, then "
-                f"`dvc add {_relative(feedback_dir(feedback, category), root)}`"
-            )
         dvc_file = track_with_dvc(feedback, category, root)
-    except FeedbackError as err:
+    except FeedbackError as err:  # not a DVC repository, the folder outside it, or dvc add failed
         dvc_error = str(err)
-    except ValueError:  # the feedback folder is outside the repository: DVC cannot track it from here
-        dvc_error = f"{feedback_dir(feedback, category)} is outside {root}: DVC does not version it from here"
     folder = feedback_dir(feedback, category)
     return Recorded(written, folder, dvc_file, dvc_error, next_step(root, folder, dvc_file))
 

@@ -1,6 +1,6 @@
 """What a registered service version was evaluated with: its tags, and the `scores.csv` its `process_all`
 run logged (the validation and test images' scores, as the pipeline computed them). The dashboard's version
-comparison and `anomaly-spotter monitor` (`version_validation`) read them."""
+comparison, `anomaly-spotter monitor` and the line review's drift charts (`log_validations`) read them."""
 
 from __future__ import annotations
 
@@ -69,6 +69,17 @@ class VersionValidation:
     val_false_alarm_rate: float | None
     val_good_scores: Any  # numpy array of float64
 
+    @property
+    def expected_rate(self) -> float:
+        """The share of validation goods the version flags: its `val_false_alarm_rate` tag, or for a version
+        registered before that tag existed, computed from the validation goods at the threshold as
+        `register` does."""
+        import numpy as np
+
+        if self.val_false_alarm_rate is not None:
+            return self.val_false_alarm_rate
+        return float(np.mean(np.asarray(self.val_good_scores) > self.threshold))
+
 
 def _tag_float(tags: dict[str, str], key: str) -> float | None:
     try:
@@ -107,3 +118,22 @@ def version_validation(name: str, version: str) -> VersionValidation | None:
         )
     goods = val["score"].to_numpy(np.float64)
     return VersionValidation(threshold, _tag_float(tags, VAL_FALSE_ALARM_TAG), goods)
+
+
+def registered_pairs(log: Any) -> list[tuple[str, str]]:
+    """The (model_name, model_version) pairs of a scoring log's rows (a DataFrame) scored by a registered
+    version, versions in numeric order; rows scored by a model folder (either blank) are skipped."""
+    rows = log[(log["model_name"].astype(str) != "") & (log["model_version"].astype(str) != "")]
+    pairs = rows[["model_name", "model_version"]].astype(str).drop_duplicates()
+    return sorted(pairs.itertuples(index=False, name=None), key=lambda p: (p[0], _numeric(p[1])))
+
+
+def _numeric(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def log_validations(log: Any) -> dict[tuple[str, str], VersionValidation | None]:
+    """`version_validation` of each registered model version with rows in the scoring log `log` (a
+    DataFrame; `registered_pairs`), None for a version the store in use does not know. Point MLflow at the
+    store first (`use_existing_store`). TrackingError as `version_validation`."""
+    return {(name, version): version_validation(name, version) for name, version in registered_pairs(log)}

@@ -5,7 +5,9 @@ anomaly-spotter-widget in a SQLite MLflow store), made a git + DVC repository wi
 its dataset; `anomaly-spotter predict --log logs/widget` scores the validation and test images with
 `models:/anomaly-spotter-widget/1`. A reviewer marks the highest-scoring flagged image a confirmed
 defect (scratch) and the next a false alarm; decisions.csv, the copied images and `feedback/widget.dvc`
-are checked, and a new session shows both as decided.
+are checked, and a new session shows both as decided. Version 1 carries the tags `register` sets
+(`threshold`, `val_false_alarm_rate`, `run.process_all` naming a run that logged the scores.csv of its
+validation and test images), so the page's "Drift over time" section judges the log against it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_spotter import cli
+from anomaly_spotter import cli, tracking
+from anomaly_spotter.cli.monitor import load_references
+from anomaly_spotter.core.scoring import SCORES_FILE
+from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.feedback import CONFIRMED_DEFECT, FALSE_ALARM, current_decisions, read_decisions
+from anomaly_spotter.monitoring.drift import Limits, drift_report
 from anomaly_spotter.review import dashboard, line
 from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.inference import read_image
@@ -43,6 +49,26 @@ class Line:
     root: Path
     uri: str
     log: pd.DataFrame  # the rows predict logged
+    val_false_alarm_rate: float  # version 1's tag: the share of its validation goods above its threshold
+
+
+def _tag_like_register(root: Path, scores: dict[str, float], threshold: float) -> float:
+    """A process_all-like run logging scores.csv (split, label, score of the validation and test images)
+    and version 1 tagged with it, its threshold and val_false_alarm_rate, as `register` tags a version."""
+    import mlflow
+
+    index = load_prepared(root / "prepared").split("val", "test").index
+    table = index[["split", "label", "image_path"]].assign(
+        score=[scores[str(p)] for p in index["image_path"]]
+    )
+    goods = table[(table["split"] == "val") & (table["label"] == 0)]["score"].to_numpy()
+    rate = float(np.mean(goods > threshold))
+    table.to_csv(root / SCORES_FILE, index=False)
+    with mlflow.start_run(run_name=f"process_all@{CATEGORY}") as run:
+        mlflow.log_artifact(str(root / SCORES_FILE))
+    tags = {"threshold": threshold, "val_false_alarm_rate": rate, "run.process_all": run.info.run_id}
+    tracking.set_model_version_tags(NAME, "1", tags)
+    return rate
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +77,7 @@ def scored_line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     root = tmp_path_factory.mktemp("line")
     try:
         store = build_store(root)
+        rate = _tag_like_register(root, store.pipeline_scores, store.threshold)
         (root / "params.yaml").write_text(f"data:\n  root: data\n  categories: [{CATEGORY}]\n")
         for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
             subprocess.run(cmd, cwd=root, check=True, timeout=120)
@@ -60,7 +87,7 @@ def scored_line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                 ["predict", *paths, "--model", f"models:/{NAME}/1", "--log", str(LOG), "--csv", "p.csv"]
             )
         assert code == 0
-        yield Line(root, store.uri, scoring_log.read_log(root / LOG))
+        yield Line(root, store.uri, scoring_log.read_log(root / LOG), rate)
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -209,3 +236,52 @@ def test_errors_are_shown_not_raised(here: Line, tmp_path: Path) -> None:
     errors = _texts(at.error)
     assert f"{image}: image file not found" in errors
     assert f"cannot load model 'models:/{NAME}/99'" in errors
+    # the drift section: version 99 is not in the store
+    assert (
+        f"rows scored by {NAME} version 99, which the MLflow store {here.uri} does not know; run the "
+        "dashboard against the store that registered it"
+    ) in errors
+
+
+def test_the_drift_section_plots_the_log_against_the_version_validation(here: Line) -> None:
+    log = here.log
+    at = _line_app()
+    assert not at.error, _texts(at.error)
+    assert "#### Drift over time" in _texts(at.markdown)
+    assert len(at.get("vega_lite_chart")) == 2  # the flagged share and PSI charts
+    table = at.dataframe[1].value
+    day = log["scored_at"].iloc[0].strftime("%Y-%m-%d")  # predict scored them all at once
+    n_flagged = int((log["verdict"] == "defective").sum())
+    assert table[["period", "model", "images", "flagged"]].values.tolist() == [
+        [day, "widget v1", len(log), n_flagged]
+    ]
+    row = table.iloc[0]
+    assert row["share"] == pytest.approx(n_flagged / len(log))
+    assert row["expected"] == pytest.approx(here.val_false_alarm_rate)
+    assert row["status"] == "too few images"  # a dozen images: under the default 20
+    # the numbers `anomaly-spotter monitor` reports on the same log and store
+    tracking.use_existing_store("test")
+    report = drift_report(log, load_references(log), "day", Limits())
+    for column, shown in (
+        ("flagged_share", "share"),
+        ("flag_excess", "excess"),
+        ("psi", "PSI"),
+        ("ks", "KS"),
+    ):
+        assert row[shown] == pytest.approx(report[column].iloc[0], nan_ok=True)
+    assert f"1 not judged (< {Limits().min_images} images)" in _texts(at.caption)
+
+    # per batch (one predict call) and a lower image limit: judged now, and past the flag limit (the
+    # threshold is the median score, so half are flagged; the validation good scores below it)
+    excess = n_flagged / len(log) - here.val_false_alarm_rate
+    assert excess > 0.10
+    at.selectbox(key="line_drift_period").set_value("batch")
+    at.number_input(key="line_drift_min").set_value(1).run()
+    assert not at.exception and not at.error, _texts(at.error)
+    batch = at.dataframe[1].value
+    assert batch["period"].tolist() == [log["batch"].iloc[0]] and batch["images"].tolist() == [len(log)]
+    assert batch["excess"].iloc[0] == pytest.approx(excess)
+    assert batch["status"].tolist() == ["ALERT flagged"]  # PSI: a single validation good, not judged
+    assert "ALERT: 1 of 1 judged period rows past a limit (1 flag excess > 0.1, 0 PSI > 0.25)" in _texts(
+        at.caption
+    )

@@ -54,7 +54,7 @@ TINY = {
 STAGES = ("prepare", "train", "process_all", "extract_metrics", "compute_thresholds", "visualize", "register")
 PER_CATEGORY = ("prepare", "train", "process_all", "visualize", "register")
 # What a clone of the repository holds that the pipeline needs (code, declarations, the plots page).
-PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "stages", "anomaly_spotter", "vendor", "feedback", ".dvcignore", ".gitignore")
 DVC_FILES = (".dvc/config", ".dvc/plots_page.html")
 MAX_METRICS_WIDTH = 120
 HEADLINE = IMAGE_HEADLINE + THRESHOLD_HEADLINE  # the columns of `dvc metrics show`

@@ -33,8 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "monitoring": {"core"},
     "pipeline": {"core", "data", "detectors", "feedback", "serving", "tracking"},
     "deploy": {"core", "data", "detectors", "serving", "tracking"},
-    "review": {"core", "data", "feedback", "pipeline", "serving", "tracking"},
-    "cli": {"core", "serving", "deploy", "feedback", "monitoring", "review", "tracking"},
+    "review": {"core", "data", "feedback", "monitoring", "pipeline", "serving", "tracking"},
+    "cli": {"core", "data", "serving", "deploy", "feedback", "monitoring", "review", "tracking"},
     "bench": {"core", "data", "detectors", "serving", "deploy", "pipeline", "tracking"},
 }
 BLOCKED_IN_SERVING = ("streamlit", "pyspark", "psycopg", "psycopg2") + tuple(

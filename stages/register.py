@@ -14,7 +14,7 @@ from anomaly_spotter import tracking
 from anomaly_spotter.core.thresholds import FALSE_ALARM_KEYS, FIELD_KEYS, served_threshold
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.pipeline import paths
-from anomaly_spotter.pipeline.register import service_version_metadata
+from anomaly_spotter.pipeline.register import SERVICE_MD5_TAG, service_fingerprint, service_version_metadata
 from anomaly_spotter.pipeline.stage import FEEDBACK_TAG, main, parse_args, stage_outputs
 from anomaly_spotter.serving.inference import InferenceConfig
 from anomaly_spotter.serving.model import log_service_model
@@ -58,36 +58,33 @@ def run() -> None:
         # and on the field set of reviewed line images, where the category has one (what `promote` gates on)
         headline |= {k: at_served[k] for k in FIELD_KEYS if k in at_served}
         data_hash = tracking.data_dvc_hash(DVC_LOCK, category)
-        commit, dirty = tracking.git_commit()
         logged = {**{f"service.{k}": v for k, v in config.to_dict().items()}, "data_dvc_hash": data_hash}
+        name = tracking.registered_model_name(category)
+        fingerprint = service_fingerprint(
+            config, kind, headline, network["model_md5"], data_hash, tracking.RUN_TAGS[FEEDBACK_TAG]
+        )
+        # what would be registered is what the newest version already is (another category's change
+        # reran this stage): no new version, the record as it was
+        same = tracking.newest_version_with_tag(name, SERVICE_MD5_TAG, fingerprint)
         with tracking.stage_run("register", category, logged, tracking.model_tags(network)) as run:
             tracking.log_metrics(headline)
-            name = tracking.registered_model_name(category)
-            version = log_service_model(model_dir / paths.MODEL_FILE, config, name, kind)
-            # the network version's run.<stage> lineage; none for a model this store has no train run of
-            network_ref = tracking.network_ref(network)
-            version_tags = (
-                tracking.model_version_tags(network["registered_model"], network["model_version"])
-                if network_ref
-                else {}
-            )
-            lineage = {k: v for k, v in version_tags.items() if k.startswith("run.")}
-            tags, description = service_version_metadata(
-                config,
-                kind,
-                network_ref or f"none in this store (model md5 {network['model_md5']})",
-                data_hash,
-                commit,
-                dirty,
-                headline,
-            )
-            tags |= {**lineage, "run.register": run.info.run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
-            # the reviewed line images it was trained and judged with (set for every run of this stage)
-            tags[FEEDBACK_TAG] = tracking.RUN_TAGS[FEEDBACK_TAG]
-            if served.note:
-                tags["threshold_note"] = served.note
-            tracking.set_model_version_tags(name, version["model_version"], tags)
-            tracking.set_model_version_description(name, version["model_version"], description)
+            if same is not None:
+                version = {"model_version": same}
+                tracking.set_run_tags({"reused_version": same})
+            else:
+                version = log_service_model(model_dir / paths.MODEL_FILE, config, name, kind)
+                _tag_new_version(
+                    name,
+                    version["model_version"],
+                    network,
+                    config,
+                    kind,
+                    data_hash,
+                    headline,
+                    run.info.run_id,
+                    fingerprint,
+                    served.note,
+                )
             tracking.tag_model_version(network, "register", run.info.run_id)
             record = {
                 "registered_model": name,
@@ -100,11 +97,58 @@ def run() -> None:
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=2) + "\n")
+        if same is not None:
+            print(
+                f"register {category}: unchanged since {name} version {same} (the same network, data, "
+                "feedback, threshold, settings and metrics): no new version"
+            )
+            return
         print(
             f"register {category}: {name} version {version['model_version']} "
             f"(promote with: anomaly-spotter promote --category {category}); threshold "
             f"{served.threshold:.4g} ({served.method}): {_rates(headline)}"
         )
+
+
+def _tag_new_version(
+    name: str,
+    version: str,
+    network: dict,
+    config: InferenceConfig,
+    kind: str,
+    data_hash: str,
+    headline: dict,
+    run_id: str,
+    fingerprint: str,
+    note: str | None,
+) -> None:
+    """A new service version's tags (what it is, its lineage, metrics, fingerprint) and description."""
+    commit, dirty = tracking.git_commit()
+    # the network version's run.<stage> lineage; none for a model this store has no train run of
+    network_ref = tracking.network_ref(network)
+    version_tags = (
+        tracking.model_version_tags(network["registered_model"], network["model_version"])
+        if network_ref
+        else {}
+    )
+    lineage = {k: v for k, v in version_tags.items() if k.startswith("run.")}
+    tags, description = service_version_metadata(
+        config,
+        kind,
+        network_ref or f"none in this store (model md5 {network['model_md5']})",
+        data_hash,
+        commit,
+        dirty,
+        headline,
+    )
+    tags |= {**lineage, "run.register": run_id, tracking.MODEL_MD5_TAG: network["model_md5"]}
+    # the reviewed line images it was trained and judged with (set for every run of this stage)
+    tags[FEEDBACK_TAG] = tracking.RUN_TAGS[FEEDBACK_TAG]
+    tags[SERVICE_MD5_TAG] = fingerprint
+    if note:
+        tags["threshold_note"] = note
+    tracking.set_model_version_tags(name, version, tags)
+    tracking.set_model_version_description(name, version, description)
 
 
 def _rates(headline: dict[str, float | None]) -> str:

@@ -1,10 +1,11 @@
 """`anomaly-spotter monitor`: has the line drifted from what the model versions were validated on?
 
 It reads a scoring log (`predict`, `score-spark` and `serve` with `--log LOG`), looks up each registered
-model version of its rows in the MLflow registry (threshold, `val_false_alarm_rate`, and the validation
-goods' scores in the `scores.csv` of its `run.process_all` run: `load_references`), and reports per UTC
-day or scoring batch and version the share flagged against the expected false-alarm rate and how far the
-scores of the good-looking images moved from the validation goods' (PSI, with KS beside it:
+model version of its rows in the MLflow registry (its threshold, and the scores of the good images held
+out of its training, validation and test goods, in the `scores.csv` of its `run.process_all` run:
+`load_references`), and reports per UTC day or scoring batch and version the share flagged against the
+false-alarm rate those goods give and how far the scores of the good-looking images moved from theirs
+(PSI, with KS beside it:
 `anomaly_spotter.monitoring.drift`). Exit code 3 when a judged period is past a limit, for schedulers.
 Each call is one MLflow run in the experiment `anomaly-spotter-monitor` (`--no-mlflow`: none).
 """
@@ -49,9 +50,9 @@ MONITOR_EPILOG = """examples:
   anomaly-spotter monitor --log logs/line --max-flag-excess 0.05 --max-psi 0.1 --min-images 200 --no-mlflow
 
 One row per period (UTC day, or scoring batch) and registered model version: images, flagged share against
-the share of validation goods above the same threshold (the version's val_false_alarm_rate), and the
-drift of the good-looking images' scores from the validation goods' at or below the threshold: PSI (10
-bins at the validation goods' deciles; judged) and the Kolmogorov-Smirnov statistic and p-value (shown).
+the share of the version's held-out goods (validation and test goods) above the same threshold, and the
+drift of the good-looking images' scores from those goods' at or below the threshold: PSI (10 bins at
+their deciles; judged) and the Kolmogorov-Smirnov statistic and p-value (shown).
 A period with fewer than --min-images images is shown, not judged; PSI is judged only where the samples
 are large enough for it to exceed chance (psi_chance in the CSV). Rows scored by a model folder (no
 registered version) are left out.
@@ -66,11 +67,10 @@ see docs/line.md
 
 
 def load_references(log: pd.DataFrame) -> dict[tuple[str, str], Reference]:
-    """The validation reference of each registered model version with rows in `log`, from the MLflow store
-    in use (point MLflow at it first: `tracking.use_existing_store`): the version's `threshold` tag, its
-    `val_false_alarm_rate` tag as the expected rate (computed from the validation goods at the threshold,
-    as `register` does, for a version registered before that tag existed) and the scores of the
-    validation goods (`split == "val"`, label 0) in the `scores.csv` of its `run.process_all` run
+    """The reference of each registered model version with rows in `log`, from the MLflow store in use
+    (point MLflow at it first: `tracking.use_existing_store`): the version's `threshold` tag and the scores
+    of its held-out good images (validation and test goods, label 0) in the `scores.csv` of its
+    `run.process_all` run, whose share above the threshold is the expected rate
     (`tracking.scores.log_validations`, made references by `monitoring.drift.references_from`).
 
     Rows scored by a model folder (empty model_name or model_version) have no reference and are skipped.

@@ -2,22 +2,23 @@
 
 A scoring log (`anomaly_spotter.serving.scoring_log`: one row per scored image) is cut into periods, a
 UTC day (`day`) or one scoring call (`batch`), and each period's rows of one registered model version are
-compared with that version's validation (its `Reference`):
+compared with the good images held out of that version's training (its `Reference`: the validation
+and test goods the pipeline scored):
 
 - **flagged share**: the share of the period's images the version flagged (score > threshold) against
-  `expected_rate`, the share of validation good images above the same threshold (the version's
-  `val_false_alarm_rate` tag). Their difference is `flag_excess`: flags that good parts alone do not
-  explain, from defective parts or from good parts that now score higher. A period is past the limit when
-  `flag_excess > Limits.max_flag_excess`.
+  `expected_rate`, the share of those held-out goods above the same threshold (validation and test goods
+  together: the validation goods alone are few and also fit the model's calibration). Their difference is
+  `flag_excess`: flags that good parts alone do not explain, from defective parts or from good parts that
+  now score higher. A period is past the limit when `flag_excess > Limits.max_flag_excess`.
 - **score drift of the good-looking images**: the scores of the period's images judged good (score <=
-  threshold) against the validation goods' scores at or below the same threshold, so that both sides are
-  truncated alike and defects, flagged on the line and absent from the validation goods, do not count as
+  threshold) against the held-out goods' scores at or below the same threshold, so that both sides are
+  truncated alike and defects, flagged on the line and absent from the held-out goods, do not count as
   drift. The gated statistic is the population stability index
 
       PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
 
-  over `PSI_BINS` (10) bins cut at the deciles of the (truncated) validation goods' scores, the outer bins
-  open, where e_i and a_i are the shares of validation goods and of the period's good-looking images in
+  over `PSI_BINS` (10) bins cut at the deciles of the (truncated) held-out goods' scores, the outer bins
+  open, where e_i and a_i are the shares of held-out goods and of the period's good-looking images in
   bin i, each raised to at least `PSI_EPSILON` (1e-4) so that an empty bin gives a large but finite term
   (epsilon smoothing). PSI is 0 for identical histograms; 0.1-0.25 is commonly read as a moderate and above
   0.25 as a significant shift. The two-sample Kolmogorov-Smirnov statistic and p-value
@@ -95,27 +96,28 @@ class Reference:
     """What one registered model version was validated on.
 
     threshold        the threshold it serves (a score above it is flagged)
-    expected_rate    the share of validation good images above that threshold (`val_false_alarm_rate`)
-    val_good_scores  the scores of all its validation good images (truncated at `threshold` where compared)
+    expected_rate    the share of its held-out good images above that threshold
+    good_scores      the scores of those held-out good images: validation and test goods (truncated at
+                     `threshold` where compared)
     """
 
     threshold: float
     expected_rate: float
-    val_good_scores: np.ndarray
+    good_scores: np.ndarray
 
     def __post_init__(self) -> None:
-        scores = np.asarray(self.val_good_scores, dtype=np.float64).ravel()
+        scores = np.asarray(self.good_scores, dtype=np.float64).ravel()
         if not np.isfinite(scores).all():
-            raise MonitorError("validation good scores must be finite numbers")
+            raise MonitorError("held-out good scores must be finite numbers")
         if not math.isfinite(self.threshold):
             raise MonitorError(f"threshold must be a finite number, got {self.threshold}")
         if not 0.0 <= self.expected_rate <= 1.0:
             raise MonitorError(f"expected_rate must lie in [0, 1], got {self.expected_rate}")
-        object.__setattr__(self, "val_good_scores", scores)
+        object.__setattr__(self, "good_scores", scores)
 
     def good_looking(self) -> np.ndarray:
-        """The validation goods' scores at or below the threshold: what good verdicts compare to."""
-        return self.val_good_scores[self.val_good_scores <= self.threshold]
+        """The held-out goods' scores at or below the threshold: what good verdicts compare to."""
+        return self.good_scores[self.good_scores <= self.threshold]
 
 
 class Validation(Protocol):
@@ -123,14 +125,14 @@ class Validation(Protocol):
 
     threshold: float
     expected_rate: float
-    val_good_scores: Any
+    good_scores: Any
 
 
 def references_from(
     validations: Mapping[tuple[str, str], Validation | None], store: str, tool: str = "monitor"
 ) -> dict[tuple[str, str], Reference]:
     """The `Reference` of each (model_name, model_version) in `validations` (its threshold, expected rate
-    and validation goods' scores). A version mapped to None is one the MLflow store `store` does not know:
+    and held-out goods' scores). A version mapped to None is one the MLflow store `store` does not know:
     MonitorError naming it and the store, and telling to run `tool` against the store that registered it."""
     references: dict[tuple[str, str], Reference] = {}
     for (name, version), validation in validations.items():
@@ -142,7 +144,7 @@ def references_from(
                 "that version aside"
             )
         references[(name, version)] = Reference(
-            validation.threshold, validation.expected_rate, validation.val_good_scores
+            validation.threshold, validation.expected_rate, validation.good_scores
         )
     return references
 
@@ -263,11 +265,11 @@ def drift_report(
       category, model_name, model_version
       n_images, n_flagged  rows, and rows with verdict defective
       flagged_share    n_flagged / n_images
-      expected_rate    the reference's share of validation goods above its threshold
+      expected_rate    the reference's share of held-out goods above its threshold
       flag_excess      flagged_share - expected_rate
       n_good           good-looking images (verdict good) of the period
-      n_reference      validation goods at or below the threshold
-      psi, psi_chance  PSI of the good-looking scores against those validation goods, and about what chance
+      n_reference      held-out goods at or below the threshold
+      psi, psi_chance  PSI of the good-looking scores against those held-out goods, and about what chance
                        alone gives at these sizes (NaN when either side is empty)
       ks, ks_pvalue    the two-sample Kolmogorov-Smirnov statistic and p-value of the same samples
       judged           n_images >= min_images

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,3 +53,28 @@ def service_version_metadata(
         f"{config.image_size}px; region: {_region_text(config)}. Test metrics: {metrics_text}."
     )
     return tags, description
+
+
+# The tag holding `service_fingerprint`: `register` adds no new version when the newest one has the same.
+SERVICE_MD5_TAG = "service_md5"
+
+
+def service_fingerprint(
+    config: InferenceConfig,
+    kind: str,
+    headline: Mapping[str, Any],
+    model_md5: str,
+    data_hash: str,
+    feedback_version: str,
+) -> str:
+    """md5 of everything a service version is: the network (its md5), the data and feedback it was trained
+    and judged with, the threshold and settings it serves with, and its metrics."""
+    content = {
+        "config": config.to_dict(),
+        "kind": kind,
+        "headline": dict(headline),
+        "model_md5": model_md5,
+        "data_dvc_hash": data_hash,
+        "feedback_version": feedback_version,
+    }
+    return hashlib.md5(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()

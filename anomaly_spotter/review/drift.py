@@ -4,7 +4,7 @@ over its periods (`anomaly_spotter.monitoring.drift` computes it; this module pi
 - `line_references` reads the validation reference of each registered version in the log from the MLflow
   store, as `monitor` does; `line_report` is `drift_report` on the log's rows of registered versions.
 - `share_points` / `share_chart`: the flagged share per period and model version, the expected rate (the
-  share of validation goods above the threshold) as a dashed line and the limit (expected rate +
+  share of the version's held-out goods above the threshold) as a dashed line and the limit (expected rate +
   `max_flag_excess`) dotted; a period past the limit is ringed, one with too few images is drawn hollow.
 - `psi_points` / `psi_chart`: PSI of the good-looking scores per period, the `max_psi` limit as a line;
   a period whose PSI is not judged (too few images, or chance alone gives more than `psi_chance_share` of
@@ -113,7 +113,7 @@ def psi_reason(row: pd.Series, limits: Limits) -> str:
     if not row["psi_judged"]:
         return (
             f"not judged: chance alone gives about {row['psi_chance']:.3f} with {row['n_good']} good-looking "
-            f"and {row['n_reference']} validation goods, more than {ceiling:g} ({limits.psi_chance_share:g} "
+            f"and {row['n_reference']} held-out goods, more than {ceiling:g} ({limits.psi_chance_share:g} "
             "of max PSI)"
         )
     return f"judged: chance alone gives about {row['psi_chance']:.3f} (at most {ceiling:g})"

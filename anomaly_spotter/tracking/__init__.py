@@ -67,6 +67,7 @@ from anomaly_spotter.tracking.registry import (  # noqa: F401
     model_version_tags,
     model_versions,
     network_model_name,
+    newest_version_with_tag,
     pip_requirements,
     registered_model_name,
     set_alias,

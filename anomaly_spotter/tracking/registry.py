@@ -117,6 +117,14 @@ def model_versions(name: str) -> list[Any]:
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
 
+def newest_version_with_tag(name: str, key: str, value: str) -> str | None:
+    """The newest version of `name` if it carries tag `key` = `value`, else None (also without versions)."""
+    versions = model_versions(name)
+    if versions and versions[0].tags.get(key) == value:
+        return str(versions[0].version)
+    return None
+
+
 def latest_model_version(name: str) -> Any:
     """The newest (highest-numbered) version of registered model `name`; TrackingError if none."""
     versions = model_versions(name)

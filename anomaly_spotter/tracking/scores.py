@@ -63,22 +63,23 @@ def version_process_all_run(name: str, version: str, tags: dict[str, str]) -> st
 class VersionValidation:
     """What a registered service version was validated with: the threshold it serves, the share of
     validation good images above it (`val_false_alarm_rate`; None for a version registered before that tag
-    existed) and the scores of all its validation good images (`split == "val"`, label 0)."""
+    existed) and the scores of all the good images held out of its training that the pipeline scored: the
+    validation goods and the test goods (`split` val or test, label 0)."""
 
     threshold: float
     val_false_alarm_rate: float | None
-    val_good_scores: Any  # numpy array of float64
+    good_scores: Any  # numpy array of float64
 
     @property
     def expected_rate(self) -> float:
-        """The share of validation goods the version flags: its `val_false_alarm_rate` tag, or for a version
-        registered before that tag existed, computed from the validation goods at the threshold as
-        `register` does."""
+        """The false-alarm rate to expect on the line: the share of the held-out good images (validation
+        and test goods) above the threshold. The validation goods alone are few (12 a built-in category)
+        and they also fit the model's calibration (border correction, standardisation), so on their own
+        they can promise less than new good parts get: on the built-in component, 0 of 12 validation goods
+        against 9 of 12 test goods and 15 to 18 of 40 new parts at the recall-target threshold."""
         import numpy as np
 
-        if self.val_false_alarm_rate is not None:
-            return self.val_false_alarm_rate
-        return float(np.mean(np.asarray(self.val_good_scores) > self.threshold))
+        return float(np.mean(np.asarray(self.good_scores) > self.threshold))
 
 
 def _tag_float(tags: dict[str, str], key: str) -> float | None:
@@ -110,13 +111,13 @@ def version_validation(name: str, version: str) -> VersionValidation | None:
         raise TrackingError(
             f"the {SCORES_FILE} of {name} version {version}'s process_all run lacks {missing}"
         )
-    val = scores[(scores["split"].astype(str) == "val") & (scores["label"].astype(int) == 0)]
-    if val.empty:
+    held_out = scores["split"].astype(str).isin(["val", "test"]) & (scores["label"].astype(int) == 0)
+    if not held_out.any():
         raise TrackingError(
-            f"{name} version {version}: the {SCORES_FILE} of its process_all run has no validation good "
-            "images (split val, label 0); rerun the pipeline with data.val_fraction > 0"
+            f"{name} version {version}: the {SCORES_FILE} of its process_all run has no held-out good "
+            "images (split val or test, label 0); rerun the pipeline with data.val_fraction > 0"
         )
-    goods = val["score"].to_numpy(np.float64)
+    goods = scores.loc[held_out, "score"].to_numpy(np.float64)
     return VersionValidation(threshold, _tag_float(tags, VAL_FALSE_ALARM_TAG), goods)
 
 

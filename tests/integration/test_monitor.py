@@ -39,8 +39,8 @@ class Line:
     root: Path
     uri: str
     log: Path
-    val_goods: np.ndarray  # the validation goods' scores both versions were registered with
-    v1_rate: float  # version 1's val_false_alarm_rate tag
+    val_goods: np.ndarray  # the held-out goods' scores (validation and test) both versions were scored on
+    v1_rate: float  # the share of them above the threshold: the rate to expect
     day0: np.ndarray  # version 1's scores on each day
     day1: np.ndarray
 
@@ -76,11 +76,13 @@ def build_line(root: Path) -> Line:
 
     rng = np.random.default_rng(0)
     val_goods = rng.normal(0.0, 0.5, 300)
-    test = pd.DataFrame({"split": "test", "label": [0] * 20 + [1] * 20, "score": rng.normal(1.5, 1.0, 40)})
+    test_scores = np.concatenate([rng.normal(0.0, 0.5, 20), rng.normal(2.5, 0.5, 20)])
+    test = pd.DataFrame({"split": "test", "label": [0] * 20 + [1] * 20, "score": test_scores})
     scores = pd.concat(
         [pd.DataFrame({"split": "val", "label": 0, "score": val_goods}), test], ignore_index=True
     ).assign(category=CATEGORY, defect_type="good", image_path=[f"img/{i}.png" for i in range(340)])
-    v1_rate = float(np.mean(val_goods > THRESHOLD))
+    held_out = np.concatenate([val_goods, test_scores[:20]])  # validation and test goods
+    v1_rate = float(np.mean(held_out > THRESHOLD))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -106,7 +108,7 @@ def build_line(root: Path) -> Line:
     _append(log, day1, DAY0 + pd.Timedelta(days=1), "1")
     _append(log, rng.normal(0.0, 0.5, 12), DAY0 + pd.Timedelta(days=1, hours=1), "2")
     _append(log, np.zeros(3), DAY0, "", name="")  # an exported model folder: no registered version
-    return Line(root, uri, log, val_goods, v1_rate, day0, day1)
+    return Line(root, uri, log, held_out, v1_rate, day0, day1)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_references_come_from_the_version_tags_and_its_process_all_scores(store:
     assert sorted(references) == [(NAME, "1"), (NAME, "2")]  # the model folder's rows have none
     one, two = references[(NAME, "1")], references[(NAME, "2")]
     assert one.threshold == THRESHOLD and one.expected_rate == store.v1_rate
-    np.testing.assert_allclose(one.val_good_scores, store.val_goods)  # validation goods only, not test
+    np.testing.assert_allclose(one.good_scores, store.val_goods)  # validation goods only, not test
     # no tag: the share of validation goods above the threshold, as `register` computes it
     assert two.expected_rate == pytest.approx(np.mean(store.val_goods > THRESHOLD))
     assert 0.01 < two.expected_rate < 0.05

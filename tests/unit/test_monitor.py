@@ -121,7 +121,7 @@ def test_flagged_share_expected_rate_and_good_looking_drift_per_day() -> None:
     assert first.flag_excess == pytest.approx(first.flagged_share - 0.05)
     # both sides truncated at the threshold: the flagged 3.0s are not in the PSI
     goods = steady[steady <= THRESHOLD]
-    validation = ref.val_good_scores[ref.val_good_scores <= THRESHOLD]
+    validation = ref.good_scores[ref.good_scores <= THRESHOLD]
     assert (first.n_good, first.n_reference) == (len(goods), len(validation))
     assert first.psi == pytest.approx(drift.psi(validation, goods))
     assert first.ks == pytest.approx(ks_2samp(goods, validation).statistic)

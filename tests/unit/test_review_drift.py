@@ -157,13 +157,13 @@ def test_report_table_has_the_monitor_columns(report: pd.DataFrame) -> None:
 
 
 def test_references_come_from_the_registry_values() -> None:
-    goods = np.array([0.2, 0.5, 1.5, 0.9])
-    tagged = VersionValidation(1.0, 0.3, goods)
+    goods = np.array([0.2, 0.5, 1.5, 0.9])  # the held-out goods (validation and test)
+    tagged = VersionValidation(1.0, 0.0, goods)  # the validation goods alone flagged none
     untagged = VersionValidation(1.0, None, goods)  # registered before val_false_alarm_rate existed
-    assert tagged.expected_rate == 0.3 and untagged.expected_rate == 0.25
+    assert tagged.expected_rate == untagged.expected_rate == 0.25  # what all the held-out goods get
     references = references_from({(NAME, "1"): tagged, (NAME, "2"): untagged}, "sqlite:///x.db")
-    assert references[(NAME, "1")].expected_rate == 0.3 and references[(NAME, "2")].expected_rate == 0.25
-    np.testing.assert_array_equal(references[(NAME, "2")].val_good_scores, goods)
+    assert references[(NAME, "1")].expected_rate == references[(NAME, "2")].expected_rate == 0.25
+    np.testing.assert_array_equal(references[(NAME, "2")].good_scores, goods)
     assert references[(NAME, "1")].threshold == 1.0
     with pytest.raises(
         MonitorError,

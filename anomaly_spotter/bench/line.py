@@ -9,7 +9,8 @@ the CLI as a user runs it, in a repository where `dvc repro` has run, with the n
    (`anomaly-spotter feedback`, from the simulation's answer key);
 3. `dvc repro` (which stages ran, how long); `promote` (test metrics and the field gate);
 4. the new champion scores a new batch of the changed line it never saw (day 2, good parts and a few
-   defective ones) into a new log; `monitor` on it; the old champion scores it too, for comparison.
+   defective ones) into a new log; `monitor` on it; the old champion scores it too, and the new one a
+   batch of the unchanged line, for comparison.
 
 Writes `benchmarks/line.md` and `.json` with `--out`. The test tests/integration/test_line_scenario.py
 runs the same function and asserts what the issue asks of it.
@@ -54,6 +55,7 @@ class LineScenario:
     new_version: str = ""
     day2_flagged_goods: float = 0.0  # share of day 2's good parts (never seen) the new champion flags
     day2_old_flagged_goods: float = 0.0  # ... and the old champion
+    day2_unchanged_flagged: float = 0.0  # good parts of the unchanged line (change none), new champion
     day2_defects_caught: str = ""
     val_rate_old: float | None = None  # each version's val_false_alarm_rate tag
     val_rate_new: float | None = None
@@ -112,15 +114,17 @@ def _expected(monitor_stdout: str) -> float:
     return float(shares[1]) / 100
 
 
-def _simulate(project: Path, category: str, batch: Path, n_defective: int, seed: int) -> None:
-    """`simulate-line`: N_GOOD good parts and `n_defective` defective ones of the changed line."""
+def _simulate(
+    project: Path, category: str, batch: Path, n_defective: int, seed: int, change: str = CHANGE
+) -> None:
+    """`simulate-line`: N_GOOD good parts and `n_defective` defective ones of the (changed) line."""
     _cli(
         project,
         "simulate-line",
         "--category",
         category,
         "--change",
-        CHANGE,
+        change,
         "--good",
         str(N_GOOD),
         "--defective",
@@ -214,6 +218,10 @@ def run_scenario(
     out.new_version = str(pd.read_parquet(project / log2)["model_version"].iloc[0])
     old2 = _scored(project, day2, f"models:/{name}/{out.champion}", None)
     out.day2_old_flagged_goods = _share(old2[old2["truth"] == "good"])
+    # what the new champion gives good parts of the line as it was before the change, for comparison
+    unchanged = Path("line") / "unchanged"
+    _simulate(project, category, unchanged, 0, seed, change="none")
+    out.day2_unchanged_flagged = _share(_scored(project, unchanged, champion, None))
     out.day2_monitor_exit, out.day2_monitor, out.day2_expected = _monitor(project, log2)
     old, new = _tags(project, name, out.champion), _tags(project, name, out.new_version)
     out.val_rate_old, out.val_rate_new = (
@@ -241,6 +249,10 @@ def report(result: LineScenario, project: Path) -> str:
             "day 2 (never seen): changed good parts flagged, new / old champion",
             f"v{r.new_version}: {_pct(r.day2_flagged_goods)} / "
             f"v{r.champion}: {_pct(r.day2_old_flagged_goods)}",
+        ),
+        (
+            "good parts of the unchanged line (never seen) flagged, new champion",
+            _pct(r.day2_unchanged_flagged),
         ),
         ("day 2: defective parts caught by the new champion", r.day2_defects_caught),
         ("validation false-alarm rate, new / old", f"{_pct(r.val_rate_new)} / {_pct(r.val_rate_old)}"),

@@ -27,6 +27,7 @@ from PIL import Image
 from anomaly_spotter import cli
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.deploy import spark
+from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.inference import InferenceConfig, decode_image, preprocess, read_image
 from anomaly_spotter.serving.model import load_service_model
 from tests.conftest import IN_CI, REPO
@@ -312,10 +313,13 @@ def test_score_spark_parquet_list_of_paths(
         "--overwrite",
         "--master",
         "local[2]",
+        "--log",
+        "scoring-log",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1].startswith("scored 40 images: ")
+    assert result.stdout.strip().endswith("; logged to scoring-log")
     frame = pd.read_parquet(tmp_path / "scores.parquet")
     assert sorted(frame["path"]) == sorted(listed)  # named as listed
     missing = frame.set_index("path").loc["nowhere/missing.png"]
@@ -327,7 +331,22 @@ def test_score_spark_parquet_list_of_paths(
         {rel: expected[str(p)] for rel, p in zip(listed, paths[:40], strict=False)},
     )
     assert not (tmp_path / "scores.parquet" / "old.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.parquet", "todo.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.parquet", "scoring-log", "todo.parquet"]
+    # --log: the scored rows (not the unreadable two) in the scoring log, paths made absolute, with the
+    # content hash and the version the alias pointed at
+    log = scoring_log.read_log(tmp_path / "scoring-log")
+    scored = frame[frame["error"].isna()].set_index("path")
+    assert len(log) == len(scored) == 38 and set(log["source"]) == {"score-spark"}
+    assert log["batch"].nunique() == 1 and set(log["model_uri"]) == {f"models:/{NAME}@champion"}
+    assert set(log["model_version"]) == {_champion_version(store)}
+    for row in log.itertuples():
+        listed_path = str(Path(row.image).relative_to(tmp_path))
+        assert (
+            row.score == scored.loc[listed_path, "score"]
+            and row.verdict == scored.loc[listed_path, "verdict"]
+        )
+        assert row.image_sha256 == hashlib.sha256(Path(row.image).read_bytes()).hexdigest()
+        assert row.image_sha256 == scored.loc[listed_path, "image_sha256"]
 
 
 def test_model_config_is_read_without_loading_the_model(
@@ -343,3 +362,10 @@ def test_model_config_is_read_without_loading_the_model(
     assert model.config == load_service_model(MODEL).config
     with pytest.raises(AnomalySpotterError, match="no version of 'anomaly-spotter-widget' holds the alias"):
         spark.resolve_model(f"models:/{NAME}@nobody", tmp_path / "x")
+
+
+def _champion_version(service: ServiceStore) -> str:
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_URI"] = service.uri
+    return str(MlflowClient().get_model_version_by_alias(NAME, "champion").version)

@@ -336,17 +336,15 @@ def test_score_spark_parquet_list_of_paths(
     # content hash and the version the alias pointed at
     log = scoring_log.read_log(tmp_path / "scoring-log")
     scored = frame[frame["error"].isna()].set_index("path")
-    assert len(log) == len(scored) == 38 and set(log["source"]) == {"score-spark"}
+    assert len(log) == len(scored) == 40 and set(log["source"]) == {"score-spark"}
     assert log["batch"].nunique() == 1 and set(log["model_uri"]) == {f"models:/{NAME}@champion"}
     assert set(log["model_version"]) == {_champion_version(store)}
+    by_file = {os.path.abspath(tmp_path / listed_path): row for listed_path, row in scored.iterrows()}
+    assert set(log["image"]) == set(by_file)
     for row in log.itertuples():
-        listed_path = str(Path(row.image).relative_to(tmp_path))
-        assert (
-            row.score == scored.loc[listed_path, "score"]
-            and row.verdict == scored.loc[listed_path, "verdict"]
-        )
+        assert row.score == by_file[row.image]["score"] and row.verdict == by_file[row.image]["verdict"]
         assert row.image_sha256 == hashlib.sha256(Path(row.image).read_bytes()).hexdigest()
-        assert row.image_sha256 == scored.loc[listed_path, "image_sha256"]
+        assert row.image_sha256 == by_file[row.image]["image_sha256"]
 
 
 def test_model_config_is_read_without_loading_the_model(

@@ -60,9 +60,7 @@ def run() -> None:
         data_hash = tracking.data_dvc_hash(DVC_LOCK, category)
         logged = {**{f"service.{k}": v for k, v in config.to_dict().items()}, "data_dvc_hash": data_hash}
         name = tracking.registered_model_name(category)
-        fingerprint = service_fingerprint(
-            config, kind, headline, network["model_md5"], data_hash, tracking.RUN_TAGS[FEEDBACK_TAG]
-        )
+        fingerprint = service_fingerprint(config, kind, headline, network["model_md5"], data_hash)
         # what would be registered is what the newest version already is (another category's change
         # reran this stage): no new version, the record as it was
         same = tracking.newest_version_with_tag(name, SERVICE_MD5_TAG, fingerprint)

@@ -86,7 +86,7 @@ def log_rows_by_image(log: Any) -> dict[str, dict[str, Any]]:
 def cmd_feedback(args: argparse.Namespace) -> int:
     from anomaly_spotter import tracking
     from anomaly_spotter.core.config import Params, load_params
-    from anomaly_spotter.feedback import record_decision, track_with_dvc
+    from anomaly_spotter.feedback import allowed_decisions, record_decision, track_with_dvc
     from anomaly_spotter.serving.scoring_log import image_file, read_log, sha256_hex
 
     params = load_params(args.params) if args.params.is_file() else Params()
@@ -96,7 +96,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     rows = log_rows_by_image(read_log(args.log))
     reviewer = args.by or tracking.current_user()
     root = Path(params.feedback.root)
-    categories: set[str] = set()
+    decided = []  # every image resolved and checked before anything is recorded
     for image in images:
         row = rows.get(str(image.resolve()))
         if row is None and image.is_file():
@@ -104,13 +104,22 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         if row is None:
             raise AnomalySpotterError(
                 f"{image}: not in the scoring log {args.log}; decide on images the line scored "
-                f"(anomaly-spotter predict ... --log {args.log})"
+                f"(anomaly-spotter predict ... --log {args.log}); nothing recorded"
+            )
+        if args.decision not in allowed_decisions(str(row["verdict"])):
+            allowed = " or ".join(allowed_decisions(str(row["verdict"])))
+            raise AnomalySpotterError(
+                f"{image}: the line judged it {row['verdict']}, so it can be decided {allowed}, not "
+                f"{args.decision}; nothing recorded"
             )
         source = image_file(args.log, str(row["image"]))
+        decided.append((source if source.is_file() else image, row))
+    categories: set[str] = set()
+    for image, row in decided:
         record_decision(
             root,
             str(row["category"]),
-            source if source.is_file() else image,
+            image,
             args.decision,
             reviewer,
             args.defect_type or "",

@@ -33,7 +33,7 @@ from anomaly_spotter.monitoring.drift import (
     summary,
 )
 from anomaly_spotter.serving import scoring_log
-from anomaly_spotter.tracking.scores import log_validations
+from anomaly_spotter.tracking.scores import log_validations, registered_rows
 from anomaly_spotter.tracking.scores import registered_pairs as registered_pairs  # importable here too
 
 MONITOR_EXPERIMENT = "anomaly-spotter-monitor"
@@ -151,14 +151,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     limits = Limits(args.max_flag_excess, args.max_psi, args.min_images)
     log_dir = Path(args.log)
     log = scoring_log.read_log(log_dir)
-    unregistered = (log["model_name"].astype(str) == "") | (log["model_version"].astype(str) == "")
-    if unregistered.any():
+    registered = registered_rows(log)
+    if len(registered) < len(log):
         print(
-            f"note: {int(unregistered.sum())} of {len(log)} rows of {log_dir} were scored by a model folder "
-            "(no registered version, so no validation to compare with): left out",
+            f"note: {len(log) - len(registered)} of {len(log)} rows of {log_dir} were scored by a model "
+            "folder (no registered version, so no validation to compare with): left out",
             file=sys.stderr,
         )
-    registered = log[~unregistered]
     if registered.empty:
         raise MonitorError(
             f"{log_dir}: no rows scored by a registered model version; monitor compares the line with a "

@@ -117,8 +117,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
             n_scored += len(rows)
             n_defective += sum(row["verdict"] == "defective" for row in rows)
-            if log is not None:
-                log.add([p for p, _ in ok], hashes, rows)
             for (path, _), row in zip(ok, rows, strict=True):
                 target = csv_path
                 try:
@@ -135,6 +133,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         f"{target}: cannot write ({err.strerror or err}); nothing of this run is kept: "
                         "choose a writable --out or --csv"
                     ) from err
+            if log is not None:  # once the chunk's CSV rows and overlays are written
+                log.add([p for p, _ in ok], hashes, rows)
             bar.update(len(chunk))
         bar.close()
         if log is not None:
@@ -158,8 +158,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 class PredictLog:
-    """The rows one predict run appends to its scoring log: a part file per LOG_FLUSH_ROWS images and at
-    the end (a run that fails half-way keeps what it logged of the images it wrote out)."""
+    """The rows one predict run appends to its scoring log, each once its CSV row (and overlay) is written:
+    a part file per LOG_FLUSH_ROWS images and one at the end (a run that fails half-way leaves the parts it
+    had written in the log)."""
 
     def __init__(self, log_dir: Path, context: scoring_log.LogContext) -> None:
         self.log_dir = log_dir

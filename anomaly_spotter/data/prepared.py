@@ -101,10 +101,11 @@ def prepare_category(
     counts["n_defect_types"] = int(test.loc[test["label"] == 1, "defect_type"].nunique())
     counts["n_defective_without_mask"] = int((test["has_mask"] == 0).sum())
     counts["n_masks_binarised"] = len(graded)
-    field = index[index["split"] == FIELD_SPLIT]
-    if len(field):  # reviewed images from the line (anomaly_spotter.feedback)
+    if reviewed is not None and len(reviewed):  # reviewed images from the line (anomaly_spotter.feedback)
+        field = index[index["split"] == FIELD_SPLIT]
+        counts["n_field"] = len(field)
         counts["n_field_defective"] = int(field["label"].sum())
-        counts["n_reviewed"] = len(reviewed) if reviewed is not None else 0
+        counts["n_reviewed"] = len(reviewed)
     _warn_about_masks(category, test, graded)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(counts, indent=2) + "\n")
     return counts

@@ -37,9 +37,12 @@ def serve(
         os.environ[MODEL_ENV] = local
         os.environ[LIMIT_ENV] = str(int(max_request_mb * 2**20))
         if log is not None:
-            Path(log).mkdir(
-                parents=True, exist_ok=True
-            )  # a folder it cannot make fails here, not per request
+            try:  # a folder it cannot make fails here, not in every request
+                Path(log).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise AnomalySpotterError(
+                    f"{log}: cannot make the scoring log folder ({err.strerror or err}); choose another --log"
+                ) from err
             os.environ[LOG_ENV] = str(Path(log).resolve())
             os.environ[LOG_MODEL_ENV] = json.dumps({"uri": model_uri, "name": name, "version": version})
         uvicorn.run(

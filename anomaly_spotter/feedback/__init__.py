@@ -31,6 +31,7 @@ from anomaly_spotter.feedback.store import (  # noqa: F401
     FEEDBACK_ROOT,
     FIELD_SPLIT,
     MISSED_DEFECT,
+    allowed_decisions,
     current_decisions,
     feedback_dir,
     feedback_rows,

@@ -6,6 +6,7 @@ import csv
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -44,6 +45,8 @@ DECISION_COLUMNS = (
     "threshold",
     "verdict",
 )
+# a decision's image: the copy in the folder, named by its sha256 (nothing outside the folder)
+IMAGE_FILE = re.compile(r"images/[0-9a-f]{64}\.[A-Za-z0-9]{1,5}")
 # feedback/<category>.dvc: what `dvc add` writes beside the folder
 DVC_SUFFIX = ".dvc"
 
@@ -130,6 +133,12 @@ def record_decision(
     return row
 
 
+def allowed_decisions(verdict: str) -> tuple[str, ...]:
+    """What a reviewer can decide about an image the line judged `verdict`: a flagged one is a false
+    alarm or a confirmed defect, a passed one a missed defect."""
+    return (FALSE_ALARM, CONFIRMED_DEFECT) if verdict == "defective" else (MISSED_DEFECT,)
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -141,7 +150,7 @@ def _append_row(path: Path, row: Mapping[str, str]) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             writer = csv.DictWriter(handle, fieldnames=DECISION_COLUMNS, lineterminator="\n")
-            if handle.tell() == 0:
+            if os.fstat(handle.fileno()).st_size == 0:  # (tell() is 0 in every handle opened before)
                 writer.writeheader()
             writer.writerow(dict(row))
             handle.flush()
@@ -158,7 +167,7 @@ def read_decisions(folder: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=list(DECISION_COLUMNS))
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DatasetError(
             f"{path}: not a readable decisions file ({err}); restore it with `dvc checkout`"
         ) from err
@@ -171,7 +180,12 @@ def read_decisions(folder: Path) -> pd.DataFrame:
             f"{path}: line {int(bad.index[0]) + 2} has decision {bad['decision'].iloc[0]!r}; "
             f"use one of {', '.join(DECISIONS)}"
         )
-    for image_file in frame["image_file"]:
+    for line, (image_file, digest) in enumerate(zip(frame["image_file"], frame["image_sha256"], strict=True)):
+        if not IMAGE_FILE.fullmatch(image_file) or not image_file.startswith(f"{IMAGES_DIR}/{digest}."):
+            raise DatasetError(
+                f"{path}: line {line + 2} names image {image_file!r}; a decision's image is the copy "
+                f"{IMAGES_DIR}/<its sha256>.<ext> in this folder: restore the file with `dvc checkout`"
+            )
         if not (Path(folder) / image_file).is_file():
             raise DatasetError(
                 f"{Path(folder) / image_file}: a decision names this image but it is missing; restore the "
@@ -199,6 +213,12 @@ def feedback_rows(folder: Path, category: str, val_fraction: float, holdout_frac
     decisions = current_decisions(read_decisions(folder))
     rows = []
     for d in decisions.itertuples():
+        image = Path(folder) / d.image_file
+        if hashlib.sha256(image.read_bytes()).hexdigest() != d.image_sha256:
+            raise DatasetError(
+                f"{image}: its content is not the image that was reviewed (sha256 {d.image_sha256}); restore "
+                "it with `dvc checkout`"
+            )
         good = d.decision == FALSE_ALARM
         if good:
             if share(d.image_sha256, "holdout") < holdout_fraction:

@@ -65,16 +65,14 @@ def service_fingerprint(
     headline: Mapping[str, Any],
     model_md5: str,
     data_hash: str,
-    feedback_version: str,
 ) -> str:
-    """md5 of everything a service version is: the network (its md5), the data and feedback it was trained
-    and judged with, the threshold and settings it serves with, and its metrics."""
+    """md5 of everything a service version is: the network (its md5), the prepared data it was trained and
+    judged with (reviewed images included), the threshold and settings it serves with, and its metrics."""
     content = {
         "config": config.to_dict(),
         "kind": kind,
         "headline": dict(headline),
         "model_md5": model_md5,
         "data_dvc_hash": data_hash,
-        "feedback_version": feedback_version,
     }
     return hashlib.md5(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()

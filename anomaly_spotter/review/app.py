@@ -417,8 +417,8 @@ def drift_section(log: pd.DataFrame) -> None:
     st.markdown("#### Drift over time")
     st.caption(
         "Per period and registered model version, as `anomaly-spotter monitor` reports it: the share flagged "
-        "against the share of validation goods above the threshold, and how far the good-looking images' "
-        "scores moved from the validation goods' (PSI). docs/line.md explains the limits."
+        "against the share of its held-out goods (validation and test) above the threshold, and how far the "
+        "good-looking images' scores moved from those goods' (PSI). docs/line.md explains the limits."
     )
     default = Limits()
     cols = st.columns(4)

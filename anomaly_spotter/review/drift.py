@@ -21,7 +21,7 @@ import pandas as pd
 
 from anomaly_spotter import tracking
 from anomaly_spotter.monitoring.drift import Limits, Reference, drift_report, references_from, short_name
-from anomaly_spotter.tracking.scores import version_validation
+from anomaly_spotter.tracking.scores import registered_rows, version_validation
 
 CHART_HEIGHT = 260
 # how a period's point is drawn: its judgement of the flagged share / of PSI
@@ -48,12 +48,6 @@ TABLE_COLUMNS = {
     "ks_pvalue": "KS p",
     "status": "status",
 }
-
-
-def registered_rows(log: pd.DataFrame) -> pd.DataFrame:
-    """The log's rows scored by a registered model version (rows of a model folder have no validation)."""
-    named = (log["model_name"].astype(str) != "") & (log["model_version"].astype(str) != "")
-    return log[named]
 
 
 def line_references(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Reference]:

@@ -37,6 +37,7 @@ from anomaly_spotter.feedback import (
     CONFIRMED_DEFECT,
     FALSE_ALARM,
     MISSED_DEFECT,
+    allowed_decisions,
     current_decisions,
     feedback_dir,
     read_decisions,
@@ -57,7 +58,6 @@ DECISION_LABELS = {
     MISSED_DEFECT: "missed defect",
 }
 # what a reviewer can decide about an image, by the verdict it got on the line
-CHOICES = {FLAGGED: (FALSE_ALARM, CONFIRMED_DEFECT), "good": (MISSED_DEFECT,)}
 # the decision in force, joined to the log rows (the feedback's own columns, renamed)
 DECIDED_COLUMNS = {
     "decision": "decision",
@@ -319,7 +319,7 @@ def decision_text(row: Mapping[str, Any]) -> str:
 
 def choices(row: Mapping[str, Any]) -> tuple[str, ...]:
     """The decisions a reviewer can record for an image, by its verdict on the line."""
-    return CHOICES[FLAGGED] if row["verdict"] == FLAGGED else CHOICES["good"]
+    return allowed_decisions(str(row["verdict"]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,16 +7,16 @@ A log is a folder holding a Parquet dataset: every append writes one new part fi
 `part-<UTC time>-<random id>.parquet`, first under a dot-name and then renamed, so a reader never sees half
 a file and several writers (predict runs, serve workers, Spark jobs) can append at once. pandas reads it
 with `pd.read_parquet(LOG)` (or `read_log`), Spark with `spark.read.parquet(LOG)`. A served request's
-images are kept beside the rows, under `LOG/images/<2 hex>/<sha256>.<format>` (the line's camera files
-are not on the server's disk), so a reviewer can see and keep them; the dataset readers skip that folder
-(`read_log` reads the part files only; Spark and pyarrow read `part-*.parquet` when given the files).
+images are kept beside the rows, under `LOG/_images/<2 hex>/<sha256>.<format>` (the line's camera files
+are not on the server's disk), so a reviewer can see and keep them; pyarrow and Spark skip a folder whose
+name starts with `_`, so `pd.read_parquet(LOG)` and `spark.read.parquet(LOG)` read the rows only.
 
 Columns (`LOG_SCHEMA`):
   scored_at           when it was scored (UTC, microseconds)
   source              predict | score-spark | serve
   batch               one call: a predict run, a Spark job, a served request (random hex id)
   image               what was scored: the file (absolute path), the Spark URI, or the log's own copy of
-                      a served image (relative to the log folder, `images/...`)
+                      a served image (relative to the log folder, `_images/...`)
   image_sha256        sha256 of the image file's bytes (the same image logged twice has one hash)
   category            the model's category
   model_name          registered model (`anomaly-spotter-<category>`; empty for a model folder)
@@ -51,7 +51,7 @@ from anomaly_spotter.core.errors import AnomalySpotterError
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-IMAGES_DIR = "images"
+IMAGES_DIR = "_images"  # served images; the leading "_" keeps pyarrow and Spark from reading it as data
 SOURCES = ("predict", "score-spark", "serve")
 # (name, arrow type name): the one schema every writer uses, so pandas and Spark read one dataset
 LOG_FIELDS = (
@@ -75,6 +75,7 @@ RESULT_COLUMNS = ("score", "threshold", "verdict", "anomaly_percentage")
 # the served model's writer: a part file per FLUSH_ROWS rows or FLUSH_SECONDS, whichever comes first
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 30.0
+QUEUE_REQUESTS = 10_000  # requests waiting for the writer at most
 # image formats recognised from their first bytes, for the file name of a served image kept in the log
 MAGIC = (
     (b"\x89PNG", "png"),
@@ -234,7 +235,7 @@ def image_extension(data: bytes) -> str:
 
 
 def keep_image(log_dir: Path, data: bytes, digest: str | None = None) -> str:
-    """Store served image bytes in the log (`images/<2 hex>/<sha256>.<ext>`, once per content); returns
+    """Store served image bytes in the log (`_images/<2 hex>/<sha256>.<ext>`, once per content); returns
     the path relative to the log folder, as the `image` column holds it."""
     digest = digest or sha256_hex(data)
     relative = Path(IMAGES_DIR) / digest[:2] / f"{digest}.{image_extension(data)}"
@@ -274,8 +275,9 @@ class BackgroundWriter:
         self.context = context
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        # bounded: a disk slower than the requests drops rows (reported) rather than filling the memory
         self._queue: queue.Queue[tuple[list[bytes], list[Mapping[str, Any]], pd.Timestamp] | None] = (
-            queue.Queue()
+            queue.Queue(maxsize=QUEUE_REQUESTS)
         )
         import pyarrow.parquet  # noqa: F401 - loaded now: the last flush runs at exit, when imports may fail
 
@@ -284,8 +286,14 @@ class BackgroundWriter:
         atexit.register(self.close)
 
     def submit(self, images: Sequence[bytes], results: Sequence[Mapping[str, Any]]) -> None:
-        """Queue one request's images (encoded bytes) and results; returns at once."""
-        self._queue.put((list(images), [dict(r) for r in results], now_utc()))
+        """Queue one request's images (encoded bytes) and results; returns at once (a full queue: the
+        request's rows are dropped and reported)."""
+        try:
+            self._queue.put_nowait((list(images), [dict(r) for r in results], now_utc()))
+        except queue.Full:
+            self._report(
+                RuntimeError(f"{QUEUE_REQUESTS} requests wait for the disk; {len(results)} rows dropped")
+            )
 
     def close(self) -> None:
         """Write what is queued and stop the thread (idempotent)."""

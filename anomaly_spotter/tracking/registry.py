@@ -166,7 +166,15 @@ def model_identity(uri: str) -> tuple[str, str, str]:
             )
         return f"models:/{name}/{version.version}", name, str(version.version)
     name, _, version = rest.partition("/")
-    return uri, name, version if version.isdigit() else ""
+    if version.isdigit():
+        return uri, name, version
+    if version == "latest":
+        newest = latest_model_version(name)
+        return f"models:/{name}/{newest.version}", name, str(newest.version)
+    raise TrackingError(
+        f"{uri!r}: name a version (models:/{name}/3), an alias (models:/{name}@champion) or "
+        f"models:/{name}/latest; stages are not used here"
+    )
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

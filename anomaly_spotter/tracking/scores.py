@@ -121,11 +121,16 @@ def version_validation(name: str, version: str) -> VersionValidation | None:
     return VersionValidation(threshold, _tag_float(tags, VAL_FALSE_ALARM_TAG), goods)
 
 
+def registered_rows(log: Any) -> Any:
+    """A scoring log's rows (a DataFrame) scored by a registered model version; a model folder's rows
+    (model_name or model_version blank) have no registered validation to compare with."""
+    return log[(log["model_name"].astype(str) != "") & (log["model_version"].astype(str) != "")]
+
+
 def registered_pairs(log: Any) -> list[tuple[str, str]]:
     """The (model_name, model_version) pairs of a scoring log's rows (a DataFrame) scored by a registered
     version, versions in numeric order; rows scored by a model folder (either blank) are skipped."""
-    rows = log[(log["model_name"].astype(str) != "") & (log["model_version"].astype(str) != "")]
-    pairs = rows[["model_name", "model_version"]].astype(str).drop_duplicates()
+    pairs = registered_rows(log)[["model_name", "model_version"]].astype(str).drop_duplicates()
     return sorted(pairs.itertuples(index=False, name=None), key=lambda p: (p[0], _numeric(p[1])))
 
 

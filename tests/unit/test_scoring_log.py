@@ -62,7 +62,7 @@ def test_served_images_are_kept_once_by_content(tmp_path: Path) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
     relative = scoring_log.keep_image(tmp_path, png)
     digest = hashlib.sha256(png).hexdigest()
-    assert relative == f"images/{digest[:2]}/{digest}.png"
+    assert relative == f"_images/{digest[:2]}/{digest}.png"
     assert scoring_log.keep_image(tmp_path, png) == relative  # the same content: the same file
     assert scoring_log.image_file(tmp_path, relative).read_bytes() == png
     assert scoring_log.image_file(tmp_path, "file:///x/y.png") == Path("/x/y.png")
@@ -85,3 +85,4 @@ def test_background_writer_flushes_by_rows_and_at_close(tmp_path: Path) -> None:
     assert frame["image_sha256"].tolist()[:4] == [hashlib.sha256(b).hexdigest() for b in images]
     kept = scoring_log.image_file(tmp_path, frame["image"].iloc[0])
     assert kept.read_bytes() == images[0]
+    assert len(pd.read_parquet(tmp_path)) == 5  # the kept images do not trip pyarrow's dataset reader

@@ -1,19 +1,17 @@
 """A changed line, end to end (docs/line.md): the loop from a drifting line back to a recovered one, run with
 the CLI as a user runs it, in a repository where `dvc repro` has run, with the numbers it shows.
 
-    python -m anomaly_spotter.bench.line --project . --category component --reviewed 40
+    python -m anomaly_spotter.bench.line --project . --category component --rounds 2
 
-1. the champion (promoted first if the category has none) scores a batch of the line after a change
-   (`simulate-line --change lighting`, day 1) with `predict --log`; `monitor` on that log;
-2. a reviewer marks the first `--reviewed` of the day's flagged good parts as false alarms
-   (`anomaly-spotter feedback`, from the simulation's answer key);
-3. `dvc repro` (which stages ran, how long); `promote` (test metrics and the field gate);
-4. the new champion scores a new batch of the changed line it never saw (day 2, good parts and a few
-   defective ones) into a new log; `monitor` on it; the old champion scores it too, and the new one a
-   batch of the unchanged line, for comparison.
+Each day a batch of the line after a change (`simulate-line --change lighting`: a new lamp) is scored by
+the champion with `predict --log` into that day's log and `monitor` judges it. In each of `--rounds`
+review rounds, a reviewer marks the day's flagged good parts (at most `--reviewed`; from the simulation's
+answer key) as false alarms with `anomaly-spotter feedback`, `dvc repro` retrains, and `promote` (test
+metrics and the field gate) decides. The day after the last round (its batch also holds a few defective
+parts) is the line's recovery, checked beside the unchanged line's good parts and the old champion.
 
-Writes `benchmarks/line.md` and `.json` with `--out`. The test tests/integration/test_line_scenario.py
-runs the same function and asserts what the issue asks of it.
+Writes `benchmarks/line.md` and `.json` with `--out`. tests/integration/test_line_scenario.py runs the
+same function and asserts what the issue asks of it.
 """
 
 from __future__ import annotations
@@ -33,39 +31,48 @@ import pandas as pd
 from anomaly_spotter.bench.common import cli_command, cpus, write_report
 
 CHANGE = "lighting"
-N_GOOD = 40  # good parts per simulated batch
-N_DEFECTIVE_DAY2 = 2  # and defective ones on day 2 (5 %, a line's defect rate rather than a test set's)
+N_GOOD = 40  # good parts per simulated day
+N_DEFECTIVE_LAST = (
+    2  # and defective ones on the last day (5 %, a line's defect rate rather than a test set's)
+)
 ENV: dict[str, str] = {}  # environment settings for every command (`run_scenario`'s `env`)
+
+
+@dataclass
+class Day:
+    """One day of the changed line, as the champion of that day saw it."""
+
+    day: int
+    version: str  # the champion that scored it
+    flagged_goods: float  # share of the day's good parts (none seen before) it flagged
+    defects_caught: str  # "k/n" of the day's defective parts
+    expected: float  # monitor's expected rate for that version (its held-out goods above the threshold)
+    val_rate: float | None  # the version's val_false_alarm_rate tag
+    recall: float | None  # its recall on the test split's defects, at its served threshold
+    image_auroc: float | None
+    monitor_exit: int
+    monitor: str  # monitor's last line
+
+
+@dataclass
+class Round:
+    """One review round: what was reviewed, what dvc repro ran, what promote decided."""
+
+    reviewed: int
+    field_goods: int  # reviewed goods held out of training so far (the field set)
+    repro_stages: list[str]
+    repro_s: float
+    promote_exit: int
+    promote: str
 
 
 @dataclass
 class LineScenario:
     category: str
-    reviewed: int
-    champion: str = ""  # the version that scored day 1
-    day1_flagged: float = 0.0  # share of day 1's (changed) good parts flagged by the champion
-    day1_expected: float = 0.0  # the false-alarm rate monitor expects of that version (its held-out goods)
-    day1_monitor_exit: int = -1
-    day1_monitor: str = ""
-    field_goods: int = 0  # reviewed goods held out of training (the field set)
-    repro_stages: list[str] = field(default_factory=list)
-    repro_s: float = 0.0
-    promote_exit: int = -1
-    promote: str = ""  # the decision line
-    new_version: str = ""
-    day2_flagged_goods: float = 0.0  # share of day 2's good parts (never seen) the new champion flags
-    day2_old_flagged_goods: float = 0.0  # ... and the old champion
-    day2_unchanged_flagged: float = 0.0  # good parts of the unchanged line (change none), new champion
-    day2_defects_caught: str = ""
-    val_rate_old: float | None = None  # each version's val_false_alarm_rate tag
-    val_rate_new: float | None = None
-    day2_expected: float = 0.0  # monitor's expected rate of the new version
-    day2_monitor_exit: int = -1
-    day2_monitor: str = ""
-    recall_old: float | None = None  # recall on the test split's defects at each served threshold
-    recall_new: float | None = None
-    auroc_old: float | None = None
-    auroc_new: float | None = None
+    days: list[Day] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
+    unchanged_flagged: float = 0.0  # good parts of the unchanged line, by the last champion
+    first_on_last_day: float = 0.0  # the last day's good parts, by the first champion
 
 
 def _run(cmd: list[str], project: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -90,14 +97,6 @@ def _flagged(csv: Path, manifest: Path) -> pd.DataFrame:
 
 def _share(rows: pd.DataFrame) -> float:
     return float((rows["verdict"] == "defective").mean()) if len(rows) else float("nan")
-
-
-def _tags(project: Path, name: str, version: str) -> dict[str, str]:
-    code = (
-        "import json, mlflow; from mlflow import MlflowClient; "
-        f"print(json.dumps(dict(MlflowClient().get_model_version({name!r}, {version!r}).tags)))"
-    )
-    return json.loads(_run([sys.executable, "-c", code], project).stdout)
 
 
 def _float(tags: dict[str, str], key: str) -> float | None:
@@ -138,7 +137,8 @@ def _simulate(
 
 def _scored(project: Path, batch: Path, model: str, log: Path | None) -> pd.DataFrame:
     """`predict` of a simulated batch (into the scoring log `log`, if given), joined with its answer key."""
-    csv = project / f"{batch.name}-{model.rsplit('/', 1)[-1].replace('@', '')}.csv"
+    tag = model.rsplit("@", 1)[-1] if "@" in model else "v" + model.rsplit("/", 1)[-1]
+    csv = project / f"{batch.name}-{tag}.csv"
     _cli(
         project,
         "predict",
@@ -159,36 +159,49 @@ def _monitor(project: Path, log: Path) -> tuple[int, str, float]:
     return result.returncode, result.stdout.strip().splitlines()[-1], _expected(result.stdout)
 
 
-def run_scenario(
-    project: Path, category: str, reviewed: int, seed: int = 42, env: dict[str, str] | None = None
-) -> LineScenario:
-    """The scenario in `project` (a repository after `dvc repro`); its numbers (see the module docstring).
-    `env`: environment settings for the commands (e.g. MLFLOW_TRACKING_URI), on top of this process's."""
-    ENV.clear()
-    ENV.update(env or {})
+def _tags(project: Path, name: str, version: str) -> dict[str, str]:
+    code = (
+        "import json; from mlflow import MlflowClient; "
+        f"print(json.dumps(dict(MlflowClient().get_model_version({name!r}, {version!r}).tags)))"
+    )
+    return json.loads(_run([sys.executable, "-c", code], project).stdout)
+
+
+def _day(project: Path, category: str, day: int, n_defective: int, seed: int) -> tuple[Day, pd.DataFrame]:
+    """Simulate, score with the champion into `logs/<category>-day<day>`, monitor it."""
     name = f"anomaly-spotter-{category}"
-    out = LineScenario(category, reviewed)
-    aliases = f"from mlflow import MlflowClient; print(MlflowClient().get_registered_model({name!r}).aliases)"
-    if "champion" not in _run([sys.executable, "-c", aliases], project).stdout:
-        _cli(project, "promote", "--category", category)
-    champion = f"models:/{name}@champion"
-    day1, day2 = Path("line") / "day1", Path("line") / "day2"
-    log1, log2 = Path("logs") / category, Path("logs") / f"{category}-day2"
-    # 1. a changed line, day 1, scored by the champion into the scoring log; monitor
-    _simulate(project, category, day1, 0, seed)
-    scored1 = _scored(project, day1, champion, log1)
-    out.day1_flagged = _share(scored1[scored1["truth"] == "good"])
-    out.champion = str(pd.read_parquet(project / log1)["model_version"].iloc[0])
-    out.day1_monitor_exit, out.day1_monitor, out.day1_expected = _monitor(project, log1)
-    # 2. review: the first `reviewed` flagged good parts are false alarms
-    flagged_goods = scored1[(scored1["truth"] == "good") & (scored1["verdict"] == "defective")]
-    listed = project / "reviewed.txt"
-    listed.write_text("".join(f"{day1 / f}\n" for f in flagged_goods["file"].head(reviewed)))
+    batch, log = Path("line") / f"day{day}", Path("logs") / f"{category}-day{day}"
+    _simulate(project, category, batch, n_defective, seed)
+    scored = _scored(project, batch, f"models:/{name}@champion", log)
+    version = str(pd.read_parquet(project / log)["model_version"].iloc[0])
+    exit_code, last, expected = _monitor(project, log)
+    tags = _tags(project, name, version)
+    defects = scored[scored["truth"] == "defective"]
+    return Day(
+        day,
+        version,
+        _share(scored[scored["truth"] == "good"]),
+        f"{int((defects['verdict'] == 'defective').sum())}/{len(defects)}",
+        expected,
+        _float(tags, "val_false_alarm_rate"),
+        _float(tags, "recall"),
+        _float(tags, "image_auroc"),
+        exit_code,
+        last,
+    ), scored
+
+
+def _review(project: Path, category: str, day: int, scored: pd.DataFrame, most: int) -> Round:
+    """Mark the day's flagged good parts (at most `most`) false alarms; dvc repro; promote."""
+    batch, log = Path("line") / f"day{day}", Path("logs") / f"{category}-day{day}"
+    flagged = scored[(scored["truth"] == "good") & (scored["verdict"] == "defective")].head(most)
+    listed = project / f"reviewed-day{day}.txt"
+    listed.write_text("".join(f"{batch / f}\n" for f in flagged["file"]))
     _cli(
         project,
         "feedback",
         "--log",
-        str(log1),
+        str(log),
         "--decision",
         "false_alarm",
         "--by",
@@ -198,38 +211,51 @@ def run_scenario(
         "--list",
         str(listed),
     )
-    # 3. dvc repro, promote
     start = time.perf_counter()
     repro = _run(["dvc", "repro"], project)
-    out.repro_s = time.perf_counter() - start
-    out.repro_stages = sorted(set(re.findall(r"Running stage '([^']+)'", repro.stdout)))
+    seconds = time.perf_counter() - start
     summary = json.loads((project / "data" / "prepared" / category / "summary.json").read_text())
-    out.field_goods = summary.get("n_field", 0) - summary.get("n_field_defective", 0)
     promote = _cli(project, "promote", "--category", category, check=False)
-    out.promote_exit = promote.returncode
     decided = [line for line in promote.stdout.splitlines() if line.startswith(("promoted", "version"))]
-    out.promote = decided[-1] if decided else promote.stdout.strip()[-300:]
-    # 4. day 2: new parts of the changed line, never seen, scored by the new champion into a new log
-    _simulate(project, category, day2, N_DEFECTIVE_DAY2, seed)
-    scored2 = _scored(project, day2, champion, log2)
-    out.day2_flagged_goods = _share(scored2[scored2["truth"] == "good"])
-    defects = scored2[scored2["truth"] == "defective"]
-    out.day2_defects_caught = f"{int((defects['verdict'] == 'defective').sum())}/{len(defects)}"
-    out.new_version = str(pd.read_parquet(project / log2)["model_version"].iloc[0])
-    old2 = _scored(project, day2, f"models:/{name}/{out.champion}", None)
-    out.day2_old_flagged_goods = _share(old2[old2["truth"] == "good"])
-    # what the new champion gives good parts of the line as it was before the change, for comparison
+    return Round(
+        len(flagged),
+        summary.get("n_field", 0) - summary.get("n_field_defective", 0),
+        sorted(set(re.findall(r"Running stage '([^']+)'", repro.stdout))),
+        seconds,
+        promote.returncode,
+        decided[-1] if decided else promote.stdout.strip()[-300:],
+    )
+
+
+def run_scenario(
+    project: Path,
+    category: str,
+    rounds: int = 2,
+    reviewed: int = 30,
+    seed: int = 42,
+    env: dict[str, str] | None = None,
+) -> LineScenario:
+    """The scenario in `project` (a repository after `dvc repro`); its numbers (see the module docstring).
+    `env`: environment settings for the commands (e.g. MLFLOW_TRACKING_URI), on top of this process's."""
+    ENV.clear()
+    ENV.update(env or {})
+    name = f"anomaly-spotter-{category}"
+    out = LineScenario(category)
+    aliases = f"from mlflow import MlflowClient; print(MlflowClient().get_registered_model({name!r}).aliases)"
+    if "champion" not in _run([sys.executable, "-c", aliases], project).stdout:
+        _cli(project, "promote", "--category", category)
+    for day in range(1, rounds + 1):
+        result, scored = _day(project, category, day, 0, seed)
+        out.days.append(result)
+        out.rounds.append(_review(project, category, day, scored, reviewed))
+    last, scored = _day(project, category, rounds + 1, N_DEFECTIVE_LAST, seed)
+    out.days.append(last)
+    batch = Path("line") / f"day{rounds + 1}"
+    first = _scored(project, batch, f"models:/{name}/{out.days[0].version}", None)
+    out.first_on_last_day = _share(first[first["truth"] == "good"])
     unchanged = Path("line") / "unchanged"
     _simulate(project, category, unchanged, 0, seed, change="none")
-    out.day2_unchanged_flagged = _share(_scored(project, unchanged, champion, None))
-    out.day2_monitor_exit, out.day2_monitor, out.day2_expected = _monitor(project, log2)
-    old, new = _tags(project, name, out.champion), _tags(project, name, out.new_version)
-    out.val_rate_old, out.val_rate_new = (
-        _float(old, "val_false_alarm_rate"),
-        _float(new, "val_false_alarm_rate"),
-    )
-    out.recall_old, out.recall_new = _float(old, "recall"), _float(new, "recall")
-    out.auroc_old, out.auroc_new = _float(old, "image_auroc"), _float(new, "image_auroc")
+    out.unchanged_flagged = _share(_scored(project, unchanged, f"models:/{name}@champion", None))
     return out
 
 
@@ -237,38 +263,44 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def report(result: LineScenario, project: Path) -> str:
-    r = result
-    rows = [
-        ("day 1: changed good parts flagged by the champion", f"v{r.champion}: {_pct(r.day1_flagged)}"),
-        ("day 1: monitor (expected rate; exit code)", f"{_pct(r.day1_expected)}; exit {r.day1_monitor_exit}"),
-        ("reviewed false alarms (held out as field set)", f"{r.reviewed} ({r.field_goods})"),
-        ("dvc repro: stages run (wall s)", f"{', '.join(r.repro_stages)} ({r.repro_s:.0f} s)"),
-        ("promote", f"exit {r.promote_exit}: {r.promote}"),
-        (
-            "day 2 (never seen): changed good parts flagged, new / old champion",
-            f"v{r.new_version}: {_pct(r.day2_flagged_goods)} / "
-            f"v{r.champion}: {_pct(r.day2_old_flagged_goods)}",
-        ),
-        (
-            "good parts of the unchanged line (never seen) flagged, new champion",
-            _pct(r.day2_unchanged_flagged),
-        ),
-        ("day 2: defective parts caught by the new champion", r.day2_defects_caught),
-        ("validation false-alarm rate, new / old", f"{_pct(r.val_rate_new)} / {_pct(r.val_rate_old)}"),
-        ("held-out goods' false-alarm rate (monitor's expected), new", _pct(r.day2_expected)),
-        ("day 2: monitor (exit code)", f"exit {r.day2_monitor_exit}: {r.day2_monitor}"),
-        ("recall on the test split's defects, new / old", f"{r.recall_new} / {r.recall_old}"),
-        ("image AUROC (test split), new / old", f"{r.auroc_new} / {r.auroc_old}"),
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def report(result: LineScenario, project: Path, command: str) -> str:
+    """The days (what the champion of the day flagged, what monitor said) and the review rounds."""
+    lines = [
+        "| day | champion | changed good parts flagged | defective caught | expected (held-out goods) | "
+        "validation rate | recall (test) | image AUROC (test) | monitor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines = ["| step | result |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
-    machine = f"{os.uname().machine}, {cpus()} CPU cores"
+    for d in result.days:
+        status = "exit 0, ok" if d.monitor_exit == 0 else f"exit {d.monitor_exit}, ALERT"
+        lines.append(
+            f"| {d.day} | v{d.version} | {_pct(d.flagged_goods)} | {d.defects_caught} | {_pct(d.expected)} | "
+            f"{_pct(d.val_rate)} | {_num(d.recall)} | {_num(d.image_auroc)} | {status} |"
+        )
     lines += [
         "",
-        f"category: {r.category}; change: {CHANGE}; {N_GOOD} good parts a day (day 2 also "
-        f"{N_DEFECTIVE_DAY2} defective); repository: {project}; machine: {machine}; command: "
-        f"python -m anomaly_spotter.bench.line --project {project} --category {r.category} "
-        f"--reviewed {r.reviewed}",
+        "| round | false alarms reviewed | held out (field set) | retrained | dvc repro s | promote |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(result.rounds, 1):
+        trained = ", ".join(s for s in r.repro_stages if s.startswith("train@")) or "-"
+        lines.append(
+            f"| {i} (day {i}) | {r.reviewed} | {r.field_goods} | {trained} | {r.repro_s:.0f} | "
+            f"exit {r.promote_exit}: {r.promote} |"
+        )
+    last = result.days[-1]
+    lines += [
+        "",
+        f"Day {last.day}'s good parts flagged by the first champion (v{result.days[0].version}): "
+        f"{_pct(result.first_on_last_day)}; good parts of the unchanged line flagged by the last champion "
+        f"(v{last.version}): {_pct(result.unchanged_flagged)}.",
+        "",
+        f"category: {result.category}; change: {CHANGE}; {N_GOOD} good parts a day (the last day also "
+        f"{N_DEFECTIVE_LAST} defective); machine: {os.uname().machine}, {cpus()} CPU cores; "
+        f"command: {command}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -277,11 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=Path("."), help="a repository after `dvc repro`")
     parser.add_argument("--category", default="component", help="a built-in category (default component)")
-    parser.add_argument("--reviewed", type=int, default=40, help="false alarms marked (default 40)")
-    parser.add_argument("--out", type=Path, help="write the table here (and .json beside it)")
+    parser.add_argument("--rounds", type=int, default=2, help="review rounds (default 2)")
+    parser.add_argument("--reviewed", type=int, default=30, help="false alarms marked a round, at most (30)")
+    parser.add_argument("--out", type=Path, help="write the tables here (and .json beside it)")
     args = parser.parse_args(argv)
-    result = run_scenario(args.project.resolve(), args.category, args.reviewed)
-    text = report(result, args.project)
+    result = run_scenario(args.project.resolve(), args.category, args.rounds, args.reviewed)
+    command = (
+        f"python -m anomaly_spotter.bench.line --project {args.project} --category {args.category} "
+        f"--rounds {args.rounds} --reviewed {args.reviewed}"
+    )
+    text = report(result, args.project, command)
     print(text)
     if args.out:
         write_report(args.out, text, asdict(result))

@@ -97,8 +97,8 @@ def run() -> None:
             out.write_text(json.dumps(record, indent=2) + "\n")
         if same is not None:
             print(
-                f"register {category}: unchanged since {name} version {same} (the same network, prepared data, "
-                "threshold, settings and metrics): no new version"
+                f"register {category}: unchanged since {name} version {same} (the same network, prepared "
+                "data, threshold, settings and metrics): no new version"
             )
             return
         print(

@@ -64,6 +64,7 @@ import pandas as pd
 
 from anomaly_spotter.core.errors import AnomalySpotterError
 from anomaly_spotter.data.images import npy_bytes
+from anomaly_spotter.serving.inputs import local_path
 
 OUTPUT_COLUMNS = ("path", "image_sha256", "score", "verdict", "threshold", "anomaly_percentage", "error")
 OUTPUT_SCHEMA = (
@@ -177,18 +178,6 @@ def has_scheme(text: str) -> bool:
 def suffix_pattern(suffixes: Sequence[str]) -> str:
     """A Java regex matching paths that end with one of `suffixes` (applied to the lower-cased path)."""
     return r"\.(" + "|".join(s.lstrip(".").lower() for s in suffixes) + ")$"
-
-
-def local_path(uri: str) -> str | None:
-    """The local path of a `file:` URI as Spark writes it (`file:/a/b`, `file:///a/b`), else None."""
-    if not uri.startswith("file:"):
-        return None
-    rest = uri[len("file:") :]
-    if rest.startswith("//"):
-        rest = rest[2:]
-        if not rest.startswith("/"):  # file://host/path: not a local path
-            return None
-    return rest
 
 
 def display_path(uri: str, cwd: str | None) -> str:

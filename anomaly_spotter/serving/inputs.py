@@ -35,3 +35,15 @@ def collect_images(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, str], 
 def chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of a `file:` URI as Spark writes it (`file:/a/b`, `file:///a/b`), else None."""
+    if not uri.startswith("file:"):
+        return None
+    rest = uri[len("file:") :]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):  # file://host/path: not a local path
+            return None
+    return rest

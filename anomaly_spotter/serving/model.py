@@ -113,7 +113,7 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         except AnomalySpotterError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
         if log is not None:  # a queue put: the log's own thread hashes, keeps the images and writes
-            log.submit([data for _, data in sources], rows)
+            log.submit([data if data is not None else npy_bytes(image) for image, data in sources], rows)
         frame = pd.DataFrame(rows, columns=[*_output_columns(return_map)])
         if return_map:
             frame["anomaly_map"] = [np.asarray(m).tolist() for m in frame["anomaly_map"]]
@@ -138,9 +138,10 @@ def _images_from_input(model_input: Any, config: InferenceConfig | None = None) 
 
 def _decoded_sources(
     model_input: Any, config: InferenceConfig | None = None
-) -> list[tuple[np.ndarray, bytes]]:
-    """`_images_from_input`'s arrays, each with the bytes it came from (an array sent as such: its `.npy`
-    bytes), which the scoring log hashes and keeps."""
+) -> list[tuple[np.ndarray, bytes | None]]:
+    """`_images_from_input`'s arrays, each with the encoded bytes it came from (None for an array sent as
+    such: the scoring log encodes it as `.npy` only when there is a log), which the scoring log hashes
+    and keeps."""
     if isinstance(model_input, Mapping):
         model_input = pd.DataFrame(dict(model_input))
     if isinstance(model_input, pd.DataFrame):
@@ -166,9 +167,7 @@ def _decoded_sources(
     if config is not None:
         config.check_request([size for _, size in sources])
     return [
-        (source, npy_bytes(source))
-        if isinstance(source, np.ndarray)
-        else (decode_image(source, f"image {i}"), source)
+        (source, None) if isinstance(source, np.ndarray) else (decode_image(source, f"image {i}"), source)
         for i, (source, _) in enumerate(sources)
     ]
 

@@ -251,11 +251,9 @@ def keep_image(log_dir: Path, data: bytes, digest: str | None = None) -> str:
 def image_file(log_dir: Path, image: str) -> Path:
     """The file a log row's `image` names: an absolute path as it is, a `file:` URI as its path, a served
     image relative to the log folder."""
-    if image.startswith("file:"):
-        image = image[len("file:") :]
-        if image.startswith("//"):
-            image = image[2:]
-    path = Path(image)
+    from anomaly_spotter.serving.inputs import local_path
+
+    path = Path(local_path(image) or image)
     return path if path.is_absolute() else Path(log_dir) / path
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from anomaly_spotter.bench.common import cli_command, cpus, write_report
+from anomaly_spotter.core.metrics import wilson_interval
 
 CHANGE = "lighting"
 N_GOOD = 40  # good parts per simulated day
@@ -48,6 +49,7 @@ class Day:
     defects_caught: str  # "k/n" of the day's defective parts
     expected: float  # monitor's expected rate for that version (its held-out goods above the threshold)
     val_rate: float | None  # the version's val_false_alarm_rate tag
+    val_flagged: tuple[int, int]  # (flagged, all) of its validation goods: the counts behind val_rate
     recall: float | None  # its recall on the test split's defects, at its served threshold
     image_auroc: float | None
     monitor_exit: int
@@ -160,9 +162,13 @@ def _monitor(project: Path, log: Path) -> tuple[int, str, float]:
 
 
 def _tags(project: Path, name: str, version: str) -> dict[str, str]:
+    """The version's registry tags, and `val_flagged` ("k/n" of its validation goods above its threshold)."""
     code = (
         "import json; from mlflow import MlflowClient; "
-        f"print(json.dumps(dict(MlflowClient().get_model_version({name!r}, {version!r}).tags)))"
+        "from anomaly_spotter.tracking.scores import version_validation; "
+        f"tags = dict(MlflowClient().get_model_version({name!r}, {version!r}).tags); "
+        f"k, n = version_validation({name!r}, {version!r}).val_flagged; "
+        "print(json.dumps(tags | {'val_flagged': f'{k}/{n}'}))"
     )
     return json.loads(_run([sys.executable, "-c", code], project).stdout)
 
@@ -184,6 +190,7 @@ def _day(project: Path, category: str, day: int, n_defective: int, seed: int) ->
         f"{int((defects['verdict'] == 'defective').sum())}/{len(defects)}",
         expected,
         _float(tags, "val_false_alarm_rate"),
+        _counts(tags["val_flagged"]),
         _float(tags, "recall"),
         _float(tags, "image_auroc"),
         exit_code,
@@ -259,8 +266,25 @@ def run_scenario(
     return out
 
 
+def _counts(k_of_n: str) -> tuple[int, int]:
+    k, n = k_of_n.split("/")
+    return int(k), int(n)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+def val_interval(day: Day) -> tuple[float, float]:
+    """The 95 % Wilson interval of the day's champion's validation false-alarm rate: where its rate on
+    new good parts may fall by chance alone, given how few validation goods measured it."""
+    return wilson_interval(*day.val_flagged)
+
+
+def _val(day: Day) -> str:
+    low, high = val_interval(day)
+    k, n = day.val_flagged
+    return f"{_pct(day.val_rate)} ({k}/{n}; {low:.0%}–{high:.0%})"
 
 
 def _num(value: float | None) -> str:
@@ -271,14 +295,14 @@ def report(result: LineScenario, project: Path, command: str) -> str:
     """The days (what the champion of the day flagged, what monitor said) and the review rounds."""
     lines = [
         "| day | champion | changed good parts flagged | defective caught | expected (held-out goods) | "
-        "validation rate | recall (test) | image AUROC (test) | monitor |",
+        "validation rate (95 % interval) | recall (test) | image AUROC (test) | monitor |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in result.days:
         status = "exit 0, ok" if d.monitor_exit == 0 else f"exit {d.monitor_exit}, ALERT"
         lines.append(
             f"| {d.day} | v{d.version} | {_pct(d.flagged_goods)} | {d.defects_caught} | {_pct(d.expected)} | "
-            f"{_pct(d.val_rate)} | {_num(d.recall)} | {_num(d.image_auroc)} | {status} |"
+            f"{_val(d)} | {_num(d.recall)} | {_num(d.image_auroc)} | {status} |"
         )
     lines += [
         "",
@@ -296,7 +320,9 @@ def report(result: LineScenario, project: Path, command: str) -> str:
         "",
         f"Day {last.day}'s good parts flagged by the first champion (v{result.days[0].version}): "
         f"{_pct(result.first_on_last_day)}; good parts of the unchanged line flagged by the last champion "
-        f"(v{last.version}): {_pct(result.unchanged_flagged)}.",
+        f"(v{last.version}): {_pct(result.unchanged_flagged)}. Day {last.day}'s {_pct(last.flagged_goods)} "
+        f"is {'within' if last.flagged_goods <= val_interval(last)[1] else 'above'} the 95 % interval of "
+        f"v{last.version}'s validation rate, {_val(last)}.",
         "",
         f"category: {result.category}; change: {CHANGE}; {N_GOOD} good parts a day (the last day also "
         f"{N_DEFECTIVE_LAST} defective); machine: {os.uname().machine}, {cpus()} CPU cores; "

@@ -169,6 +169,21 @@ def ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval `(low, high)` of a proportion k / n (95 % at z = 1.96); (0, 1) when n is 0.
+
+    What a rate measured on few images can be: 3 of 16 validation goods flagged is 19 %, with a 95 %
+    interval of 7 % to 43 %."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """Exact pixel-level AUROC of maps `(N, H, W)` float against masks `(N, H, W)` bool.
 

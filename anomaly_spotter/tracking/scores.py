@@ -64,11 +64,12 @@ class VersionValidation:
     """What a registered service version was validated with: the threshold it serves, the share of
     validation good images above it (`val_false_alarm_rate`; None for a version registered before that tag
     existed) and the scores of all the good images held out of its training that the pipeline scored: the
-    validation goods and the test goods (`split` val or test, label 0)."""
+    validation goods and the test goods (`split` val or test, label 0), and of the validation goods alone."""
 
     threshold: float
     val_false_alarm_rate: float | None
     good_scores: Any  # numpy array of float64
+    val_scores: Any = ()  # numpy array of float64: the validation goods among good_scores
 
     @property
     def expected_rate(self) -> float:
@@ -80,6 +81,15 @@ class VersionValidation:
         import numpy as np
 
         return float(np.mean(np.asarray(self.good_scores) > self.threshold))
+
+    @property
+    def val_flagged(self) -> tuple[int, int]:
+        """(flagged, all) of the validation goods at the threshold: the counts behind
+        `val_false_alarm_rate`, for its interval (`core.metrics.wilson_interval`)."""
+        import numpy as np
+
+        scores = np.asarray(self.val_scores)
+        return int((scores > self.threshold).sum()), len(scores)
 
 
 def _tag_float(tags: dict[str, str], key: str) -> float | None:
@@ -118,7 +128,8 @@ def version_validation(name: str, version: str) -> VersionValidation | None:
             "images (split val or test, label 0); rerun the pipeline with data.val_fraction > 0"
         )
     goods = scores.loc[held_out, "score"].to_numpy(np.float64)
-    return VersionValidation(threshold, _tag_float(tags, VAL_FALSE_ALARM_TAG), goods)
+    val = scores.loc[held_out & (scores["split"].astype(str) == "val"), "score"].to_numpy(np.float64)
+    return VersionValidation(threshold, _tag_float(tags, VAL_FALSE_ALARM_TAG), goods, val)
 
 
 def registered_rows(log: Any) -> Any:

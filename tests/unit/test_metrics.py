@@ -21,6 +21,7 @@ from anomaly_spotter.core.metrics import (
     region_metrics,
     strict_threshold_between,
     summarize_category,
+    wilson_interval,
 )
 
 
@@ -421,3 +422,14 @@ def test_summarize_category_pixel_metrics_use_only_rows_with_known_masks() -> No
 def test_mean_present_skips_absent_metrics() -> None:
     assert mean_present([0.5, None, float("nan"), 1.0]) == 0.75
     assert math.isnan(mean_present([None, float("nan")]))
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(3, 16)  # 19 %: 7 % to 43 %; each bound solves |p - k/n| = z sqrt(p (1 - p) / n)
+    assert (round(low, 4), round(high, 4)) == (0.0659, 0.4301)
+    assert wilson_interval(0, 12)[0] == 0.0 and round(wilson_interval(0, 12)[1], 4) == 0.2425
+    assert wilson_interval(12, 12)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(500, 1000)  # many images: close to the normal approximation
+    assert abs(high - low - 2 * 1.96 * (0.25 / 1000) ** 0.5) < 1e-3
+    with pytest.raises(ValueError, match="k=5, n=4"):
+        wilson_interval(5, 4)

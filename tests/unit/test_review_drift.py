@@ -161,6 +161,7 @@ def test_references_come_from_the_registry_values() -> None:
     tagged = VersionValidation(1.0, 0.0, goods)  # the validation goods alone flagged none
     untagged = VersionValidation(1.0, None, goods)  # registered before val_false_alarm_rate existed
     assert tagged.expected_rate == untagged.expected_rate == 0.25  # what all the held-out goods get
+    assert VersionValidation(1.0, 0.5, goods, goods[2:]).val_flagged == (1, 2)  # 1.5 of [1.5, 0.9]
     references = references_from({(NAME, "1"): tagged, (NAME, "2"): untagged}, "sqlite:///x.db")
     assert references[(NAME, "1")].expected_rate == references[(NAME, "2")].expected_rate == 0.25
     np.testing.assert_array_equal(references[(NAME, "2")].good_scores, goods)

@@ -11,6 +11,7 @@ registered versions, review thresholds in a dashboard, and run a team's shared M
     anomaly-spotter monitor --log logs/fabric --period day
     anomaly-spotter feedback --log logs/fabric --decision false_alarm line/day1/day1_0003.png
     anomaly-spotter simulate-line --category component --change lighting --out line/day1
+    anomaly-spotter generate --category sheet --out data/highres
     anomaly-spotter server start --dir /srv/anomaly-spotter-mlflow --host 0.0.0.0
 
 MLflow is reached at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db in the working directory); a
@@ -28,6 +29,7 @@ from anomaly_spotter.cli import experiments as experiments_cli
 from anomaly_spotter.cli.dashboard import DASHBOARD_EPILOG, cmd_dashboard
 from anomaly_spotter.cli.experiments import EXPERIMENTS_EPILOG, cmd_experiments
 from anomaly_spotter.cli.export import EXPORT_EPILOG, cmd_export
+from anomaly_spotter.cli.generate import GENERATE_EPILOG, cmd_generate
 from anomaly_spotter.cli.line import FEEDBACK_EPILOG, SIMULATE_EPILOG, cmd_feedback, cmd_simulate_line
 from anomaly_spotter.cli.monitor import DEFAULT_LIMITS, MONITOR_EPILOG, cmd_monitor
 from anomaly_spotter.cli.predict import PREDICT_EPILOG, cmd_predict
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="{predict,serve,score-spark,monitor,feedback,promote,export,server,dashboard,experiments,"
-        "simulate-line}",
+        "simulate-line,generate}",
     )
 
     p = sub.add_parser(
@@ -186,6 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (new or empty)")
     g.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     g.set_defaults(func=cmd_simulate_line)
+
+    n = sub.add_parser(
+        "generate",
+        help="write a built-in category (e.g. sheet, 2048 x 1536 with defects of 5-20 px) into a folder",
+        description="One built-in category in the MVTec AD layout, deterministic from the seed.",
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    n.add_argument("--category", required=True, help="sheet, or fabric, washer, label, board, component")
+    n.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/<category>/ (replaced)")
+    n.add_argument("--width", type=int, metavar="PX", help="sheet only: image width (default 2048)")
+    n.add_argument("--height", type=int, metavar="PX", help="sheet only: image height (default 1536)")
+    n.add_argument(
+        "--image-size", type=int, metavar="PX", help="square categories: default builtin.image_size"
+    )
+    n.add_argument("--train", type=int, metavar="N", help="good training images (default builtin.n_train)")
+    n.add_argument(
+        "--test-good", type=int, metavar="N", help="good test images (default builtin.n_test_good)"
+    )
+    n.add_argument(
+        "--per-defect", type=int, metavar="N", help="test images per defect type (builtin.n_test_per_defect)"
+    )
+    n.add_argument("--seed", type=int, help="default: params.yaml seed")
+    n.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    n.set_defaults(func=cmd_generate)
 
     q = sub.add_parser(
         "promote",

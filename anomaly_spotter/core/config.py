@@ -30,12 +30,36 @@ CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_IMAGE_SIZE = 1024
 
 
+NATIVE = "native"  # data.resolution: work on the images as photographed
+
+
+def check_resolution(value: Any, where: str = "data.resolution") -> int | str | None:
+    """`data.resolution` -> None, NATIVE or a short side in pixels (>= 1); ConfigError otherwise."""
+    if value is None or value == NATIVE:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{where} must be null, native or the working image's short side in pixels (an integer >= 1), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_overlap(overlap: float, where: str = "data.overlap") -> float:
+    """A share of a window's side in [0, 1); ConfigError otherwise."""
+    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"{where} must be in [0, 1), the share of a window's side shared, got {overlap!r}")
+    return float(overlap)
+
+
 @dataclass(frozen=True)
 class DataParams:
     root: str = "data/builtin"
     categories: list[str] = field(default_factory=lambda: ["fabric", "washer", "label", "board", "component"])
-    image_size: int = 128
+    image_size: int = 128  # the detector's input side: the whole image's short side, or each window's
     val_fraction: float = 0.2
+    resolution: int | str | None = None  # the working image's short side (null: image_size; native)
+    overlap: float = 0.25  # least share of a window's side shared with its neighbour
 
     def __post_init__(self) -> None:
         if not self.categories:
@@ -50,6 +74,8 @@ class DataParams:
             raise ConfigError(f"data.categories lists a category twice: {self.categories}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_resolution(self.resolution)
+        object.__setattr__(self, "overlap", check_overlap(self.overlap))
         if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
             raise ConfigError(
                 f"data.image_size is {self.image_size}; set it between 16 and {MAX_IMAGE_SIZE} (prepare "

@@ -134,7 +134,12 @@ def _resize_float(values: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest neighbour when enlarging; when shrinking (a high-resolution image shown at the display cap)
+    a display pixel is in the region if any pixel under it is, so a region of a few pixels keeps its
+    outline."""
     img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    if height < mask.shape[0] or width < mask.shape[1]:
+        return np.asarray(img.resize((width, height), Image.Resampling.BOX)) > 0
     return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from anomaly_spotter.core.errors import ExportError
+from anomaly_spotter.data.geometry import Geometry, score_canvases
 from anomaly_spotter.detectors.base import GRAPH_INPUT, GRAPH_OPSET
 from anomaly_spotter.serving.edge import (
     DEFAULT_MICRO_BATCH,
@@ -52,6 +53,8 @@ EDGE_SUFFIX = "-edge"
 # convolutions int8 leaves in float32, in graph order: EfficientNet-Lite's stem (1), block 0 (depthwise +
 # projection) and block 1 (expansion, depthwise, projection); see `quantize_int8`
 FLOAT_LEADING_CONVS = 6
+# most windows of the calibration images that calibrate int8 (a tiled model has tens of windows an image)
+MAX_CALIBRATION_WINDOWS = 256
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,14 @@ def float_convs(model: Any) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv"][:FLOAT_LEADING_CONVS]
 
 
+def calibration_windows(windows: np.ndarray, most: int = MAX_CALIBRATION_WINDOWS) -> np.ndarray:
+    """At most `most` of the calibration images' windows `(T, S, S, 3)`, evenly spaced (a tiled
+    high-resolution model has tens of windows an image; MinMax calibration needs no more)."""
+    if len(windows) <= most:
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, most).round().astype(int)]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> None:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on
     good images `(N, S, S, 3)` uint8) of the backbone's convolutions and their ReLU6, except the first
@@ -248,7 +259,9 @@ def export_model(
         raise ExportError(
             "no calibration images; pass --calibration with the category's good training images"
         )
-    images = preprocess(calibration_images, config.image_size)
+    geometry = config.scoring_geometry()
+    images, _ = preprocess(calibration_images, geometry)  # canvases: scored whole, as every path scores
+    windows = calibration_windows(geometry.cut(images))  # what the graph itself sees
     precision = "int8" if int8 else "fp32"
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
         edge_dir = Path(tmp) / EDGE_ARTIFACT_DIR
@@ -256,7 +269,7 @@ def export_model(
         fp32_path = Path(tmp) / "fp32.onnx"
         export_onnx(service.detector, config.image_size, fp32_path, int8_search=int8)
         if int8:
-            quantize_int8(fp32_path, edge_dir / ONNX_FILE, images)
+            quantize_int8(fp32_path, edge_dir / ONNX_FILE, windows)
         else:
             shutil.copyfile(fp32_path, edge_dir / ONNX_FILE)
         calibration = service.detector.pixel_calibration_
@@ -275,7 +288,7 @@ def export_model(
             "versions": _versions(),
         }
         (edge_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        check = _compare(service.detector, OnnxDetector(edge_dir), images, config)
+        check = _compare(service.detector, OnnxDetector(edge_dir), images, config, geometry)
         manifest["check"] = check
         (edge_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         staged = Path(tmp) / "model"
@@ -312,13 +325,16 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
 
 
 def _compare(
-    torch_detector: Any, edge_detector: OnnxDetector, images: np.ndarray, config: InferenceConfig
+    torch_detector: Any,
+    edge_detector: OnnxDetector,
+    images: np.ndarray,
+    config: InferenceConfig,
+    geometry: Geometry,
 ) -> dict:
-    """Scores of both detectors on `images`: largest differences and equal verdicts."""
-    from anomaly_spotter.core.scoring import score_batches
-
-    _, want = score_batches(torch_detector, images, config.batch_size, config.reduction, progress=False)
-    _, got = score_batches(edge_detector, images, config.batch_size, config.reduction, progress=False)
+    """Scores of both detectors on canvas images `images` (window by window, blended): largest
+    differences and equal verdicts."""
+    _, want = score_canvases(torch_detector, images, geometry, config.batch_size, config.reduction)
+    _, got = score_canvases(edge_detector, images, geometry, config.batch_size, config.reduction)
     return {"n_check_images": len(images), **score_agreement(got, want, config.threshold)}
 
 

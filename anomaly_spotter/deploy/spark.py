@@ -108,9 +108,10 @@ def is_local_master(master: str | None) -> bool:
 
 def batch_size(config: Any) -> int:
     """Images per Arrow batch: at most 64, at most the model's `max_images_per_request`, and few enough
-    that a batch of input-size images stays under its `max_request_megapixels` (the served model checks
+    that a batch of canvas-size images stays under its `max_request_megapixels` (the served model checks
     every call against its request limits)."""
-    by_pixels = int(config.max_request_megapixels * 1e6 // (config.image_size**2))
+    height, width = config.scoring_geometry().canvas
+    by_pixels = int(config.max_request_megapixels * 1e6 // (height * width))
     return max(1, min(MAX_RECORDS_PER_BATCH, int(config.max_images_per_request), by_pixels))
 
 
@@ -202,11 +203,13 @@ def stand_in(config: Any) -> bytes:
 def prepare_image(content: Any, name: str, config: Any) -> tuple[bytes | None, str | None]:
     """`(model input, None)` for an image `predict` would score, `(None, error message)` otherwise.
 
-    The model input is the image decoded, checked and resized exactly as `predict` does
-    (`inference.decode_image`, `InferenceConfig.check_min_side`, `inference.preprocess`), as `.npy` bytes.
+    The model input is the image decoded, checked and brought to the working resolution exactly as
+    `predict` does (`inference.decode_image`, `InferenceConfig.check_min_side`, `inference.preprocess`, cut
+    back to the image's box, so the model fits it into the same place of its canvas), as `.npy` bytes.
     Error messages name the file (`name`) as `predict`'s do. Any other exception becomes the file's error
     too: in a batch of millions, one odd file must not end the job.
     """
+    from anomaly_spotter.data.geometry import crop
     from anomaly_spotter.serving.inference import decode_image, preprocess
 
     try:
@@ -214,7 +217,8 @@ def prepare_image(content: Any, name: str, config: Any) -> tuple[bytes | None, s
             return None, f"{name}: cannot read file (no content)"
         image = decode_image(bytes(content), name)
         config.check_min_side(image.shape[1], image.shape[0], name)
-        return npy_bytes(preprocess([image], config.image_size)[0]), None
+        canvases, boxes = preprocess([image], config.scoring_geometry())
+        return npy_bytes(np.ascontiguousarray(crop(canvases[0], boxes[0]))), None
     except AnomalySpotterError as err:
         return None, str(err)
     except Exception as err:  # noqa: BLE001 - reported in the file's row, never ends the job

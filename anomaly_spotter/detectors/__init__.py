@@ -64,6 +64,7 @@ def load_detector(path: Path) -> Detector:
     import torch
 
     from anomaly_spotter.core.anomaly_map import PixelCalibration
+    from anomaly_spotter.data.geometry import GEOMETRY_KEY, Geometry
     from anomaly_spotter.detectors.base import CALIBRATION_KEY
 
     path = Path(path)
@@ -73,4 +74,6 @@ def load_detector(path: Path) -> Detector:
     detector = detector_class(state["kind"]).from_state(state)
     if CALIBRATION_KEY in state:
         detector.pixel_calibration_ = PixelCalibration.from_dict(state[CALIBRATION_KEY])
+    if GEOMETRY_KEY in state:
+        detector.geometry_ = Geometry.from_dict(state[GEOMETRY_KEY])
     return detector

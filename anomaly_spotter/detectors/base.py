@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 
 from anomaly_spotter.core.anomaly_map import PixelCalibration
+from anomaly_spotter.data.geometry import GEOMETRY_KEY, Geometry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,6 +52,10 @@ class Detector(ABC):
     # The category's pixel threshold, fitted after `fit` on validation good maps (pipeline.train);
     # saved with the detector, so every consumer of the model file gets the same predicted region.
     pixel_calibration_: PixelCalibration | None = None
+    # The category's canvas and windows (data.geometry), set by the train stage and saved with the
+    # detector: every scoring path fits images into it and blends its windows (None: a model saved before
+    # canvases existed, which scores whole square images at its input size).
+    geometry_: Geometry | None = None
 
     @classmethod
     @abstractmethod
@@ -97,10 +102,13 @@ class Detector(ABC):
         return None
 
     def save(self, path: Path) -> None:
-        """`state()` (plus the pixel calibration, if fitted) to `path`, loadable with weights_only."""
+        """`state()` (plus the pixel calibration and the geometry, if set) to `path`, loadable with
+        weights_only."""
         state = self.state()
         if self.pixel_calibration_ is not None:
             state[CALIBRATION_KEY] = self.pixel_calibration_.to_dict()
+        if self.geometry_ is not None:
+            state[GEOMETRY_KEY] = self.geometry_.to_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         import torch
 

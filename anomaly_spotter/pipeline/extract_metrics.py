@@ -78,7 +78,8 @@ def field_summary(field: pd.DataFrame) -> dict[str, Any]:
 
 def run_extract_metrics(params: Params) -> dict[str, Any]:
     """Per-image map stats to CSV; image/pixel AUROC, AUPRO, F1-max per category and overall to JSON (the
-    overall values null when the run covers only some of the dataset's categories: `covers_dataset`); a
+    pixel metrics at the maps' resolution, `map_height` x `map_width`: the working image's, data.geometry;
+    the overall values null when the run covers only some of the dataset's categories: `covers_dataset`); a
     category with a field set (reviewed line images) gets its `field` summary (`field_summary`)."""
     per_image, summary = [], {}
     for category in params.data.categories:
@@ -97,6 +98,8 @@ def run_extract_metrics(params: Params) -> dict[str, Any]:
             pixel_rows=table.loc[test, "has_mask"].to_numpy().astype(bool),
         )
         summary[category] |= _region_summary(table[test], masks, maps[test], load_region(out))
+        # pixel metrics are computed at the maps' resolution: the working resolution (data.resolution)
+        summary[category]["map_height"], summary[category]["map_width"] = maps.shape[1:]
         field = table[table["split"] == FIELD_SPLIT]
         if len(field):  # reviewed line images held out of training (anomaly_spotter.feedback)
             summary[category]["field"] = field_summary(field)

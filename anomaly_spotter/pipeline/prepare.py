@@ -1,4 +1,4 @@
-"""Stage `prepare`: index one category and cache its resized images."""
+"""Stage `prepare`: index one category and cache its images on the category's canvas."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def run_prepare(params: Params, category: str, progress: bool = True) -> dict[st
         params.seed,
         progress,
         reviewed_rows(params, category),
+        d.resolution,
+        d.overlap,
     )
 
 

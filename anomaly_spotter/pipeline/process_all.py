@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from anomaly_spotter.core.config import Params
-from anomaly_spotter.core.scoring import anomaly_pct_by_label, region_rule, score_batches, write_scores
+from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.core.scoring import anomaly_pct_by_label, region_rule, write_scores
+from anomaly_spotter.data.geometry import score_canvases, scoring_geometry
 from anomaly_spotter.data.index import FIELD_SPLIT
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.detectors import load_detector
@@ -27,12 +29,20 @@ def run_process(params: Params, category: str, progress: bool = True) -> dict[st
         None if calibration is None else calibration.threshold,
         str(model_file),
     )
+    geometry = scoring_geometry(detector, data.images.shape[1])
+    if geometry != data.geometry:
+        raise ConfigError(
+            f"{model_file} was trained on {geometry.describe()} but {paths.prepared_dir(category)} holds "
+            f"{data.geometry.describe()}; retrain it on the prepared images (dvc repro)"
+        )
     start = time.perf_counter()
-    maps, scores = score_batches(
+    maps, scores = score_canvases(
         detector,
         data.images,
+        geometry,
         params.process.batch_size,
         params.process.image_score,
+        None,
         progress,
         f"score {category}",
     )

@@ -10,7 +10,7 @@ import pandas as pd
 
 from anomaly_spotter.core.anomaly_map import PixelCalibration
 from anomaly_spotter.core.config import Params, flatten
-from anomaly_spotter.core.scoring import score_batches
+from anomaly_spotter.data.geometry import score_canvases, scoring_geometry
 from anomaly_spotter.data.prepared import load_prepared
 from anomaly_spotter.detectors import build_detector, distributed, parse_options
 from anomaly_spotter.detectors.base import Detector
@@ -35,14 +35,16 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
     torch.set_num_threads(max(1, params.train.num_threads // distributed.world_size()))
     data = load_prepared(paths.prepared_dir(category))
     train, val = data.split("train"), data.split("val")
+    geometry = data.geometry
     detector = build_detector(params)
     detector.progress = progress
     start = time.perf_counter()
-    detector.fit(np.asarray(train.images), np.asarray(val.images))
+    detector.fit(geometry.cut(train.images), geometry.cut(val.images))  # the windows of every image
     fit_seconds = time.perf_counter() - start
+    detector.geometry_ = geometry
     if not distributed.is_main():
         return detector, {}
-    calibration = calibrate_pixels(detector, np.asarray(val.images), params.train.pixel_quantile)
+    calibration = calibrate_pixels(detector, val.images, params.train.pixel_quantile)
     out = paths.model_dir(category)
     history_dir = out / paths.HISTORY_DIR
     history_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,7 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
         "fit_seconds": fit_seconds,
         "n_train": len(train.index),
         "n_val": len(val.index),
+        "n_windows": geometry.n_windows,
         "world_size": distributed.world_size(),
         "model_size_mb": (out / paths.MODEL_FILE).stat().st_size / 1e6,
         "pixel_threshold": calibration.threshold,
@@ -73,11 +76,13 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
 
 
 def calibrate_pixels(detector: Detector, val_images: np.ndarray, quantile: float) -> PixelCalibration:
-    """Fit the detector's pixel threshold on the raw maps of the validation good images and attach it
-    (`Detector.save` then keeps it in the model file)."""
+    """Fit the detector's pixel threshold on the raw maps of the validation good images `(N, Hc, Wc, 3)`
+    (canvas images: the blended maps of the detector's geometry) and attach it (`Detector.save` keeps it
+    in the model file)."""
     if len(val_images) == 0:
         raise ValueError("no validation images to calibrate the pixel threshold on; raise data.val_fraction")
-    maps, _ = score_batches(detector, val_images, CALIBRATION_BATCH, "max", progress=False)
+    geometry = scoring_geometry(detector, np.asarray(val_images[:1]).shape[1])
+    maps, _ = score_canvases(detector, val_images, geometry, CALIBRATION_BATCH, "max")
     detector.pixel_calibration_ = PixelCalibration.fit(maps, quantile)
     return detector.pixel_calibration_
 

@@ -2,9 +2,9 @@
 the original `generate_overlay` API.
 
 decode (`data.images.decode_rgb`, also `read_rgb`'s: 8/16-bit grayscale, palette, RGB(A) -> RGB) ->
-validate size -> resize (`data.images.resize_rgb`, exactly the prepare stage's) ->
-`Detector.anomaly_maps` in batches
-(`scoring.score_batches`, exactly process_all's) -> image score (`anomaly_map.image_scores` with the
+validate size -> fit into the model's canvas (`data.geometry.Geometry.fit`, exactly the prepare stage's)
+-> `Detector.anomaly_maps` window by window, blended (`geometry.score_canvases`, exactly process_all's)
+-> image score (`anomaly_map.image_scores` with the
 pipeline's `process.image_score` reduction, of the map or of a unet_ae's `score_sigma` copy of it) ->
 verdict: "defective" iff score > threshold; predicted
 region (`process.region_threshold`, the model's pixel calibration) -> anomaly_percentage and the
@@ -24,8 +24,9 @@ import numpy as np
 from anomaly_spotter.core.anomaly_map import RegionRule, check_reduction, region_percentage
 from anomaly_spotter.core.errors import ConfigError
 from anomaly_spotter.core.overlay import MapScale, category_scale, render_overlay
-from anomaly_spotter.core.scoring import region_rule, score_batches
-from anomaly_spotter.data.images import ImageInputError, decode_rgb, resize_rgb, rgb_array
+from anomaly_spotter.core.scoring import region_rule
+from anomaly_spotter.data.geometry import Box, Geometry, crop, score_canvases
+from anomaly_spotter.data.images import ImageInputError, decode_rgb, rgb_array
 
 if TYPE_CHECKING:  # annotations only: an exported model (anomaly_spotter.serving.edge) scores without torch
     from anomaly_spotter.detectors.base import Detector
@@ -60,6 +61,9 @@ class InferenceConfig:
     max_images_per_request: int = 64
     max_request_megapixels: float = 100.0
     min_image_side: int = 32
+    # the model's canvas and windows (data.geometry.Geometry.to_dict, saved with the detector); None: a
+    # model from before canvases existed, which scores whole images squashed to image_size squares
+    geometry: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -72,6 +76,10 @@ class InferenceConfig:
         for key in LIMIT_KEYS:
             if getattr(self, key) < 1:
                 raise ConfigError(f"registry.{key} must be >= 1, got {getattr(self, key)}")
+
+    def scoring_geometry(self) -> Geometry:
+        """How images reach the detector: the model's canvas and windows."""
+        return Geometry.from_dict(self.geometry) if self.geometry else Geometry.square(self.image_size)
 
     @property
     def min_side(self) -> int:
@@ -135,6 +143,7 @@ class InferenceConfig:
         """The config of a fitted detector: its pixel calibration travels with it; `limits` are the request
         limits (LIMIT_KEYS, defaults if not given)."""
         calibration = detector.pixel_calibration_
+        geometry = getattr(detector, "geometry_", None)
         return cls(
             category,
             image_size,
@@ -146,6 +155,7 @@ class InferenceConfig:
             None if calibration is None else calibration.threshold,
             None if calibration is None else calibration.good_max,
             **limits,
+            geometry=None if geometry is None else geometry.to_dict(),
         )
 
     def region(self) -> RegionRule:
@@ -194,12 +204,15 @@ def read_file(path: Path) -> bytes:
         raise ImageInputError(f"{path}: cannot read file ({err.strerror or err})") from err
 
 
-def preprocess(images: Sequence[np.ndarray], image_size: int) -> np.ndarray:
-    """Resize validated RGB images to the model's input: uint8 `(N, S, S, 3)`, as the prepare stage does."""
-    out = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)
+def preprocess(images: Sequence[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, list[Box]]:
+    """Fit validated RGB images into the model's canvas, as the prepare stage does: uint8 `(N, Hc, Wc, 3)`
+    and where each image lies in it (`Geometry.fit`: aspect kept, padded at the sides if it differs)."""
+    out = np.empty((len(images), *geometry.canvas, 3), dtype=np.uint8)
+    boxes = []
     for i, image in enumerate(images):
-        out[i] = resize_rgb(check_array(image, f"image {i}"), image_size)
-    return out
+        out[i], box = geometry.fit(check_array(image, f"image {i}"))
+        boxes.append(box)
+    return out, boxes
 
 
 def score_images(
@@ -212,17 +225,29 @@ def score_images(
     """One row per image: score, verdict, threshold, anomaly_percentage (and, if `return_map`,
     `anomaly_map` and `overlay`).
 
-    `images` are decoded RGB uint8 arrays of any size (see `check_array`); maps are `(S, S)` float32 at
-    the model's input size; overlays are `overlay.render_overlay`'s annotated RGB images (the category's
-    colour scale, `titles[i]` in the header).
+    `images` are decoded RGB uint8 arrays of any size (see `check_array`), fitted into the model's canvas
+    and scored window by window (`data.geometry`); maps are float32 at the working resolution, cut to the
+    image (its aspect ratio: a square image at the default resolution gives `(S, S)`); overlays are
+    `overlay.render_overlay`'s annotated RGB images at the image's own resolution, capped for display
+    (the category's colour scale, `titles[i]` in the header).
     """
     if len(images) == 0:
         return []
-    batch = preprocess(images, config.image_size)
-    maps, scores = score_batches(detector, batch, config.batch_size, config.reduction, progress=False)
+    geometry = config.scoring_geometry()
+    canvases, boxes = preprocess(images, geometry)
+    full = (0, 0, *geometry.canvas)
+    maps, scores = score_canvases(
+        detector,
+        canvases,
+        geometry,
+        config.batch_size,
+        config.reduction,
+        None if all(box == full for box in boxes) else boxes,
+    )
     region = config.region()
     rows = []
-    for i, (amap, score) in enumerate(zip(maps, scores, strict=True)):
+    for i, (canvas_map, score) in enumerate(zip(maps, scores, strict=True)):
+        amap = crop(canvas_map, boxes[i])
         score = float(score)
         mask = region.mask(amap)
         row: dict[str, Any] = {

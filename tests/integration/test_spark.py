@@ -26,6 +26,7 @@ from PIL import Image
 
 from anomaly_spotter import cli
 from anomaly_spotter.core.errors import AnomalySpotterError
+from anomaly_spotter.data.geometry import Geometry
 from anomaly_spotter.deploy import spark
 from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.inference import InferenceConfig, decode_image, preprocess, read_image
@@ -104,7 +105,9 @@ def test_prepare_image_is_predicts_preprocessing(tmp_path: Path) -> None:
     Image.fromarray(rng.integers(0, 256, (50, 45, 3), dtype=np.uint8)).save(path)
     image, error = spark.prepare_image(path.read_bytes(), str(path), config)
     assert error is None
-    np.testing.assert_array_equal(decode_image(image), preprocess([read_image(path)], 32)[0])
+    np.testing.assert_array_equal(
+        decode_image(image), preprocess([read_image(path)], Geometry.square(32))[0][0]
+    )
     for name, data in {"bad.png": b"not an image", "empty.png": b""}.items():
         (tmp_path / name).write_bytes(data)
         image, error = spark.prepare_image(data, str(tmp_path / name), config)

@@ -255,3 +255,34 @@ def test_request_limits_are_checked_from_headers_and_name_their_param(detector: 
     assert limits == (64, 100, 32)
     with pytest.raises(ConfigError, match=r"registry\.max_images_per_request must be >= 1, got 0"):
         InferenceConfig("w", 32, 0.0, max_images_per_request=0)
+
+
+def test_tiled_model_scores_any_shape_without_distortion(tmp_path: Path) -> None:
+    """A model with a 2:1 canvas of two 32 px windows: an image of that shape fills the canvas (map at the
+    working resolution, its own aspect); a square image is padded, never stretched, and its map is cut
+    back to it; the saved model keeps its windows, so every path blends the same ones."""
+    from anomaly_spotter.data.geometry import Geometry, score_canvases
+    from anomaly_spotter.detectors import load_detector
+
+    geometry = Geometry(32, (32, 64), 0.25)
+    rng = np.random.default_rng(3)
+    goods = (100 + rng.integers(0, 40, (4, 32, 64, 3))).astype(np.uint8)
+    detector = tiny_detector(geometry.cut(goods))
+    detector.geometry_ = geometry
+    detector.save(tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt")
+    assert loaded.geometry_ == geometry
+    config = InferenceConfig.for_model(loaded, "w", 32, 1e9, "recall_target", "max", 4, "otsu")
+    assert config.scoring_geometry() == geometry
+
+    wide = (100 + rng.integers(0, 40, (64, 128, 3))).astype(np.uint8)  # 2:1, twice the working size
+    square = (100 + rng.integers(0, 40, (50, 50, 3))).astype(np.uint8)
+    rows = score_images(loaded, [wide, square], config, return_map=True)
+    assert rows[0]["anomaly_map"].shape == (32, 64)
+    assert rows[1]["anomaly_map"].shape == (32, 32)  # the square image's part of the canvas
+    canvas, box = geometry.fit(square)
+    assert box == (0, 16, 32, 32)
+    maps, scores = score_canvases(loaded, canvas[None], geometry, 4, "max", [box])
+    np.testing.assert_allclose(rows[1]["anomaly_map"], maps[0][:, 16:48], rtol=1e-6)
+    assert rows[1]["score"] == pytest.approx(float(scores[0]), rel=1e-6)
+    assert rows[0]["overlay"].shape[1] > rows[0]["overlay"].shape[0]  # drawn at the image's own shape

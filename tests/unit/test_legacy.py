@@ -25,10 +25,10 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return path, det
 
 
-def _image(tmp_path: Path) -> Path:
+def _image(tmp_path: Path, shape: tuple[int, int] = (48, 40)) -> Path:
     path = tmp_path / "part.png"
     rng = np.random.default_rng(5)
-    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
     return path
 
 
@@ -66,7 +66,7 @@ def test_load_autoencoder_pipeline_file_and_raw_state_dict(
 
 def test_generate_overlay_matches_pipeline(tmp_path: Path, fitted: tuple[Path, object]) -> None:
     path, det = fitted
-    image = _image(tmp_path)
+    image = _image(tmp_path, (48, 48))  # square: the original's API squashes, the pipeline never does
     save = tmp_path / "out" / "overlay.png"
     stats = generate_overlay(
         image_path=image,

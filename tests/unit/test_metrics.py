@@ -425,7 +425,9 @@ def test_mean_present_skips_absent_metrics() -> None:
 
 
 def test_wilson_interval_known_values() -> None:
-    low, high = wilson_interval(3, 16)  # 19 %: 7 % to 43 %; each bound solves |p - k/n| = z sqrt(p (1 - p) / n)
+    low, high = wilson_interval(
+        3, 16
+    )  # 19 %: 7 % to 43 %; each bound solves |p - k/n| = z sqrt(p (1 - p) / n)
     assert (round(low, 4), round(high, 4)) == (0.0659, 0.4301)
     assert wilson_interval(0, 12)[0] == 0.0 and round(wilson_interval(0, 12)[1], 4) == 0.2425
     assert wilson_interval(12, 12)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)

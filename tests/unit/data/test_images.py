@@ -183,8 +183,9 @@ def test_a_full_disk_while_prepare_writes_is_one_error(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "save", full)
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
     with pytest.raises(
-        DatasetError, match=r"out: cannot write the prepared images \(No space left on device\)"
+        DatasetError,
+        match=r"out: cannot write the prepared images \(No space left on device\); they need 32,768 bytes",
     ):
         prepare_category(tmp_path / "raw", "widget", tmp_path / "out", 32, 0.34, 0, False)

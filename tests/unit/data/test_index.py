@@ -50,6 +50,9 @@ def test_prepare_caches_resized_images_masks_and_gray_becomes_rgb(tmp_path: Path
         "n_defect_types": 2,
         "n_defective_without_mask": 0,
         "n_masks_binarised": 0,
+        "canvas_height": 32,
+        "canvas_width": 32,
+        "n_windows": 1,
     }
     assert data.images.shape == (11, 32, 32, 3) and data.images.dtype == np.uint8
     assert np.array_equal(data.images[..., 0], data.images[..., 2])  # grayscale replicated to 3 channels

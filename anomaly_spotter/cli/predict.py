@@ -22,7 +22,8 @@ CSV_COLUMNS = ("path", "score", "verdict", "threshold", "anomaly_percentage")
 PREDICTIONS_CSV = "predictions.csv"
 
 
-PREDICT_CHUNK = 16
+PREDICT_CHUNK = 16  # images scored at once, at most ...
+PREDICT_MEGAPIXELS = 8.0  # ... and at most this many megapixels of the model's canvas (high resolution)
 CSV_DIGITS = 7
 
 
@@ -99,7 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writeheader()
         show = not args.no_progress and len(files) >= PROGRESS_MIN_IMAGES
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
-        for chunk in chunks(files, PREDICT_CHUNK):
+        for chunk in chunks(files, model.config.images_per_chunk(PREDICT_CHUNK, PREDICT_MEGAPIXELS)):
             ok: list[tuple[Path, np.ndarray]] = []
             hashes: list[str] = []
             for path in chunk:

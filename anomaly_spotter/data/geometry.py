@@ -192,24 +192,21 @@ class Geometry:
         """Canvas images `(N, Hc, Wc, C)` -> windows `(N * n_windows, tile, tile, C)`, image by image."""
         if self.single:
             return np.asarray(canvases)
-        t = self.tile
-        return np.stack([c[r : r + t, k : k + t] for c in canvases for r, k in self.windows()])
+        return np.concatenate([self.cut_one(np.asarray(c), 0, self.n_windows) for c in canvases])
 
     def blend(self, tile_maps: np.ndarray) -> np.ndarray:
         """One image's window maps `(n_windows, tile, tile)` -> its map `(Hc, Wc)` float32 (see the module
         doc: a weighted mean, the weights ramping across each overlap)."""
         if self.single:
             return np.asarray(tile_maps[0], dtype=np.float32)
+        blend = Blend(self)
+        blend.add(0, tile_maps)
+        return blend.result()
+
+    def cut_one(self, canvas: np.ndarray, first: int, count: int) -> np.ndarray:
+        """Windows `first` to `first + count` of one canvas image `(Hc, Wc, C)`: `(count, tile, tile, C)`."""
         t = self.tile
-        total = np.zeros(self.canvas, np.float32)
-        weight = np.zeros(self.canvas, np.float32)
-        wr, wc = _axis_weights(self.rows, t), _axis_weights(self.cols, t)
-        cols = len(self.cols)
-        for i, (r, k) in enumerate(self.windows()):
-            w = np.outer(wr[i // cols], wc[i % cols])
-            total[r : r + t, k : k + t] += w * tile_maps[i]
-            weight[r : r + t, k : k + t] += w
-        return total / weight
+        return np.stack([canvas[r : r + t, k : k + t] for r, k in self.windows()[first : first + count]])
 
     def to_dict(self) -> dict[str, Any]:
         return {"tile": self.tile, "canvas": list(self.canvas), "overlap": self.overlap}
@@ -233,6 +230,32 @@ def scoring_geometry(detector: Any, size: int) -> Geometry:
     model saved before canvases existed, whole square images of `size`."""
     geometry = getattr(detector, "geometry_", None)
     return geometry if geometry is not None else Geometry.square(size)
+
+
+class Blend:
+    """A canvas map built window by window (`add`), so memory holds the canvas, not every window's map."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geometry
+        self.total = np.zeros(geometry.canvas, np.float32)
+        self.weight = np.zeros(geometry.canvas, np.float32)
+        self.rows, self.cols = (
+            _axis_weights(geometry.rows, geometry.tile),
+            _axis_weights(geometry.cols, geometry.tile),
+        )
+        self.windows = geometry.windows()
+
+    def add(self, first: int, tile_maps: np.ndarray) -> None:
+        """The maps `(k, tile, tile)` of windows `first` to `first + k`."""
+        t, n_cols = self.geometry.tile, len(self.cols)
+        for i, m in enumerate(tile_maps, start=first):
+            r, k = self.windows[i]
+            w = np.outer(self.rows[i // n_cols], self.cols[i % n_cols])
+            self.total[r : r + t, k : k + t] += w * m
+            self.weight[r : r + t, k : k + t] += w
+
+    def result(self) -> np.ndarray:
+        return self.total / self.weight
 
 
 def common_size(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
@@ -269,34 +292,32 @@ def score_canvases(
     n = len(canvases)
     maps = np.empty((n, *geometry.canvas), dtype=np.float32)
     scores = np.empty(n, dtype=np.float32)
-    per_batch = 1 if not geometry.single else batch_size
-    for start in tqdm(
-        range(0, n, per_batch), desc=desc, unit="img" if per_batch == 1 else "batch", disable=not progress
-    ):
-        images = np.asarray(canvases[start : start + per_batch])
-        tile_maps, tile_scores = _window_maps(detector, geometry.cut(images), batch_size)
-        for j in range(len(images)):
-            k = j * geometry.n_windows
-            window = slice(k, k + geometry.n_windows)
-            maps[start + j] = geometry.blend(tile_maps[window])
-            score_map = maps[start + j] if tile_scores is None else geometry.blend(tile_scores[window])
-            if boxes is not None:
-                score_map = crop(score_map, boxes[start + j])
-            scores[start + j] = image_scores(score_map[None], reduction)[0]
-    return maps, scores
-
-
-def _window_maps(
-    detector: Detector, tiles: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The detector's maps of windows `(T, t, t, 3)` in batches -> maps `(T, t, t)` and the score maps (None
-    when they are the maps themselves)."""
     split = getattr(detector, "maps_and_score_maps", None)
-    maps, score_maps, same = [], [], True
-    for s in range(0, len(tiles), batch_size):
-        batch = tiles[s : s + batch_size]
-        m, sm = split(batch) if split else (detector.anomaly_maps(batch),) * 2
-        same = same and sm is m
-        maps.append(np.asarray(m, np.float32))
-        score_maps.append(np.asarray(sm, np.float32))
-    return np.concatenate(maps), None if same else np.concatenate(score_maps)
+
+    def run(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The detector's maps of windows and their score maps (None when they are the maps)."""
+        m, sm = split(windows) if split else (detector.anomaly_maps(windows),) * 2
+        return np.asarray(m, np.float32), None if sm is m else np.asarray(sm, np.float32)
+
+    def score(i: int, score_map: np.ndarray) -> float:
+        return image_scores((score_map if boxes is None else crop(score_map, boxes[i]))[None], reduction)[0]
+
+    if geometry.single:  # whole images: batches of images
+        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
+            batch_maps, score_maps = run(np.asarray(canvases[start : start + batch_size]))
+            maps[start : start + len(batch_maps)] = batch_maps
+            for j, m in enumerate(batch_maps if score_maps is None else score_maps):
+                scores[start + j] = score(start + j, m)
+        return maps, scores
+    for i in tqdm(range(n), desc=desc, unit="img", disable=not progress):  # one image, window batches
+        canvas = np.asarray(canvases[i])
+        blend, score_blend = Blend(geometry), None
+        for first in range(0, geometry.n_windows, batch_size):
+            window_maps, score_maps = run(geometry.cut_one(canvas, first, batch_size))
+            blend.add(first, window_maps)
+            if score_maps is not None:  # a detector whose score maps differ (unet_ae score_sigma)
+                score_blend = score_blend or Blend(geometry)
+                score_blend.add(first, score_maps)
+        maps[i] = blend.result()
+        scores[i] = score(i, maps[i] if score_blend is None else score_blend.result())
+    return maps, scores

@@ -198,9 +198,7 @@ def float_convs(model: Any) -> list[str]:
 def calibration_windows(windows: np.ndarray, most: int = MAX_CALIBRATION_WINDOWS) -> np.ndarray:
     """At most `most` of the calibration images' windows `(T, S, S, 3)`, evenly spaced (a tiled
     high-resolution model has tens of windows an image; MinMax calibration needs no more)."""
-    if len(windows) <= most:
-        return windows
-    return windows[np.linspace(0, len(windows) - 1, most).round().astype(int)]
+    return windows[spread(list(range(len(windows))), most)]
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> None:

@@ -110,9 +110,9 @@ def batch_size(config: Any) -> int:
     """Images per Arrow batch: at most 64, at most the model's `max_images_per_request`, and few enough
     that a batch of canvas-size images stays under its `max_request_megapixels` (the served model checks
     every call against its request limits)."""
-    height, width = config.scoring_geometry().canvas
-    by_pixels = int(config.max_request_megapixels * 1e6 // (height * width))
-    return max(1, min(MAX_RECORDS_PER_BATCH, int(config.max_images_per_request), by_pixels))
+    return config.images_per_chunk(
+        min(MAX_RECORDS_PER_BATCH, int(config.max_images_per_request)), config.max_request_megapixels
+    )
 
 
 def parse_conf(pairs: Iterable[str]) -> dict[str, str]:

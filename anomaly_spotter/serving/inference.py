@@ -81,6 +81,12 @@ class InferenceConfig:
         """How images reach the detector: the model's canvas and windows."""
         return Geometry.from_dict(self.geometry) if self.geometry else Geometry.square(self.image_size)
 
+    def images_per_chunk(self, most: int, megapixels: float) -> int:
+        """How many images to score at once: at most `most`, and few enough that their canvases stay under
+        `megapixels` (one at least), so a folder of 20-megapixel images is scored one or two at a time."""
+        height, width = self.scoring_geometry().canvas
+        return max(1, min(int(most), int(megapixels * 1e6 // (height * width))))
+
     @property
     def min_side(self) -> int:
         """The smallest image side served: min_image_side, capped at the model's input size."""

@@ -19,6 +19,14 @@ class PixelDetector:
         return np.asarray(images, np.float32).mean(axis=3)
 
 
+class TwoMapDetector(PixelDetector):
+    """Its image score is reduced from a second map (as unet_ae's score_sigma copy): the negated pixel."""
+
+    def maps_and_score_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = self.anomaly_maps(images)
+        return maps, -maps
+
+
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -94,6 +102,9 @@ def test_score_canvases_blends_windows_and_scores_inside_the_box() -> None:
     box = (10, 20, 50, 60)
     _, inside = score_canvases(PixelDetector(), images, geometry, 5, "max", [box] * 3)
     np.testing.assert_allclose(inside, [crop(d, box).max() for d in direct], rtol=1e-6)
+    maps, scores = score_canvases(TwoMapDetector(), images, geometry, 7, "max")
+    np.testing.assert_allclose(maps, direct, rtol=1e-5, atol=1e-4)  # the maps themselves
+    np.testing.assert_allclose(scores, (-direct).max(axis=(1, 2)), rtol=1e-5, atol=1e-4)  # the score maps'
     single = Geometry.square(64)  # whole images: batched across images
     maps, scores = score_canvases(PixelDetector(), images[:, :64, :64], single, 2, "mean")
     np.testing.assert_allclose(scores, direct[:, :64, :64].mean(axis=(1, 2)), rtol=1e-5)

@@ -286,3 +286,13 @@ def test_tiled_model_scores_any_shape_without_distortion(tmp_path: Path) -> None
     np.testing.assert_allclose(rows[1]["anomaly_map"], maps[0][:, 16:48], rtol=1e-6)
     assert rows[1]["score"] == pytest.approx(float(scores[0]), rel=1e-6)
     assert rows[0]["overlay"].shape[1] > rows[0]["overlay"].shape[0]  # drawn at the image's own shape
+
+
+def test_high_resolution_images_are_scored_a_few_at_a_time() -> None:
+    from anomaly_spotter.data.geometry import Geometry
+
+    square = InferenceConfig("w", 160, 1.0)
+    assert square.images_per_chunk(16, 8.0) == 16
+    sheet = InferenceConfig("w", 256, 1.0, geometry=Geometry(256, (1536, 2048)).to_dict())
+    assert sheet.images_per_chunk(16, 8.0) == 2  # 3.1 megapixels a canvas
+    assert sheet.images_per_chunk(16, 1.0) == 1  # never none

@@ -52,6 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     counts = ["--train", "10", "--test-good", "3", "--per-defect", "1"]
     _run([*CLI, "generate", "--category", "sheet", "--out", "data/highres", *size, *counts], project)
     _run(["dvc", "repro"], project)
+    _run([*CLI, "promote", "--category", "sheet"], project)
     return project
 
 

@@ -219,3 +219,26 @@ def test_failed_prepare_leaves_no_partial_output(tmp_path: Path) -> None:
         (out / "partial.npy").write_bytes(b"x")
         prepare_category(tmp_path, "widget", out, 32, 0.2, 0, progress=False)
     assert not out.exists()
+
+
+def test_prepare_keeps_the_aspect_ratio_and_refuses_another_one(tmp_path: Path) -> None:
+    """A 4:3 category at native resolution in windows of 16: canvases of 48 x 36, masks on the same pixels;
+    an image of another aspect ratio is named, not squashed or padded."""
+    cat = make_mvtec_category(tmp_path / "data", "wide", size=32)
+    for path in sorted(cat.rglob("*.png")):  # every image and mask 48 x 36, drawn from its 32 x 32 self
+        with Image.open(path) as img:
+            img.resize((48, 36), Image.Resampling.NEAREST).save(path)
+    counts = prepare_category(
+        tmp_path / "data", "wide", tmp_path / "out", 16, 0.2, 0, False, None, "native", 0.25
+    )
+    data = load_prepared(tmp_path / "out")
+    assert data.images.shape[1:] == (36, 48, 3) and data.masks.shape[1:] == (36, 48)
+    assert (counts["canvas_width"], counts["canvas_height"], counts["n_windows"]) == (48, 36, 12)
+    row = data.index[data.index["label"] == 1].iloc[0]
+    np.testing.assert_array_equal(data.masks[row["row"]], read_mask(Path(row["mask_path"])))
+    with Image.open(cat / "train" / "good" / "000.png") as img:
+        img.resize((36, 36)).save(cat / "train" / "good" / "000.png")
+    with pytest.raises(DatasetError, match=r"train/good/000\.png: image is 36x36, another aspect ratio"):
+        prepare_category(
+            tmp_path / "data", "wide", tmp_path / "out2", 16, 0.2, 0, False, None, "native", 0.25
+        )

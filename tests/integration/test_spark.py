@@ -26,7 +26,7 @@ from PIL import Image
 
 from anomaly_spotter import cli
 from anomaly_spotter.core.errors import AnomalySpotterError
-from anomaly_spotter.data.geometry import Geometry
+from anomaly_spotter.data.geometry import Geometry, crop
 from anomaly_spotter.deploy import spark
 from anomaly_spotter.serving import scoring_log
 from anomaly_spotter.serving.inference import InferenceConfig, decode_image, preprocess, read_image
@@ -98,16 +98,21 @@ def test_input_kinds_and_names() -> None:
 
 
 def test_prepare_image_is_predicts_preprocessing(tmp_path: Path) -> None:
-    """The model input is predict's decoded, resized image, losslessly; errors are predict's messages."""
+    """The model input is predict's decoded image at the working resolution (aspect kept: the part of the
+    canvas the image fills, which the model fits back into the same place), losslessly; errors are
+    predict's messages."""
     config = _config()
     rng = np.random.default_rng(0)
     path = tmp_path / "a.png"
     Image.fromarray(rng.integers(0, 256, (50, 45, 3), dtype=np.uint8)).save(path)
     image, error = spark.prepare_image(path.read_bytes(), str(path), config)
     assert error is None
-    np.testing.assert_array_equal(
-        decode_image(image), preprocess([read_image(path)], Geometry.square(32))[0][0]
-    )
+    canvases, boxes = preprocess([read_image(path)], Geometry.square(32))
+    assert boxes[0] == (0, 1, 32, 29)  # 45 x 50 in a 32 x 32 canvas: 29 x 32, centred (3 columns padded)
+    np.testing.assert_array_equal(decode_image(image), crop(canvases[0], boxes[0]))
+    refit, box = Geometry.square(32).fit(decode_image(image))
+    np.testing.assert_array_equal(refit, canvases[0])  # the model puts it back where predict had it
+    assert box == boxes[0]
     for name, data in {"bad.png": b"not an image", "empty.png": b""}.items():
         (tmp_path / name).write_bytes(data)
         image, error = spark.prepare_image(data, str(tmp_path / name), config)

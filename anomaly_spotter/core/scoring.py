@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,11 +46,14 @@ def score_batches(
     reduction: str,
     progress: bool = True,
     desc: str = "score",
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw maps `(N, H, W)` float32 and image scores `(N,)` for uint8 images `(N, H, W, 3)`.
+    """Raw maps `(N, H, W)` float32 and image scores `(N,)` for uint8 images `(N, H, W, 3)`, each image
+    whole through the detector (a model of one window: `data.geometry.score_canvases` calls it so).
 
     A score is `reduction` of the image's map, or of its score map for a detector that smooths the two
-    differently (`Detector.maps_and_score_maps`; an exported model has no such method: one map)."""
+    differently (`Detector.maps_and_score_maps`; an exported model has no such method: one map), inside
+    the image's box `(top, left, height, width)` when `boxes` are given (an image padded into its canvas)."""
     maps = np.empty(images.shape[:3], dtype=np.float32)
     scores = []
     split = getattr(detector, "maps_and_score_maps", None)
@@ -58,7 +62,12 @@ def score_batches(
         batch = np.asarray(images[start : start + batch_size])
         batch_maps, score_maps = split(batch) if split else (detector.anomaly_maps(batch),) * 2
         maps[start : start + batch_size] = batch_maps
-        scores.append(image_scores(np.asarray(score_maps, dtype=np.float32), reduction))
+        score_maps = np.asarray(score_maps, dtype=np.float32)
+        if boxes is None:
+            scores.append(image_scores(score_maps, reduction))
+            continue
+        for j, (top, left, h, w) in enumerate(boxes[start : start + batch_size]):
+            scores.append(image_scores(score_maps[j : j + 1, top : top + h, left : left + w], reduction))
     return maps, np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 

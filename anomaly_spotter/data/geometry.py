@@ -37,6 +37,7 @@ from tqdm import tqdm
 from anomaly_spotter.core.anomaly_map import image_scores
 from anomaly_spotter.core.config import NATIVE, check_overlap
 from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.core.scoring import score_batches
 
 if TYPE_CHECKING:  # annotations only
     from anomaly_spotter.detectors.base import Detector
@@ -289,6 +290,8 @@ def score_canvases(
     score map inside the image's box (`boxes`; None: the whole canvas). A one-window geometry batches
     whole images; otherwise one image's windows at a time, so memory holds one canvas's maps, whatever
     the number of images."""
+    if geometry.single:  # whole images: batches of images
+        return score_batches(detector, canvases, batch_size, reduction, progress, desc, boxes)
     n = len(canvases)
     maps = np.empty((n, *geometry.canvas), dtype=np.float32)
     scores = np.empty(n, dtype=np.float32)
@@ -302,13 +305,6 @@ def score_canvases(
     def score(i: int, score_map: np.ndarray) -> float:
         return image_scores((score_map if boxes is None else crop(score_map, boxes[i]))[None], reduction)[0]
 
-    if geometry.single:  # whole images: batches of images
-        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
-            batch_maps, score_maps = run(np.asarray(canvases[start : start + batch_size]))
-            maps[start : start + len(batch_maps)] = batch_maps
-            for j, m in enumerate(batch_maps if score_maps is None else score_maps):
-                scores[start + j] = score(start + j, m)
-        return maps, scores
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress):  # one image, window batches
         canvas = np.asarray(canvases[i])
         blend, score_blend = Blend(geometry), None

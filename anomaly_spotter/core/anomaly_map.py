@@ -16,7 +16,6 @@ Maps are float32 `(N, H, W)` or `(H, W)`; higher = more anomalous.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -154,19 +153,16 @@ class PixelCalibration:
     n_images: int
 
     @classmethod
-    def fit(cls, maps: np.ndarray | Sequence[np.ndarray], quantile: float) -> PixelCalibration:
-        """Calibrate on raw maps `(N, H, W)` of good images (or a list of N maps of any sizes); ValueError
-        when there are none."""
-        if isinstance(maps, np.ndarray) and maps.ndim != 3:
+    def fit(cls, maps: np.ndarray, quantile: float) -> PixelCalibration:
+        """Calibrate on raw maps `(N, H, W)` of good images; ValueError when there are none."""
+        maps = np.asarray(maps, dtype=np.float32)
+        if maps.ndim != 3 or len(maps) == 0:
             raise ValueError(
                 f"pixel calibration needs good-image maps (N, H, W) with N >= 1, got {maps.shape}"
             )
-        if len(maps) == 0:
-            raise ValueError("pixel calibration needs good-image maps (N, H, W) with N >= 1, got none")
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"pixel quantile must be in (0, 1), got {quantile}")
-        pixels = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
-        return cls(float(quantile), float(np.quantile(pixels, quantile)), float(pixels.max()), len(maps))
+        return cls(float(quantile), float(np.quantile(maps, quantile)), float(maps.max()), len(maps))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

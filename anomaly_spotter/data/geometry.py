@@ -42,7 +42,7 @@ from anomaly_spotter.core.scoring import score_batches
 if TYPE_CHECKING:  # annotations only
     from anomaly_spotter.detectors.base import Detector
 
-# Key of the geometry in a saved detector file, and the prepare stage's record of it
+# Key of the geometry in a saved detector file (`Detector.save`, `detectors.load_detector`)
 GEOMETRY_KEY = "geometry"
 # an image whose aspect ratio is within 1 % of the canvas's fills it (a rounding of its size, not a shape)
 ASPECT_TOLERANCE = 0.01
@@ -195,15 +195,6 @@ class Geometry:
             return np.asarray(canvases)
         return np.concatenate([self.cut_one(np.asarray(c), 0, self.n_windows) for c in canvases])
 
-    def blend(self, tile_maps: np.ndarray) -> np.ndarray:
-        """One image's window maps `(n_windows, tile, tile)` -> its map `(Hc, Wc)` float32 (see the module
-        doc: a weighted mean, the weights ramping across each overlap)."""
-        if self.single:
-            return np.asarray(tile_maps[0], dtype=np.float32)
-        blend = Blend(self)
-        blend.add(0, tile_maps)
-        return blend.result()
-
     def cut_one(self, canvas: np.ndarray, first: int, count: int) -> np.ndarray:
         """Windows `first` to `first + count` of one canvas image `(Hc, Wc, C)`: `(count, tile, tile, C)`."""
         t = self.tile
@@ -286,7 +277,7 @@ def score_canvases(
     """Raw maps `(N, Hc, Wc)` float32 and image scores `(N,)` of canvas images `(N, Hc, Wc, 3)` uint8.
 
     Windows go through the detector in batches of `batch_size`; their maps (and score maps,
-    `Detector.maps_and_score_maps`) are blended (`Geometry.blend`); the score is `reduction` of the blended
+    `Detector.maps_and_score_maps`) are blended (`Blend`); the score is `reduction` of the blended
     score map inside the image's box (`boxes`; None: the whole canvas). A one-window geometry batches
     whole images; otherwise one image's windows at a time, so memory holds one canvas's maps, whatever
     the number of images."""

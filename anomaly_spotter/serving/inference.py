@@ -62,7 +62,7 @@ class InferenceConfig:
     max_request_megapixels: float = 100.0
     min_image_side: int = 32
     # the model's canvas and windows (data.geometry.Geometry.to_dict, saved with the detector); None: a
-    # model from before canvases existed, which scores whole images squashed to image_size squares
+    # model from before canvases existed, which scores each image fitted into one image_size square
     geometry: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -241,15 +241,7 @@ def score_images(
         return []
     geometry = config.scoring_geometry()
     canvases, boxes = preprocess(images, geometry)
-    full = (0, 0, *geometry.canvas)
-    maps, scores = score_canvases(
-        detector,
-        canvases,
-        geometry,
-        config.batch_size,
-        config.reduction,
-        None if all(box == full for box in boxes) else boxes,
-    )
+    maps, scores = score_canvases(detector, canvases, geometry, config.batch_size, config.reduction, boxes)
     region = config.region()
     rows = []
     for i, (canvas_map, score) in enumerate(zip(maps, scores, strict=True)):

@@ -20,6 +20,15 @@ in a JSON-lines file, so an interrupted or extended run recomputes only what is 
 by the variant, the category, the data and the params file, not by the code: start a new cache file
 after changing the code).
 
+`--seeds 0 1 2` runs each variant once per seed (its `seed` key) and adds a table of each metric's mean
+over the seeds, its standard deviation (sample, n - 1) and its range, per variant and category: one
+run's number is a sample of its training, the mean and spread are the result. `--loco` then chooses on
+the seed means.
+
+    python -m anomaly_spotter.bench.detectors --root ../shared/data/mvtec_ad_256 --categories bottle pill \
+        --builtin fabric washer label board component --variant unet_ae:label=unet_ae --seeds 0 1 2 \
+        --out benchmarks/unet_ae_seeds.md
+
 `--per-type` adds a table of image AUROC per defect type (that type's test images against all good ones),
 one column per variant: which kinds of defect a variant finds, and which it misses.
 
@@ -341,6 +350,64 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SEED_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+
+
+def seeded(spec: str, seeds: list[int]) -> list[tuple[str, str, int]]:
+    """(spec with `seed=s`, the variant's name, s) for each seed s; the name is its label (or spec)."""
+    _, options = parse_variant(spec)
+    if "seed" in options:
+        raise SystemExit(f"bench: --seeds: variant {spec!r} sets its own seed; drop one of them")
+    sep = "," if ":" in spec else ":"
+    return [(f"{spec}{sep}seed={s}", str(options.get("label", spec)), s) for s in seeds]
+
+
+def name_seeded(rows: list[dict[str, Any]], spec: str, base: str, seed: int) -> list[dict[str, Any]]:
+    """`seeded` job rows renamed: `base` (in place of the seeded spec's label; a `--sigmas` suffix
+    kept) as `base`, and `<base> seed=<seed>` as `variant`."""
+    label = str(parse_variant(spec)[1].get("label", spec))
+    out = []
+    for row in rows:
+        name = base + row["variant"].removeprefix(label)
+        out.append({**row, "variant": f"{name} seed={seed}", "base": name, "seed": seed})
+    return out
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (variant, category) of `--seeds` rows: each metric's mean, sample standard deviation
+    (0 for one seed), min and max over the seeds, and the mean and longest fit."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["base"], row["category"]), []).append(row)
+    out = []
+    for (base, category), group in groups.items():
+        summary: dict[str, Any] = {"variant": base, "category": category, "seeds": [r["seed"] for r in group]}
+        for metric in (*SEED_METRICS, "fit_s", "ms_per_image", "peak_mb"):
+            values = np.array([r[metric] for r in group], dtype=float)
+            summary[metric] = float(values.mean())
+            summary[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary[f"{metric}_min"], summary[f"{metric}_max"] = float(values.min()), float(values.max())
+        out.append(summary)
+    return out
+
+
+def seed_table(summary: list[dict[str, Any]]) -> str:
+    """Markdown of `seed_summary`: mean ± standard deviation (min-max) for each metric."""
+    names = ("variant", "category", "seeds", "image AUROC", "pixel AUROC", "AUPRO", "F1 max", "fit s (max)")
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in summary:
+        cells = [row["variant"], row["category"], " ".join(str(s) for s in row["seeds"])]
+        cells += [
+            f"{row[m]:.3f} ± {row[f'{m}_std']:.3f} ({row[f'{m}_min']:.3f}-{row[f'{m}_max']:.3f})"
+            for m in SEED_METRICS
+        ]
+        cells.append(f"{row['fit_s']:.0f} ({row['fit_s_max']:.0f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _job_key(spec: str, category: str, root: Path, params: Path, sigmas: list[float] | None = None) -> str:
     """Cache key of one (variant, category) job: the spec, the data, the params file's content (and the
     smoothings rescored, when there are)."""
@@ -400,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--per-type", action="store_true", help="also a table of image AUROC per defect type and variant"
     )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, metavar="S", help="run each variant once per seed; adds mean ± spread"
+    )
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
     parser.add_argument(
@@ -441,16 +511,26 @@ def main(argv: list[str] | None = None) -> None:
         + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
     )
     text = f"{table}\n\nmachine: {machine}; data: {data}\n"
+    summary = seed_summary(rows) if args.seeds else []
+    if summary:
+        text = (
+            f"## Over seeds {' '.join(str(s) for s in args.seeds)}: mean ± standard deviation (min-max)\n\n"
+            f"{seed_table(summary)}\n\n## Each seed\n\n{text}"
+        )
     if args.per_type:
         text += f"\n## Image AUROC per defect type\n\n{per_type_table(rows)}\n"
     loco_rows = {}
     if args.loco:
         for metric, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):
-            loco, loco_rows[metric] = loco_table(rows, metric)
-            text += f"\n## Leave-one-category-out ({name})\n\n{loco}\n"
+            loco, loco_rows[metric] = loco_table(summary or rows, metric)
+            over = " of the seed means" if summary else ""
+            text += f"\n## Leave-one-category-out ({name}{over})\n\n{loco}\n"
     print(f"\n{text}")
     if args.out:
-        write_report(args.out, text, {"rows": rows, "loco": loco_rows} if args.loco else rows)
+        payload: Any = rows
+        if args.loco or summary:
+            payload = {"rows": rows, "seeds": summary, "loco": loco_rows}
+        write_report(args.out, text, payload)
 
 
 def _run_scaling(args: argparse.Namespace) -> None:
@@ -502,7 +582,10 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
     """Every (variant, category) job in its own subprocess, reusing and extending `args.cache`."""
     cache = _read_cache(args.cache)
     rows = []
-    for spec in args.variant or ["unet_ae", "patchcore"]:
+    specs = [(spec, None, None) for spec in args.variant or ["unet_ae", "patchcore"]]
+    if args.seeds:
+        specs = [(s, name, seed) for spec, _, _ in specs for s, name, seed in seeded(spec, args.seeds)]
+    for spec, name, seed in specs:
         for root, category in jobs:
             data = root if root == args.root else Path(f"builtin-{builtin_size}")
             key = _job_key(spec, category, data, args.params, args.sigmas)
@@ -514,6 +597,8 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
                     args.cache.parent.mkdir(parents=True, exist_ok=True)
                     with args.cache.open("a") as f:
                         f.write(json.dumps({"key": key, "rows": job_rows}) + "\n")
+            if name is not None:
+                job_rows = name_seeded(job_rows, spec, name, seed)
             rows += job_rows
             for row in job_rows:
                 print(

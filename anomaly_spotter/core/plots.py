@@ -158,10 +158,23 @@ def _display_image(image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_training_history(history: pd.DataFrame, path: Path) -> None:
-    """Train / validation loss per epoch; log y axis if the losses span > LOG_RANGE_RATIO; best epoch marked.
+def marked_epoch(epochs: np.ndarray, losses: np.ndarray, kept_epoch: int | None) -> tuple[int, str]:
+    """The row a training history's star marks, and its name: `kept_epoch`'s row ("kept") where its loss
+    is known, else the lowest finite loss ("best")."""
+    if not np.isfinite(losses).any():
+        raise ValueError("history.train_loss has no finite value and there is no finite val_loss")
+    at = np.flatnonzero(epochs == kept_epoch) if kept_epoch is not None else []
+    if len(at) and np.isfinite(losses[at[0]]):
+        return int(at[0]), "kept"
+    return int(np.argmin(np.where(np.isfinite(losses), losses, np.inf))), "best"
 
-    history: columns epoch, train_loss, val_loss (val_loss may be absent or NaN). The best epoch is the
+
+def plot_training_history(history: pd.DataFrame, path: Path, kept_epoch: int | None = None) -> None:
+    """Train / validation loss per epoch; log y axis if the losses span > LOG_RANGE_RATIO; the kept epoch
+    marked.
+
+    history: columns epoch, train_loss, val_loss (val_loss may be absent or NaN: epochs not validated are
+    skipped). The kept epoch is `kept_epoch` (the detector's `best_epoch_`, e.g. the last one), else the
     lowest val_loss if any is finite, else the lowest train_loss. A history whose first column is
     bank_size (PatchCore) is drawn as coverage radius per bank size, one line per member. An empty history
     gives a placeholder PNG saying so.
@@ -191,11 +204,10 @@ def plot_training_history(history: pd.DataFrame, path: Path) -> None:
     ax.plot(epochs, train, marker="o", markersize=3, label="train loss")
     has_val = bool(np.isfinite(val).any())
     if has_val:
-        ax.plot(epochs, val, marker="o", markersize=3, label="val loss")
+        validated = np.isfinite(val)
+        ax.plot(epochs[validated], val[validated], marker="o", markersize=3, label="val loss")
     best_series, best_name = (val, "val") if has_val else (train, "train")
-    if not np.isfinite(best_series).any():
-        raise ValueError("history.train_loss has no finite value and there is no finite val_loss")
-    best = int(np.argmin(np.where(np.isfinite(best_series), best_series, np.inf)))
+    best, kept = marked_epoch(epochs, best_series, kept_epoch)
     ax.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
     ax.plot(
         [epochs[best]],
@@ -205,7 +217,7 @@ def plot_training_history(history: pd.DataFrame, path: Path) -> None:
         color="gold",
         markeredgecolor="black",
         linestyle="none",
-        label=f"best epoch {epochs[best]:g} ({best_name} {best_series[best]:.4g})",
+        label=f"{kept} epoch {epochs[best]:g} ({best_name} {best_series[best]:.4g})",
     )
     values = np.r_[train, val]
     positive = values[np.isfinite(values) & (values > 0)]

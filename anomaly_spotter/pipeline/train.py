@@ -50,9 +50,10 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
     history_dir.mkdir(parents=True, exist_ok=True)
     detector.save(out / paths.MODEL_FILE)
     history = training_history(detector)
+    kept_epoch = getattr(detector, "best_epoch_", None)  # the weights saved (training.checkpoint)
     if len(history):
         history.to_csv(history_dir / paths.HISTORY_CSV, index=False)
-        plot_training_history(history, history_dir / paths.HISTORY_PNG)
+        plot_training_history(history, history_dir / paths.HISTORY_PNG, kept_epoch)
     metrics = {
         "fit_seconds": fit_seconds,
         "n_train": len(train.index),
@@ -67,9 +68,11 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
         best = history.loc[history["val_loss"].idxmin()]
         metrics |= {
             "epochs_run": len(history),
-            "best_epoch": int(best["epoch"]),
+            "best_epoch": int(best["epoch"]),  # the lowest validation loss
             "best_val_loss": float(best["val_loss"]),
         }
+        if kept_epoch is not None:
+            metrics["kept_epoch"] = int(kept_epoch)
     if epoch_seconds := detector.epoch_seconds_:
         metrics["seconds_per_epoch"] = float(np.mean(epoch_seconds))
     return detector, metrics

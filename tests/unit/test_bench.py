@@ -130,3 +130,46 @@ def test_per_type_table_has_a_row_per_category_and_type_and_a_column_per_variant
     ]
     with pytest.raises(SystemExit, match="new --cache"):  # rows cached before per-type values were kept
         per_type_table([{"variant": "a", "category": "board", "image_auroc": 0.9}])
+
+
+def test_seeds_name_each_run_and_summarise_mean_spread_and_range() -> None:
+    """`--seeds`: each variant once per seed, rows named `<label> seed=<s>` (a `--sigmas` suffix kept in
+    the base), and a summary per (variant, category) with the mean, the sample standard deviation and the
+    range over the seeds."""
+    from anomaly_spotter.bench.detectors import name_seeded, seed_summary, seed_table, seeded
+
+    specs = seeded("unet_ae:sigma=5,label=ema", [0, 1, 2])
+    assert specs[1] == ("unet_ae:sigma=5,label=ema,seed=1", "ema", 1)
+    assert seeded("unet_ae", [4])[0] == ("unet_ae:seed=4", "unet_ae", 4)
+    with pytest.raises(SystemExit, match="sets its own seed"):
+        seeded("unet_ae:seed=3", [0])
+    rows = []
+    for (spec, base, seed), image, pixel in zip(specs, (0.90, 0.94, 0.92), (0.85, 0.85, 0.88), strict=True):
+        job = [
+            {
+                "variant": f"ema sigma={s}",
+                "category": "pill",
+                "image_auroc": image - s / 100,
+                "pixel_auroc": pixel,
+                "aupro": 0.5,
+                "f1_max": 0.9,
+                "fit_s": 200.0 + seed,
+                "ms_per_image": 20.0,
+                "peak_mb": 900.0,
+            }
+            for s in (1, 5)
+        ]
+        rows += name_seeded(job, spec, base, seed)
+    assert [r["variant"] for r in rows[:2]] == ["ema sigma=1 seed=0", "ema sigma=5 seed=0"]
+    summary = {r["variant"]: r for r in seed_summary(rows)}
+    one = summary["ema sigma=1"]
+    assert one["seeds"] == [0, 1, 2] and one["category"] == "pill"
+    assert one["image_auroc"] == pytest.approx(0.91)
+    assert one["image_auroc_std"] == pytest.approx(0.02)  # sample standard deviation of 0.89, 0.93, 0.91
+    assert (one["image_auroc_min"], one["image_auroc_max"]) == pytest.approx((0.89, 0.93))
+    assert one["pixel_auroc_std"] == pytest.approx(0.0173205, rel=1e-5)  # 0.85, 0.85, 0.88
+    assert (one["fit_s"], one["fit_s_max"]) == (201.0, 202.0)
+    assert summary["ema sigma=5"]["image_auroc"] == pytest.approx(0.87)
+    table = seed_table(list(summary.values())).splitlines()
+    assert table[2].startswith("| ema sigma=1 | pill | 0 1 2 | 0.910 ± 0.020 (0.890-0.930) |")
+    assert table[2].endswith("| 201 (202) |")

@@ -18,6 +18,7 @@ from anomaly_spotter.core.plots import (
     HISTORY_FIGSIZE,
     PANEL_INCHES,
     TITLE_INCHES,
+    marked_epoch,
     overlay_heatmap,
     plot_example,
     plot_pr,
@@ -97,13 +98,24 @@ def test_training_history_plot(tmp_path: Path) -> None:
         {"epoch": [1, 2, 3, 4], "train_loss": [10.0, 1.0, 0.1, 0.05], "val_loss": [np.nan, 2.0, 0.3, 0.4]}
     )
     plot_training_history(history, tmp_path / "history.png")
+    plot_training_history(history, tmp_path / "history_kept.png", kept_epoch=4)  # checkpoint: last
+    epochs, val = history["epoch"].to_numpy(), history["val_loss"].to_numpy()
+    assert marked_epoch(epochs, val, None) == (2, "best")  # epoch 3, the lowest validation loss
+    assert marked_epoch(epochs, val, 4) == (3, "kept")
+    assert marked_epoch(epochs, val, 1) == (2, "best")  # epoch 1 was not validated
     plot_training_history(history.drop(columns="val_loss"), tmp_path / "history_train_only.png")
     plot_training_history(pd.DataFrame(), tmp_path / "history_empty.png")  # a detector that records none
     coverage = pd.DataFrame(
         {"bank_size": [1, 2, 3], "coverage_3": [4.0, 2.0, 1.0], "coverage_2_3": [5.0, 3.0, np.nan]}
     )
     plot_training_history(coverage, tmp_path / "history_coverage.png")  # PatchCore's banks
-    for name in ("history.png", "history_train_only.png", "history_empty.png", "history_coverage.png"):
+    for name in (
+        "history.png",
+        "history_kept.png",
+        "history_train_only.png",
+        "history_empty.png",
+        "history_coverage.png",
+    ):
         assert _png_size(tmp_path / name) == _expected(HISTORY_FIGSIZE)
     with pytest.raises(ValueError, match="lacks column"):
         plot_training_history(pd.DataFrame({"loss": [1.0]}), tmp_path / "bad.png")

@@ -119,8 +119,13 @@ class UNetAEDetector(Detector):
         so training costs the same on 50 images as on 500.
 
         The validation loss scores the same objective on the whole validation images, corrupted once
-        (seeded), so early stopping watches defect removal too. Keeps the weights of the best validation
-        epoch; `history_` holds one row per epoch.
+        (seeded), so early stopping watches defect removal too. `training.ema_decay` > 0 keeps an
+        exponential moving average of the weights (`WeightAverage`), which is what is validated and
+        kept. `training.checkpoint: best` keeps the weights of the best validation epoch and stops after
+        `patience` epochs without one; `last` trains all `max_epochs` and keeps the last (with the
+        one-cycle schedule, the end of an annealing to ~0). `training.val_every` validates every that
+        many epochs and after the last (the others' val_loss is NaN; patience still counts epochs).
+        `history_` holds one row per epoch.
 
         In a `torch.distributed` group (`detectors.distributed`, torchrun), every process draws
         the same batches, crops and defects (same seed) and trains on its share of each batch, with
@@ -157,6 +162,8 @@ class UNetAEDetector(Detector):
             x_val = to_tensor_normalized(np.asarray(val_images))
             val_rng = np.random.default_rng(self.seed + 1)
             val = (x_val, *corrupt(x_val, tp.synthetic_defects, val_rng, tp.synthetic_scars))
+        average = WeightAverage(model, tp.ema_decay) if tp.ema_decay else None
+        kept = average.model if average else model  # the weights validated and kept
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
         self.images_trained_ = 0  # by this process (its share of every batch, in a process group)
@@ -187,18 +194,23 @@ class UNetAEDetector(Detector):
                 opt.step()
                 if schedule is not None:
                     schedule.step()
+                if average is not None:
+                    average.update(model)
                 total += loss.item() * len(batch[part])
                 self.images_trained_ += len(batch[part])
             train_loss = distributed.all_sum(total)[0] / len(order)
-            val_loss = self._val_loss(model, *val) if val is not None else float("nan")
+            validate = val is not None and (epoch % tp.val_every == 0 or epoch == tp.max_epochs)
+            val_loss = self._val_loss(kept, *val) if validate else float("nan")
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             self.epoch_seconds_.append(time.perf_counter() - epoch_start)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             monitored = val_loss if val is not None else train_loss
-            if monitored < best_loss:
+            if tp.checkpoint == "last":
+                best_epoch = epoch
+            elif monitored < best_loss:  # False for an epoch not validated (NaN): it counts as stale
                 best_loss, best_state, best_epoch, stale = (
                     monitored,
-                    copy.deepcopy(model.state_dict()),
+                    copy.deepcopy(kept.state_dict()),
                     epoch,
                     0,
                 )
@@ -206,7 +218,7 @@ class UNetAEDetector(Detector):
                 stale += 1
                 if stale >= tp.patience:
                     break
-        model.load_state_dict(best_state)
+        model.load_state_dict(kept.state_dict() if tp.checkpoint == "last" else best_state)
         model.eval()
         self.model_ = model.cpu()  # scoring runs on the CPU
         self.history_ = pd.DataFrame(history)
@@ -340,6 +352,29 @@ class UNetAEDetector(Detector):
         det.model_.load_state_dict(state["state_dict"])
         det.model_.eval()
         return det
+
+
+class WeightAverage:
+    """An exponential moving average of a model's state (parameters and BatchNorm statistics, in a copy
+    of the model), updated after each optimiser step. The decay warms up as (1 + t) / (10 + t) towards
+    `decay`, so the first steps do not drag the initial weights along (as in TensorFlow's
+    ExponentialMovingAverage with num_updates)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        current = model.state_dict()
+        for name, average in self.model.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.lerp_(current[name], 1 - decay)
+            else:
+                average.copy_(current[name])  # BatchNorm's step counter
 
 
 class _Objective(nn.Module):

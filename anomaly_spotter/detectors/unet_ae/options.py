@@ -9,6 +9,7 @@ from anomaly_spotter.core.errors import ConfigError
 
 TRAINING_SECTION = "training"
 LR_SCHEDULES = ("constant", "onecycle")
+CHECKPOINTS = ("best", "last")  # the epoch of the lowest validation loss (early stopping) | the last epoch
 # |x - x_hat| (the original's), 1 - local SSIM, or the probability a segmentation network gives (DRAEM)
 MAP_KINDS = ("residual", "ssim", "segmentation")
 DEFAULT_SIGMA = 1.0
@@ -31,6 +32,10 @@ class UNetTraining:
     crop_size: int = 0  # train on one random crop of this side per batch (0 = whole images)
     lr_schedule: str = "constant"  # constant | onecycle (warm-up to lr, cosine annealing to ~0)
     ssim_loss: float = 0.0  # weight of the mean 1 - SSIM added to the MSE
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (per step), kept and
+    # validated instead of the raw weights
+    checkpoint: str = "best"  # best (lowest validation loss, early stopping after `patience`) | last
+    val_every: int = 1  # validate every this many epochs (and after the last); the others' val_loss is NaN
     device: str = "cpu"  # cpu | cuda: where the autoencoder trains (scoring runs on the CPU)
 
     def __post_init__(self) -> None:
@@ -42,6 +47,11 @@ class UNetTraining:
             raise ConfigError(
                 f"{where}.lr_schedule is {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}"
             )
+        if self.checkpoint not in CHECKPOINTS:
+            kinds = ", ".join(CHECKPOINTS)
+            raise ConfigError(f"{where}.checkpoint is {self.checkpoint!r}; use one of {kinds}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{where}.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"{where}.device is {self.device!r}; use cpu or cuda")
         if self.crop_size < 0 or self.ssim_loss < 0 or self.epoch_size < 0:
@@ -53,6 +63,11 @@ class UNetTraining:
             raise ConfigError(
                 f"{where}: batch_size, max_epochs and patience must be >= 1, got "
                 f"{self.batch_size}, {self.max_epochs}, {self.patience}"
+            )
+        if self.val_every < 1 or (self.checkpoint == "best" and self.val_every > self.patience):
+            raise ConfigError(
+                f"{where}.val_every must be >= 1, and at most patience ({self.patience}) with checkpoint: "
+                f"best, got {self.val_every}"
             )
 
 

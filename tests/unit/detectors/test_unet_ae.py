@@ -234,6 +234,7 @@ def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> 
     assert (t.batch_size, t.lr, list(t.betas), t.max_epochs, t.patience) == (32, 1e-4, [0.9, 0.999], 100, 10)
     assert (t.lr_schedule, t.synthetic_defects, t.crop_size, t.ssim_loss) == ("constant", 0.0, 0, 0.0)
     assert t.epoch_size == 0  # an epoch is one pass over the training images
+    assert (t.checkpoint, t.ema_decay, t.val_every) == ("best", 0.0, 1)  # early stopping on the raw weights
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
@@ -291,3 +292,48 @@ def test_score_sigma_smooths_the_image_score_apart_from_the_map(tmp_path) -> Non
     old = {k: v for k, v in det.state().items() if k != "score_sigma"}  # saved before score_sigma
     _, old_scores = score_batches(UNetAEDetector.from_state(old), test, 2, "max", progress=False)
     np.testing.assert_allclose(old_scores, maps.max(axis=(1, 2)), rtol=1e-6)
+
+
+def test_weight_average_warms_up_and_tracks_parameters_and_batchnorm_statistics() -> None:
+    from anomaly_spotter.detectors.unet_ae.detector import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(2.0)
+    model[1].num_batches_tracked.fill_(7)
+    average.update(model)  # step 1: decay min(0.9, 2/11)
+    d = 2 / 11
+    torch.testing.assert_close(average.model[0].weight, d * start + (1 - d) * (start + 1))
+    torch.testing.assert_close(average.model[1].running_mean, torch.full((2,), (1 - d) * 2.0))
+    assert int(average.model[1].num_batches_tracked) == 7  # counters are copied, not averaged
+    assert not any(p.requires_grad for p in average.model.parameters())
+    for _ in range(200):
+        average.update(model)
+    torch.testing.assert_close(average.model[0].weight, start + 1, atol=1e-6, rtol=0)  # converges
+
+
+def test_last_checkpoint_keeps_the_averaged_last_weights_and_validates_every_n_epochs() -> None:
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+    train = UNetTraining(
+        batch_size=4, lr=1e-3, max_epochs=7, patience=1, checkpoint="last", val_every=3, ema_decay=0.9
+    )
+    det = UNetAEDetector(cfg, train=train, seed=3, progress=False).fit(_images(8, 0), _images(4, 1))
+    assert len(det.history_) == 7 and det.best_epoch_ == 7  # no early stopping with patience 1
+    validated = det.history_.loc[det.history_["val_loss"].notna(), "epoch"].tolist()
+    assert validated == [3, 6, 7]  # every 3rd epoch and the last
+    # the kept weights are the average's: its validation loss is the last row's, recomputed here
+    from anomaly_spotter.data.images import to_tensor_normalized
+
+    clean = to_tensor_normalized(_images(4, 1))
+    with torch.inference_mode():
+        out = det.module()(torch.from_numpy(clean)).numpy()
+    assert float(((out - clean) ** 2).mean()) == pytest.approx(det.history_["val_loss"].iloc[-1], rel=1e-5)
+    with pytest.raises(ConfigError, match="val_every"):
+        UNetTraining(patience=2, val_every=3)  # best checkpoint: a validation within every patience
+    with pytest.raises(ConfigError, match="checkpoint"):
+        UNetTraining(checkpoint="first")
+    with pytest.raises(ConfigError, match="ema_decay"):
+        UNetTraining(ema_decay=1.0)

@@ -582,9 +582,12 @@ def _run_jobs(args: argparse.Namespace, jobs: list[tuple[Path, str]], builtin_si
     """Every (variant, category) job in its own subprocess, reusing and extending `args.cache`."""
     cache = _read_cache(args.cache)
     rows = []
-    specs = [(spec, None, None) for spec in args.variant or ["unet_ae", "patchcore"]]
-    if args.seeds:
-        specs = [(s, name, seed) for spec, _, _ in specs for s, name, seed in seeded(spec, args.seeds)]
+    variants = args.variant or ["unet_ae", "patchcore"]
+    specs: list[tuple[str, str | None, int | None]] = (
+        [job for v in variants for job in seeded(v, args.seeds)]
+        if args.seeds
+        else [(v, None, None) for v in variants]
+    )
     for spec, name, seed in specs:
         for root, category in jobs:
             data = root if root == args.root else Path(f"builtin-{builtin_size}")

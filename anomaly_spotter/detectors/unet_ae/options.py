@@ -18,8 +18,8 @@ DEFAULT_SEGMENTER = (16, 32, 64)
 
 @dataclass(frozen=True)
 class UNetTraining:
-    """The training loop (params.yaml `model.unet_ae.training.*`): Adam, early stopping on the validation
-    loss."""
+    """The training loop (params.yaml `model.unet_ae.training.*`): Adam; the weights kept are the best
+    validation epoch's (early stopping) or the last epoch's (`checkpoint`), optionally averaged."""
 
     batch_size: int = 32
     lr: float = 1e-4

@@ -37,6 +37,9 @@ class UNetTraining:
     checkpoint: str = "best"  # best (lowest validation loss, early stopping after `patience`) | last
     val_every: int = 1  # validate every this many epochs (and after the last); the others' val_loss is NaN
     device: str = "cpu"  # cpu | cuda: where the autoencoder trains (scoring runs on the CPU)
+    candidates: int = 1  # initialisations trained side by side on the same batches for the first
+    # `candidate_epochs` epochs (at most max_epochs); the one with the lowest validation loss then goes on
+    candidate_epochs: int = 5
 
     def __post_init__(self) -> None:
         where = f"model.unet_ae.{TRAINING_SECTION}"
@@ -63,6 +66,11 @@ class UNetTraining:
             raise ConfigError(
                 f"{where}: batch_size, max_epochs and patience must be >= 1, got "
                 f"{self.batch_size}, {self.max_epochs}, {self.patience}"
+            )
+        if self.candidates < 1 or self.candidate_epochs < 1:
+            raise ConfigError(
+                f"{where}: candidates and candidate_epochs must be >= 1, got {self.candidates} and "
+                f"{self.candidate_epochs}"
             )
         if self.val_every < 1 or (self.checkpoint == "best" and self.val_every > self.patience):
             raise ConfigError(

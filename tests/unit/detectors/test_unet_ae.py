@@ -235,6 +235,7 @@ def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> 
     assert (t.lr_schedule, t.synthetic_defects, t.crop_size, t.ssim_loss) == ("constant", 0.0, 0, 0.0)
     assert t.epoch_size == 0  # an epoch is one pass over the training images
     assert (t.checkpoint, t.ema_decay, t.val_every) == ("best", 0.0, 1)  # early stopping on the raw weights
+    assert t.candidates == 1  # one initialisation
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
@@ -337,3 +338,36 @@ def test_last_checkpoint_keeps_the_averaged_last_weights_and_validates_every_n_e
         UNetTraining(checkpoint="first")
     with pytest.raises(ConfigError, match="ema_decay"):
         UNetTraining(ema_decay=1.0)
+
+
+def test_candidates_train_side_by_side_and_the_lowest_validation_loss_goes_on() -> None:
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+    options = dict(batch_size=4, lr=1e-3, max_epochs=5, checkpoint="last", val_every=4, ema_decay=0.9)
+    single = UNetTraining(**options)
+    three = UNetTraining(**options, candidates=3, candidate_epochs=2)
+    fit = dict(train_images=_images(8, 0), val_images=_images(4, 1))
+    one = UNetAEDetector(cfg, train=single, seed=2, progress=False).fit(**fit)
+    det = UNetAEDetector(cfg, train=three, seed=2, progress=False).fit(**fit)
+    losses = det.candidate_losses_
+    assert len(losses) == 3 and len(set(losses)) == 3  # three initialisations, three losses
+    assert one.candidate_losses_ == []
+    chosen = int(np.argmin(losses))
+    assert chosen == 2  # this seed's first initialisation (a single run's) loses: the third goes on
+    # the chosen one's history; validated at the choice (epoch 2) though val_every is 4
+    assert det.history_["val_loss"].notna().tolist() == [False, True, False, True, True]
+    assert det.history_.loc[1, "val_loss"] == min(losses)
+    assert len(det.history_) == 5 and det.best_epoch_ == 5
+    # candidate 0 trains on the same batches as a single run from the same seed: the same loss at epoch 2
+    single_at_2 = UNetTraining(**{**options, "val_every": 2})
+    alone = UNetAEDetector(cfg, train=single_at_2, seed=2, progress=False).fit(**fit)
+    assert alone.history_.loc[1, "val_loss"] == pytest.approx(losses[0], rel=1e-6)
+    assert not np.allclose(det.anomaly_maps(_images(2, 5)), one.anomaly_maps(_images(2, 5)))
+    with pytest.raises(ConfigError, match="candidates"):
+        UNetTraining(candidates=0)
+    with pytest.raises(ConfigError, match="candidate_epochs"):
+        UNetTraining(candidates=2, candidate_epochs=0)
+    # a run shorter than the contest: the choice is made at its last epoch
+    short = UNetTraining(**{**options, "max_epochs": 1}, candidates=2, candidate_epochs=5)
+    quick = UNetAEDetector(cfg, train=short, seed=2, progress=False).fit(**fit)
+    assert len(quick.candidate_losses_) == 2
+    assert quick.history_["val_loss"].tolist() == [min(quick.candidate_losses_)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,3 +25,20 @@ def cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def cpu_model() -> str:
+    """The architecture and, where /proc/cpuinfo names it, the CPU model: `x86_64 (AMD EPYC ...)`. Training
+    takes another path on another CPU model (float rounding), so a figure names the one it was drawn on."""
+    arch = platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return arch
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    return f"{arch} ({model})" if model else arch
+
+
+def machine() -> str:
+    """What a benchmark report names its machine by: CPU model, cores, Python."""
+    return f"{cpu_model()}, {cpus()} CPU cores, Python {platform.python_version()}"

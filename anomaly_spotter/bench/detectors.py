@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -68,7 +67,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.bench.common import cpus, write_report
+from anomaly_spotter.bench.common import machine, write_report
 
 DEFAULT_IMAGE_SIZE = {"unet_ae": 128, "patchcore": 256}
 COLUMNS = (
@@ -505,12 +504,12 @@ def main(argv: list[str] | None = None) -> None:
             jobs += [(root, c) for c in args.builtin]
         rows = _run_jobs(args, jobs, args.builtin_size)
     table = markdown_table(rows)
-    machine = f"{platform.machine()}, {cpus()} CPU cores, Python {platform.python_version()}"
+    host = machine()
     data = ", ".join(
         ([f"{args.root} ({' '.join(args.categories)})"] if args.categories else [])
         + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
     )
-    text = f"{table}\n\nmachine: {machine}; data: {data}\n"
+    text = f"{table}\n\nmachine: {host}; data: {data}\n"
     summary = seed_summary(rows) if args.seeds else []
     if summary:
         text = (
@@ -547,9 +546,9 @@ def _run_scaling(args: argparse.Namespace) -> None:
                 f"image AUROC {row['image_auroc']:.4f}",
                 flush=True,
             )
-    machine = f"{platform.machine()}, {cpus()} CPU cores, Python {platform.python_version()}"
+    host = machine()
     text = (
-        f"{scaling_table(rows)}\n\nvariant: {spec}; machine: {machine}; data: {args.root} "
+        f"{scaling_table(rows)}\n\nvariant: {spec}; machine: {host}; data: {args.root} "
         f"({' '.join(args.categories)}), training images grown by mirror flips and shifts <= {MAX_SHIFT} px\n"
     )
     print(f"\n{text}")

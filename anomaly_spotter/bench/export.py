@@ -24,7 +24,6 @@ The torch rows load through MLflow and torch; the exported folders through ONNX 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter.bench.common import cli_command, cpus, write_report
+from anomaly_spotter.bench.common import cli_command, machine, write_report
 
 CALIBRATION_IMAGES = 32
 POLL_S = 0.005
@@ -220,10 +219,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['predict_peak_mb']:,.0f} | {r['cold_start_s']:.2f} | {r['cold_start_mb']:,.0f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {cpus()} CPUs, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from anomaly_spotter.bench.common import cli_command, cpus, write_report
+from anomaly_spotter.bench.common import cli_command, machine, write_report
 from anomaly_spotter.core.metrics import wilson_interval
 
 CHANGE = "lighting"
@@ -325,7 +325,7 @@ def report(result: LineScenario, project: Path, command: str) -> str:
         f"v{last.version}'s validation rate, {_val(last)}.",
         "",
         f"category: {result.category}; change: {CHANGE}; {N_GOOD} good parts a day (the last day also "
-        f"{N_DEFECTIVE_LAST} defective); machine: {os.uname().machine}, {cpus()} CPU cores; "
+        f"{N_DEFECTIVE_LAST} defective); machine: {machine()}; "
         f"command: {command}",
     ]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter.bench.common import cli_command, cpus, write_report
+from anomaly_spotter.bench.common import cli_command, machine, write_report
 from anomaly_spotter.bench.export import run_child
 
 TILE = 256
@@ -289,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(bench_setting(settings[key], data, params, tmp, one))
         if args.megapixels_20:
             mp20 = bench_20mp(params, tmp, params.seed)
-    host = f"{platform.machine()}, {cpus()} CPUs, Python {platform.python_version()}"
+    host = machine()
     table = markdown(rows, mp20)
     print(table)
     if args.out is not None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anomaly_spotter.bench.common import cli_command, cpus, write_report
+from anomaly_spotter.bench.common import cli_command, cpu_model, cpus, write_report
 
 SAMPLE_S = 0.1
 TIMING = re.compile(r"timing: Spark session start ([\d.]+) s, scoring and writing ([\d.]+) s")
@@ -165,13 +165,7 @@ def machine() -> str:
     """CPU model, cores, memory, Python, torch, pyspark and Java versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-        cpu = f"{cpu} ({model})" if model else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     cores = cpus()
     try:
         import psutil

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from anomaly_spotter.bench.detectors import loco_table, parse_variant, per_type_table
@@ -173,3 +175,17 @@ def test_seeds_name_each_run_and_summarise_mean_spread_and_range() -> None:
     table = seed_table(list(summary.values())).splitlines()
     assert table[2].startswith("| ema sigma=1 | pill | 0 1 2 | 0.910 ± 0.020 (0.890-0.930) |")
     assert table[2].endswith("| 201 (202) |")
+
+
+def test_unet_layout_bench_times_both_layouts_of_the_same_network(tmp_path) -> None:
+    """bench.unet_layout: the params file's unet_ae in both memory layouts, one function up to rounding."""
+    from anomaly_spotter.bench.unet_layout import LAYOUTS, main
+
+    out = tmp_path / "layout.md"
+    main(["--size", "32", "--repeats", "2", "--warmup", "0", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["layout"] for r in rows] == list(LAYOUTS)
+    assert all(r["train_step_ms"] > 0 and r["score_ms_per_image"] > 0 for r in rows)
+    assert rows[0]["speedup_train"] == 1.0 and rows[1]["speedup_train"] > 0
+    assert 0 <= rows[0]["max_map_difference"] < 1e-4  # the same weights give the same maps
+    assert "| channels_last |" in out.read_text() and "32 px images" in out.read_text()

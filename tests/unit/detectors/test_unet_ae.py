@@ -158,6 +158,9 @@ def test_segmentation_model_learns_where_synthetic_defects_are_and_survives_savi
     det.save(tmp_path / "model.pt")
     loaded = load_detector(tmp_path / "model.pt")
     assert loaded.map_kind == "segmentation" and loaded.segmenter == det.segmenter
+    for fitted in (det, loaded):  # both score with channels-last weights (the faster layout on a CPU)
+        weight = next(m for m in fitted.module().modules() if isinstance(m, torch.nn.Conv2d)).weight  # 3x3
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     np.testing.assert_allclose(loaded.anomaly_maps(test), maps, rtol=1e-5, atol=1e-6)
     assert loaded.reconstruct(test).shape == (2, 32, 32, 3)
 

@@ -1,7 +1,8 @@
 """unet_ae's speed with its weights in the two memory layouts: one training step (the params file's
 `model.unet_ae` networks, batch size and crop, synthetic defects included) and scoring (whole images at
 `--size` px, per image), contiguous (NCHW) against channels-last (NHWC: a fitted `UNetAEDetector` scores
-in it; training stays contiguous, see `detector._scoring_layout`).
+in it, see `detector._scoring_layout`; training is contiguous unless `training.channels_last`); and a
+channels-last training step in bfloat16 (`training.precision: bf16`; scoring stays float32).
 Each is timed `--repeats` times after `--warmup` untimed runs on this process's torch threads
 (`train.num_threads` of the params file); the table gives the median. Rerun:
 
@@ -22,6 +23,7 @@ import numpy as np
 from anomaly_spotter.bench.common import machine, write_report
 
 LAYOUTS = ("contiguous", "channels_last")
+BF16 = "channels_last, bf16 training"  # the third row: its scoring is channels_last's (float32)
 
 
 def time_layouts(
@@ -43,7 +45,7 @@ def time_layouts(
     initial = detector._new_model().state_dict()
     rows, maps = [], {}
     for layout in LAYOUTS:
-        run = detector._start(torch.device("cpu"), total_steps=warmup + repeats + 1)
+        run = detector._start(torch.device("cpu"), total_steps=2 * (warmup + repeats) + 1)
         run.model.load_state_dict(initial)
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         run.model.to(memory_format=fmt)
@@ -53,6 +55,11 @@ def time_layouts(
         run.model.train()
         step_ms = _median_ms(lambda run=run: run.step(*step), repeats, warmup)
         rows.append({"layout": layout, "train_step_ms": step_ms, "score_ms_per_image": score_ms})
+        if layout == "channels_last":
+            run.bf16 = True
+            step_ms = _median_ms(lambda run=run: run.step(*step), repeats, warmup)
+            bf16 = {"layout": BF16, "train_step_ms": step_ms, "score_ms_per_image": score_ms}
+    rows.append(bf16)
     difference = float(np.abs(maps[LAYOUTS[0]] - maps[LAYOUTS[1]]).max())
     for row in rows:
         row["speedup_train"] = rows[0]["train_step_ms"] / row["train_step_ms"]

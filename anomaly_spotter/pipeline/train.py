@@ -73,9 +73,12 @@ def run_train(params: Params, category: str, progress: bool = True) -> tuple[Det
         }
         if kept_epoch is not None:
             metrics["kept_epoch"] = int(kept_epoch)
-    if losses := getattr(detector, "candidate_losses_", None):  # unet_ae's initialisations (candidates)
-        metrics |= {f"candidate_loss_{i}": float(v) for i, v in enumerate(losses)}
-        metrics["candidate_chosen"] = int(np.argmin(losses))
+    # unet_ae's initialisations (training.candidates), of each member (training.members; the first unprefixed)
+    for m, losses in enumerate(getattr(detector, "member_candidate_losses_", None) or []):
+        prefix = f"member{m}_" if m else ""
+        metrics |= {f"{prefix}candidate_loss_{i}": float(v) for i, v in enumerate(losses)}
+        if losses:
+            metrics[f"{prefix}candidate_chosen"] = int(np.argmin(losses))
     if epoch_seconds := detector.epoch_seconds_:
         metrics["seconds_per_epoch"] = float(np.mean(epoch_seconds))
     return detector, metrics

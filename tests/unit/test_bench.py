@@ -179,12 +179,12 @@ def test_seeds_name_each_run_and_summarise_mean_spread_and_range() -> None:
 
 def test_unet_layout_bench_times_both_layouts_of_the_same_network(tmp_path) -> None:
     """bench.unet_layout: the params file's unet_ae in both memory layouts, one function up to rounding."""
-    from anomaly_spotter.bench.unet_layout import LAYOUTS, main
+    from anomaly_spotter.bench.unet_layout import BF16, LAYOUTS, main
 
     out = tmp_path / "layout.md"
     main(["--size", "32", "--repeats", "2", "--warmup", "0", "--out", str(out)])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert [r["layout"] for r in rows] == list(LAYOUTS)
+    assert [r["layout"] for r in rows] == [*LAYOUTS, BF16]
     assert all(r["train_step_ms"] > 0 and r["score_ms_per_image"] > 0 for r in rows)
     assert rows[0]["speedup_train"] == 1.0 and rows[1]["speedup_train"] > 0
     assert 0 <= rows[0]["max_map_difference"] < 1e-4  # the same weights give the same maps

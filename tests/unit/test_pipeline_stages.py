@@ -54,7 +54,8 @@ class _WithEpochs(_NoEpochs):
     def fit(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> Self:
         super().fit(train_images, val_images)
         self.history_ = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.5, 0.3], "val_loss": [0.6, 0.4]})
-        self.candidate_losses_ = [0.7, 0.5, 0.9]  # unet_ae's initialisations (training.candidates)
+        # unet_ae's initialisations (training.candidates) of each member (training.members)
+        self.member_candidate_losses_ = [[0.7, 0.5, 0.9], [0.4, 0.6, 0.8]]
         return self
 
 
@@ -84,6 +85,8 @@ def test_train_writes_history_only_for_detectors_with_epochs(
         assert metrics["best_epoch"] == 2
         assert [metrics[f"candidate_loss_{i}"] for i in range(3)] == [0.7, 0.5, 0.9]
         assert metrics["candidate_chosen"] == 1
+        assert [metrics[f"member1_candidate_loss_{i}"] for i in range(3)] == [0.4, 0.6, 0.8]
+        assert metrics["member1_candidate_chosen"] == 0
         history = pd.read_csv(out / paths.HISTORY_DIR / paths.HISTORY_CSV)
         assert history["val_loss"].tolist() == [0.6, 0.4]
 

@@ -125,3 +125,23 @@ class ReconstructAndSegment(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x, self.reconstructor(x)))
+
+
+class Ensemble(nn.Module):
+    """Networks of one architecture trained apart (`training.members`): `forward(x)` is the mean of their
+    outputs (defect probabilities, or reconstructions)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def reconstructor(self) -> nn.Module:
+        """The members' reconstructions averaged: an ensemble of their reconstructing autoencoders (for
+        DRAEM pairs), or this ensemble itself (for autoencoders)."""
+        if isinstance(self.members[0], ReconstructAndSegment):
+            return Ensemble([member.reconstructor for member in self.members])
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)

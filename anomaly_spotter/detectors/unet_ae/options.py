@@ -10,6 +10,8 @@ from anomaly_spotter.core.errors import ConfigError
 TRAINING_SECTION = "training"
 LR_SCHEDULES = ("constant", "onecycle")
 CHECKPOINTS = ("best", "last")  # the epoch of the lowest validation loss (early stopping) | the last epoch
+PRECISIONS = ("fp32", "bf16")  # what the networks compute in while training
+MEMBER_SEED_STEP = 1000  # member m of an ensemble (training.members) trains from seed + m x this
 # |x - x_hat| (the original's), 1 - local SSIM, or the probability a segmentation network gives (DRAEM)
 MAP_KINDS = ("residual", "ssim", "segmentation")
 DEFAULT_SIGMA = 1.0
@@ -40,6 +42,11 @@ class UNetTraining:
     candidates: int = 1  # initialisations trained side by side on the same batches for the first
     # `candidate_epochs` epochs (at most max_epochs); the one with the lowest validation loss then goes on
     candidate_epochs: int = 5
+    members: int = 1  # > 1: that many trainings, each from its own seed (seed, seed + MEMBER_SEED_STEP, ...)
+    # with its own contest, and the map is the mean of their maps (an ensemble; M times the cost of one)
+    precision: str = "fp32"  # fp32 | bf16: the networks compute in bfloat16 while training (autocast;
+    # weights, losses and scoring stay float32): ~1.6x faster steps on a CPU with bfloat16 instructions
+    channels_last: bool = False  # train with the weights channels-last (NHWC), where oneDNN is faster
 
     def __post_init__(self) -> None:
         where = f"model.unet_ae.{TRAINING_SECTION}"
@@ -72,6 +79,10 @@ class UNetTraining:
                 f"{where}: candidates and candidate_epochs must be >= 1, got {self.candidates} and "
                 f"{self.candidate_epochs}"
             )
+        if self.members < 1:
+            raise ConfigError(f"{where}.members must be >= 1, got {self.members}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision is {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.val_every < 1 or (self.checkpoint == "best" and self.val_every > self.patience):
             raise ConfigError(
                 f"{where}.val_every must be >= 1, and at most patience ({self.patience}) with checkpoint: "

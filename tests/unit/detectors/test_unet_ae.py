@@ -5,8 +5,8 @@ import torch
 from anomaly_spotter.core.errors import ConfigError
 from anomaly_spotter.detectors import load_detector
 from anomaly_spotter.detectors.unet_ae.detector import UNetAEDetector
-from anomaly_spotter.detectors.unet_ae.network import ORIGINAL, UNetAutoencoder, UNetConfig
-from anomaly_spotter.detectors.unet_ae.options import UNetTraining
+from anomaly_spotter.detectors.unet_ae.network import ORIGINAL, Ensemble, UNetAutoencoder, UNetConfig
+from anomaly_spotter.detectors.unet_ae.options import MEMBER_SEED_STEP, UNetTraining
 
 
 def _activations(model: UNetAutoencoder, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -374,3 +374,54 @@ def test_candidates_train_side_by_side_and_the_lowest_validation_loss_goes_on() 
     quick = UNetAEDetector(cfg, train=short, seed=2, progress=False).fit(**fit)
     assert len(quick.candidate_losses_) == 2
     assert quick.history_["val_loss"].tolist() == [min(quick.candidate_losses_)]
+
+
+def test_members_train_apart_from_their_own_seeds_and_the_map_is_their_mean() -> None:
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8, batch_norm=True)
+    options = dict(batch_size=4, lr=1e-3, max_epochs=3, checkpoint="last", val_every=3, ema_decay=0.9)
+    options |= dict(synthetic_defects=0.5, candidates=2, candidate_epochs=1)
+    fit = dict(train_images=_images(8, 0), val_images=_images(4, 1))
+
+    def fitted(seed: int, **extra: object) -> UNetAEDetector:
+        train = UNetTraining(**options, **extra)
+        det = UNetAEDetector(cfg, map_kind="segmentation", sigma=0.0, train=train, seed=seed, progress=False)
+        return det.fit(**fit)
+
+    ensemble = fitted(2, members=2)
+    first, second = fitted(2), fitted(2 + MEMBER_SEED_STEP)  # each member is the single training of its seed
+    assert isinstance(ensemble.module(), Ensemble) and len(ensemble.module().members) == 2
+    test = _images(3, 5)
+    mean = (first.anomaly_maps(test) + second.anomaly_maps(test)) / 2
+    np.testing.assert_allclose(ensemble.anomaly_maps(test), mean, atol=1e-6)
+    assert not np.allclose(first.anomaly_maps(test), second.anomaly_maps(test), atol=1e-3)
+    recon = (first.reconstruct(test).astype(float) + second.reconstruct(test)) / 2
+    assert np.abs(ensemble.reconstruct(test) - recon).max() <= 1  # the mean reconstruction, up to rounding
+    columns = ["epoch", "train_loss_1", "val_loss_1", "train_loss", "val_loss"]
+    assert list(ensemble.history_.columns) == columns
+    assert ensemble.history_["train_loss_1"].tolist() == second.history_["train_loss"].tolist()
+    np.testing.assert_array_equal(ensemble.history_["val_loss"], first.history_["val_loss"])
+    assert ensemble.member_candidate_losses_ == [first.candidate_losses_, second.candidate_losses_]
+    assert ensemble.candidate_losses_ == first.candidate_losses_
+    assert len(ensemble.epoch_seconds_) == 6
+    reloaded = UNetAEDetector.from_state(ensemble.state())
+    np.testing.assert_array_equal(reloaded.anomaly_maps(test), ensemble.anomaly_maps(test))
+    with pytest.raises(ConfigError, match="members"):
+        UNetTraining(members=0)
+
+
+def test_bfloat16_training_follows_float32_and_keeps_float32_weights() -> None:
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8, batch_norm=True)
+    options = dict(batch_size=4, lr=1e-3, max_epochs=4, checkpoint="last", synthetic_defects=0.5)
+    fit = dict(train_images=_images(8, 0), val_images=_images(4, 1))
+    runs = {}
+    for precision, channels_last in (("fp32", False), ("bf16", True)):
+        train = UNetTraining(**options, precision=precision, channels_last=channels_last)
+        det = UNetAEDetector(cfg, map_kind="segmentation", train=train, seed=3, progress=False)
+        runs[precision] = det.fit(**fit)
+    fp32, bf16 = (runs[k].history_["val_loss"].to_numpy() for k in ("fp32", "bf16"))
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05)  # the same training, to bfloat16's rounding
+    assert not np.array_equal(bf16, fp32)  # ... which it does round
+    assert all(p.dtype == torch.float32 for p in runs["bf16"].module().parameters())
+    assert np.isfinite(runs["bf16"].anomaly_maps(_images(2, 5))).all()
+    with pytest.raises(ConfigError, match="precision"):
+        UNetTraining(precision="fp16")

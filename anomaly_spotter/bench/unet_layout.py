@@ -58,8 +58,7 @@ def time_layouts(
         if layout == "channels_last":
             run.bf16 = True
             step_ms = _median_ms(lambda run=run: run.step(*step), repeats, warmup)
-            bf16 = {"layout": BF16, "train_step_ms": step_ms, "score_ms_per_image": score_ms}
-    rows.append(bf16)
+            rows.append({"layout": BF16, "train_step_ms": step_ms, "score_ms_per_image": score_ms})
     difference = float(np.abs(maps[LAYOUTS[0]] - maps[LAYOUTS[1]]).max())
     for row in rows:
         row["speedup_train"] = rows[0]["train_step_ms"] / row["train_step_ms"]

@@ -179,7 +179,7 @@ class UNetAEDetector(Detector):
         # once per candidate while they compete
         self.epoch_seconds_: list[float] = []  # wall time per epoch, validation included (not in history_,
         # which is a DVC output and must be the same on every run)
-        self.candidate_losses_: list[float] = []  # each candidate's loss when one was chosen
+        losses: list[float] = []  # each candidate's loss when one was chosen (candidate_losses_)
         bar = tqdm(range(1, tp.max_epochs + 1), desc="train", unit="epoch", disable=not self.progress)
         for epoch in bar:
             epoch_start = time.perf_counter()
@@ -212,8 +212,8 @@ class UNetAEDetector(Detector):
                 run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             if selecting:  # keep the candidate with the lowest validation (else training) loss
                 column = "val_loss" if val is not None else "train_loss"
-                self.candidate_losses_ = [run.history[-1][column] for run in runs]
-                runs = [runs[int(np.argmin(self.candidate_losses_))]]
+                losses = [run.history[-1][column] for run in runs]
+                runs = [runs[int(np.argmin(losses))]]
             run = runs[0]
             train_loss, val_loss = run.history[-1]["train_loss"], run.history[-1]["val_loss"]
             self.epoch_seconds_.append(time.perf_counter() - epoch_start)
@@ -238,7 +238,7 @@ class UNetAEDetector(Detector):
         self.model_ = _scoring_layout(model.cpu())  # scoring runs on the CPU
         self.history_ = pd.DataFrame(runs[0].history)
         self.best_epoch_ = best_epoch
-        self.member_candidate_losses_ = [self.candidate_losses_]
+        self.member_candidate_losses_ = [losses]
         return self
 
     def _fit_members(self, train_images: np.ndarray, val_images: np.ndarray | None) -> Self:
@@ -256,11 +256,15 @@ class UNetAEDetector(Detector):
         self.history_ = pd.concat([*others, first.history_[curves]], axis=1)  # members may stop apart
         self.history_.insert(0, "epoch", np.arange(1, len(self.history_) + 1))
         self.best_epoch_ = first.best_epoch_
-        self.candidate_losses_ = first.candidate_losses_
         self.member_candidate_losses_ = [member.candidate_losses_ for member in fitted]
         self.epoch_seconds_ = [seconds for member in fitted for seconds in member.epoch_seconds_]
         self.images_trained_ = sum(member.images_trained_ for member in fitted)
         return self
+
+    @property
+    def candidate_losses_(self) -> list[float]:
+        """The (first member's) candidates' losses when one was chosen; empty with one candidate."""
+        return self.member_candidate_losses_[0]
 
     def _start(self, device: torch.device, total_steps: int) -> _Run:
         """A freshly initialised network (from torch's global generator) with its optimiser, learning-rate

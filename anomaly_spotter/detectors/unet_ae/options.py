@@ -45,7 +45,7 @@ class UNetTraining:
     members: int = 1  # > 1: that many trainings, each from its own seed (seed, seed + MEMBER_SEED_STEP, ...)
     # with its own contest, and the map is the mean of their maps (an ensemble; M times the cost of one)
     precision: str = "fp32"  # fp32 | bf16: the networks compute in bfloat16 while training (autocast;
-    # weights, losses and scoring stay float32): ~1.6x faster steps on a CPU with bfloat16 instructions
+    # weights, losses and scoring stay float32): faster on CPUs with bfloat16 instructions (bench.unet_layout)
     channels_last: bool = False  # train with the weights channels-last (NHWC), where oneDNN is faster
 
     def __post_init__(self) -> None:

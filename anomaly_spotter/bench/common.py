@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from anomaly_spotter.core.machine import cpu_model
+
 
 def write_report(out: Path, text: str, payload: Any) -> None:
     """A benchmark's Markdown table to `out` and its rows, as JSON, beside it (`out` with suffix .json)."""
@@ -25,18 +27,6 @@ def cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-
-
-def cpu_model() -> str:
-    """The architecture and, where /proc/cpuinfo names it, the CPU model: `x86_64 (AMD EPYC ...)`. Training
-    takes another path on another CPU model (float rounding), so a figure names the one it was drawn on."""
-    arch = platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return arch
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    return f"{arch} ({model})" if model else arch
 
 
 def machine() -> str:

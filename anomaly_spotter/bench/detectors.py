@@ -29,6 +29,10 @@ the seed means.
         --builtin fabric washer label board component --variant unet_ae:label=unet_ae --seeds 0 1 2 \
         --out benchmarks/unet_ae_seeds.md
 
+`--add-rows REPORT.json` adds the rows of an earlier report (the JSON beside its table) to this run's, so
+a new variant is compared with a measured one, in the seed tables and `--loco`, without refitting it; with
+`--add-rows` alone nothing is fitted and the reports' rows are tabled together.
+
 `--per-type` adds a table of image AUROC per defect type (that type's test images against all good ones),
 one column per variant: which kinds of defect a variant finds, and which it misses.
 
@@ -407,6 +411,21 @@ def seed_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def read_report_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a report written with `--out` (its JSON: a list of rows, or `{"rows": [...], ...}`)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"bench: --add-rows {path}: not a readable report JSON ({exc})") from None
+    rows = payload.get("rows") if isinstance(payload, dict) else payload
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(COLUMNS) <= set(r) for r in rows):
+        raise SystemExit(
+            f"bench: --add-rows {path}: expected the JSON a --out of this benchmark writes (rows with "
+            f"{', '.join(COLUMNS)}); give the .json beside the report's .md"
+        )
+    return rows
+
+
 def _job_key(spec: str, category: str, root: Path, params: Path, sigmas: list[float] | None = None) -> str:
     """Cache key of one (variant, category) job: the spec, the data, the params file's content (and the
     smoothings rescored, when there are)."""
@@ -470,6 +489,14 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds", nargs="+", type=int, metavar="S", help="run each variant once per seed; adds mean ± spread"
     )
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished rows, reused and extended")
+    parser.add_argument(
+        "--add-rows",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="REPORT_JSON",
+        help="rows of an earlier report (its .json) tabled with this run's, not refitted; repeatable",
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown table (and a .json beside it)")
     parser.add_argument(
         "--fit-sizes",
@@ -495,25 +522,33 @@ def main(argv: list[str] | None = None) -> None:
         return _run_scaling(args)
     if args.categories and args.root is None:
         parser.error("--categories needs --root")
-    if not args.categories and not args.builtin:
-        parser.error("give --root and --categories, or --builtin, or both")
+    if not args.categories and not args.builtin and not args.add_rows:
+        parser.error("give --root and --categories, or --builtin, or both (or --add-rows)")
+    added = [row for path in args.add_rows for row in read_report_rows(path)]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         jobs = [(args.root, c) for c in args.categories]
         if args.builtin:
             root = _builtin_root(args.builtin, args.builtin_size, args.params, Path(tmp))
             jobs += [(root, c) for c in args.builtin]
-        rows = _run_jobs(args, jobs, args.builtin_size)
+        rows = _run_jobs(args, jobs, args.builtin_size) if jobs else []
+    rows += added
     table = markdown_table(rows)
-    host = machine()
     data = ", ".join(
         ([f"{args.root} ({' '.join(args.categories)})"] if args.categories else [])
         + ([f"built-in {' '.join(args.builtin)} at {args.builtin_size} px"] if args.builtin else [])
     )
-    text = f"{table}\n\nmachine: {host}; data: {data}\n"
-    summary = seed_summary(rows) if args.seeds else []
+    where = f"machine: {machine()}; data: {data}" if jobs else ""
+    if args.add_rows:
+        reports = ", ".join(str(p) for p in args.add_rows)
+        added_from = f"rows added from {reports} (see each report for its machine and data)"
+        where = f"{where}; {added_from}" if where else added_from
+    text = f"{table}\n\n{where}\n"
+    seeded_rows = bool(rows) and all("seed" in r for r in rows)
+    summary = seed_summary(rows) if args.seeds or (added and seeded_rows) else []
     if summary:
+        seeds = args.seeds or sorted({r["seed"] for r in rows})
         text = (
-            f"## Over seeds {' '.join(str(s) for s in args.seeds)}: mean ± standard deviation (min-max)\n\n"
+            f"## Over seeds {' '.join(str(s) for s in seeds)}: mean ± standard deviation (min-max)\n\n"
             f"{seed_table(summary)}\n\n## Each seed\n\n{text}"
         )
     if args.per_type:

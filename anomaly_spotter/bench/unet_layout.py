@@ -1,8 +1,8 @@
 """unet_ae's speed with its weights in the two memory layouts: one training step (the params file's
 `model.unet_ae` networks, batch size and crop, synthetic defects included) and scoring (whole images at
 `--size` px, per image), contiguous (NCHW) against channels-last (NHWC: a fitted `UNetAEDetector` scores
-in it, see `detector._scoring_layout`; training is contiguous unless `training.channels_last`); and a
-channels-last training step in bfloat16 (`training.precision: bf16`; scoring stays float32).
+in it, see `detector._scoring_layout`; training follows `training.channels_last`), both in float32; and
+a channels-last training step in bfloat16 (`training.precision: bf16`, the default; scoring stays float32).
 Each is timed `--repeats` times after `--warmup` untimed runs on this process's torch threads
 (`train.num_threads` of the params file); the table gives the median. Rerun:
 
@@ -47,6 +47,7 @@ def time_layouts(
     for layout in LAYOUTS:
         run = detector._start(torch.device("cpu"), total_steps=2 * (warmup + repeats) + 1)
         run.model.load_state_dict(initial)
+        run.bf16 = False  # float32 rows whatever the params file's training.precision
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         run.model.to(memory_format=fmt)
         detector.model_ = run.model.eval()  # scored with the initial weights, before any step

@@ -177,6 +177,50 @@ def test_seeds_name_each_run_and_summarise_mean_spread_and_range() -> None:
     assert table[2].endswith("| 201 (202) |")
 
 
+def test_add_rows_tables_earlier_reports_together_without_fitting(tmp_path, capsys) -> None:
+    """`--add-rows`: two seeded reports' rows compared (seed means, leave-one-category-out) with nothing
+    fitted; a file that is not such a report is refused by name."""
+    from anomaly_spotter.bench.detectors import main
+
+    def report(name: str, variant: str, image: dict[str, list[float]]) -> str:
+        rows = [
+            {
+                "variant": f"{variant} seed={seed}",
+                "base": variant,
+                "seed": seed,
+                "category": category,
+                "image_auroc": value,
+                "pixel_auroc": 0.9,
+                "aupro": 0.5,
+                "f1_max": 0.9,
+                "fit_s": 100.0 + seed,
+                "ms_per_image": 20.0,
+                "peak_mb": 900.0,
+            }
+            for category, values in image.items()
+            for seed, value in enumerate(values)
+        ]
+        path = tmp_path / name
+        path.write_text(json.dumps({"rows": rows, "seeds": [], "loco": {}}))
+        return str(path)
+
+    old = report("old.json", "one", {"a": [0.80, 0.90, 0.85], "b": [0.70, 0.70, 0.70], "c": [0.9, 0.9, 0.9]})
+    new = report("new.json", "two", {"a": [0.86, 0.88, 0.87], "b": [0.75, 0.76, 0.77], "c": [0.8, 0.8, 0.8]})
+    out = tmp_path / "both.md"
+    main(["--add-rows", old, "--add-rows", new, "--loco", "--out", str(out)])
+    payload = json.loads(out.with_suffix(".json").read_text())
+    means = {(r["variant"], r["category"]): r["image_auroc"] for r in payload["seeds"]}
+    assert means["one", "a"] == pytest.approx(0.85) and means["two", "b"] == pytest.approx(0.76)
+    chosen = {r["held_out"]: r["chosen"] for r in payload["loco"]["image_auroc"]}
+    assert chosen == {"a": "one", "b": "one", "c": "two"}  # each fold's mean over the other two
+    text = out.read_text()
+    assert "| one | a | 0 1 2 | 0.850 ± 0.050 (0.800-0.900) |" in text
+    assert f"rows added from {old}, {new}" in text and "machine:" not in text
+    (tmp_path / "plain.json").write_text(json.dumps({"rows": [{"layout": "contiguous"}]}))
+    with pytest.raises(SystemExit, match=r"plain\.json: expected the JSON a --out of this benchmark"):
+        main(["--add-rows", str(tmp_path / "plain.json")])
+
+
 def test_unet_layout_bench_times_both_layouts_of_the_same_network(tmp_path) -> None:
     """bench.unet_layout: the params file's unet_ae in both memory layouts, one function up to rounding."""
     from anomaly_spotter.bench.unet_layout import BF16, LAYOUTS, main

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from typing import Any, Self
 
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from anomaly_spotter.core.anomaly_map import dissimilarity, gaussian_smooth, residual_map, ssim_map
 from anomaly_spotter.core.errors import ConfigError
+from anomaly_spotter.core.machine import cpu_model, native_bf16
 from anomaly_spotter.data.images import denormalize, to_tensor_normalized
 from anomaly_spotter.data.synthetic import corrupt
 from anomaly_spotter.detectors import distributed
@@ -155,6 +157,7 @@ class UNetAEDetector(Detector):
         than the group are skipped. Reproducible for a given world size.
         """
         self._check_size(train_images)
+        self._check_precision()
         if self.train.members > 1:
             return self._fit_members(train_images, val_images)
         torch.manual_seed(self.seed)
@@ -299,6 +302,18 @@ class UNetAEDetector(Detector):
         if self.train.device == "cuda" and distributed.world_size() > 1:
             return torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK
         return torch.device(self.train.device)
+
+    def _check_precision(self) -> None:
+        """Warn when `training.precision: bf16` trains on a CPU without bfloat16 instructions: there
+        autocast emulates it, and training may be slower than in float32 (not an error: it still works)."""
+        if self.train.precision == "bf16" and self.train.device == "cpu" and native_bf16() is False:
+            warnings.warn(
+                f"model.unet_ae.{TRAINING_SECTION}.precision is bf16, but this CPU ({cpu_model()}) has no "
+                "bfloat16 instructions, so training may run slower than in float32. Time both with "
+                "`python -m anomaly_spotter.bench.unet_layout`, and set "
+                f"`-S model.unet_ae.{TRAINING_SECTION}.precision=fp32` if float32 is faster.",
+                stacklevel=3,
+            )
 
     def _new_model(self, members: int = 1) -> nn.Module:
         if members > 1:
@@ -493,8 +508,8 @@ class _Objective(nn.Module):
 def _scoring_layout(model: nn.Module) -> nn.Module:
     """`model` with its weights channels-last (NHWC) for scoring: oneDNN's convolutions score about twice
     as fast on them on a 2-core x86 CPU, for the same maps up to float rounding (benchmarks/unet_layout.md).
-    Training keeps the contiguous layout: there the faster layout (1.4x) is another path through training
-    for every seed, as another CPU is, and the figures in docs/detectors.md were drawn in this one."""
+    Training has its own setting (`training.channels_last`): there the layout is another path through
+    training for every seed, as another CPU is."""
     return model.to(memory_format=torch.channels_last)
 
 

@@ -1,3 +1,6 @@
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -239,6 +242,7 @@ def test_the_readmes_original_configuration_command_rebuilds_the_prototype() -> 
     assert t.epoch_size == 0  # an epoch is one pass over the training images
     assert (t.checkpoint, t.ema_decay, t.val_every) == ("best", 0.0, 1)  # early stopping on the raw weights
     assert t.candidates == 1  # one initialisation
+    assert (t.members, t.precision, t.channels_last) == (1, "fp32", False)  # one float32 network
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
@@ -257,6 +261,7 @@ def test_the_readmes_gpu_command_gives_a_valid_cuda_configuration() -> None:
     t = detector.train  # model.unet_ae.training
     assert t.device == "cuda" and params.data.image_size == 256 and t.crop_size == 0
     assert t.epoch_size == 0 and t.max_epochs == 700  # DRAEM's 700 passes
+    assert (t.members, t.precision) == (1, "fp32")  # DRAEM's one network, in float32
     assert detector.map_kind == "segmentation" and detector.segmenter.encoder_channels == (32, 64, 128)
 
 
@@ -425,3 +430,21 @@ def test_bfloat16_training_follows_float32_and_keeps_float32_weights() -> None:
     assert np.isfinite(runs["bf16"].anomaly_maps(_images(2, 5))).all()
     with pytest.raises(ConfigError, match="precision"):
         UNetTraining(precision="fp16")
+
+
+def test_bfloat16_on_a_cpu_without_its_instructions_warns_and_still_trains(monkeypatch) -> None:
+    from anomaly_spotter.detectors.unet_ae import detector as unet_detector
+
+    cfg = UNetConfig(encoder_channels=(4, 8), bottleneck_channels=8)
+    train = UNetTraining(batch_size=4, max_epochs=1, precision="bf16")
+    monkeypatch.setattr(unet_detector, "native_bf16", lambda: False)
+    det = UNetAEDetector(cfg, train=train, progress=False)
+    with pytest.warns(UserWarning, match=r"precision is bf16, but this CPU .* no bfloat16 instruct.*=fp32"):
+        det.fit(_images(4, 0))
+    assert np.isfinite(det.anomaly_maps(_images(1, 1))).all()
+    for native, precision in ((True, "bf16"), (None, "bf16"), (False, "fp32")):  # nothing to say
+        monkeypatch.setattr(unet_detector, "native_bf16", lambda native=native: native)
+        quiet = UNetAEDetector(cfg, train=dataclasses.replace(train, precision=precision), progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet._check_precision()

@@ -26,8 +26,8 @@ run's number is a sample of its training, the mean and spread are the result. `-
 the seed means.
 
     python -m anomaly_spotter.bench.detectors --root ../shared/data/mvtec_ad_256 --categories bottle pill \
-        --builtin fabric washer label board component --variant unet_ae:label=unet_ae --seeds 0 1 2 \
-        --out benchmarks/unet_ae_seeds.md
+        --builtin fabric washer label board component --variant unet_ae --seeds 0 1 2 \
+        --out seeds.md    # benchmarks/unet_ae_seeds.md: its command names the variant m2bf16
 
 `--add-rows REPORT.json` adds the rows of an earlier report (the JSON beside its table) to this run's, so
 a new variant is compared with a measured one, in the seed tables and `--loco`, without refitting it; with
@@ -44,7 +44,7 @@ each on its own (the image score's smoothing, unet_ae `score_sigma`, and the map
 
     python -m anomaly_spotter.bench.detectors --root ../shared/data/mvtec_ad_256 --categories bottle pill \\
         --builtin fabric washer label --variant unet_ae:label=default --sigmas 1 2 3 4 5 6 --loco \\
-        --out sigma.md    # benchmarks/unet_ae_sigma.md: its command adds a scars variant
+        --out sigma.md    # benchmarks/unet_ae_sigma.md: an earlier training, with a scars variant
 
 `--fit-sizes 50 200 1000 2000` measures how fitting scales instead: for each category and size N, the
 first variant is fitted on N training images (the category's train split repeated with light
@@ -411,6 +411,20 @@ def seed_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _check_distinct(rows: list[dict[str, Any]]) -> None:
+    """Refuse two rows of one (variant, category): from `--add-rows`, a report added twice or a label that
+    another report (or this run) also uses, which the tables would merge or overwrite."""
+    from collections import Counter
+
+    counts = Counter((r["variant"], r["category"]) for r in rows)
+    twice = sorted(key for key, n in counts.items() if n > 1)
+    if twice:
+        raise SystemExit(
+            f"bench: rows of the same variant and category twice: {twice}; --add-rows each report once, and "
+            "give a new variant a label no added report uses"
+        )
+
+
 def read_report_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a report written with `--out` (its JSON: a list of rows, or `{"rows": [...], ...}`)."""
     try:
@@ -532,6 +546,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs += [(root, c) for c in args.builtin]
         rows = _run_jobs(args, jobs, args.builtin_size) if jobs else []
     rows += added
+    _check_distinct(rows)
     table = markdown_table(rows)
     data = ", ".join(
         ([f"{args.root} ({' '.join(args.categories)})"] if args.categories else [])
@@ -543,10 +558,12 @@ def main(argv: list[str] | None = None) -> None:
         added_from = f"rows added from {reports} (see each report for its machine and data)"
         where = f"{where}; {added_from}" if where else added_from
     text = f"{table}\n\n{where}\n"
-    seeded_rows = bool(rows) and all("seed" in r for r in rows)
+    seeded_rows = bool(rows) and all("seed" in r and "base" in r for r in rows)
+    if args.seeds and added and not seeded_rows:
+        parser.error("--seeds: an --add-rows report has rows without seeds; add it to a run without --seeds")
     summary = seed_summary(rows) if args.seeds or (added and seeded_rows) else []
     if summary:
-        seeds = args.seeds or sorted({r["seed"] for r in rows})
+        seeds = sorted({r["seed"] for r in rows})
         text = (
             f"## Over seeds {' '.join(str(s) for s in seeds)}: mean ± standard deviation (min-max)\n\n"
             f"{seed_table(summary)}\n\n## Each seed\n\n{text}"

@@ -41,13 +41,14 @@ def time_layouts(
     inputs, masks = corrupt(clean.numpy(), detector.train.synthetic_defects, rng, 0.0)
     step = (torch.from_numpy(inputs), clean, torch.from_numpy(masks))
     images = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    # each row sets its own layout and precision: the runs start contiguous and float32 whatever the params
+    detector.train = dataclasses.replace(detector.train, channels_last=False, precision="fp32")
     torch.manual_seed(0)
     initial = detector._new_model().state_dict()
     rows, maps = [], {}
     for layout in LAYOUTS:
         run = detector._start(torch.device("cpu"), total_steps=2 * (warmup + repeats) + 1)
         run.model.load_state_dict(initial)
-        run.bf16 = False  # float32 rows whatever the params file's training.precision
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         run.model.to(memory_format=fmt)
         detector.model_ = run.model.eval()  # scored with the initial weights, before any step

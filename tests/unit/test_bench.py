@@ -216,6 +216,8 @@ def test_add_rows_tables_earlier_reports_together_without_fitting(tmp_path, caps
     text = out.read_text()
     assert "| one | a | 0 1 2 | 0.850 ± 0.050 (0.800-0.900) |" in text
     assert f"rows added from {old}, {new}" in text and "machine:" not in text
+    with pytest.raises(SystemExit, match=r"same variant and category twice: \[\('one seed=0', 'a'\)"):
+        main(["--add-rows", old, "--add-rows", old])
     (tmp_path / "plain.json").write_text(json.dumps({"rows": [{"layout": "contiguous"}]}))
     with pytest.raises(SystemExit, match=r"plain\.json: expected the JSON a --out of this benchmark"):
         main(["--add-rows", str(tmp_path / "plain.json")])

@@ -157,7 +157,8 @@ class UNetAEDetector(Detector):
         than the group are skipped. Reproducible for a given world size.
         """
         self._check_size(train_images)
-        self._check_precision()
+        if not getattr(self, "_member", False):  # an ensemble's members were checked with it
+            self._check_precision()
         if self.train.members > 1:
             return self._fit_members(train_images, val_images)
         torch.manual_seed(self.seed)
@@ -251,6 +252,7 @@ class UNetAEDetector(Detector):
             member = copy.copy(self)
             member.train = dataclasses.replace(self.train, members=1)
             member.seed = self.seed + m * MEMBER_SEED_STEP
+            member._member = True
             fitted.append(member.fit(train_images, val_images))
         self.model_ = Ensemble([member.model_ for member in fitted])
         first = fitted[0]

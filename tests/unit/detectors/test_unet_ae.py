@@ -442,6 +442,11 @@ def test_bfloat16_on_a_cpu_without_its_instructions_warns_and_still_trains(monke
     with pytest.warns(UserWarning, match=r"precision is bf16, but this CPU .* no bfloat16 instruct.*=fp32"):
         det.fit(_images(4, 0))
     assert np.isfinite(det.anomaly_maps(_images(1, 1))).all()
+    pair = UNetAEDetector(cfg, train=dataclasses.replace(train, members=2), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pair.fit(_images(4, 0))
+    assert len([w for w in caught if "bfloat16 instructions" in str(w.message)]) == 1  # once, not per member
     for native, precision in ((True, "bf16"), (None, "bf16"), (False, "fp32")):  # nothing to say
         monkeypatch.setattr(unet_detector, "native_bf16", lambda native=native: native)
         quiet = UNetAEDetector(cfg, train=dataclasses.replace(train, precision=precision), progress=False)

@@ -33,12 +33,11 @@ def native_bf16(path: Path = CPUINFO) -> bool | None:
     lines = _cpuinfo_lines(path)
     if lines is None:
         return None
-    flags = {
-        word
-        for ln in lines
-        if ln.split(":", 1)[0].strip() in ("flags", "Features")
-        for word in ln.split(":", 1)[1].split()
-    }
+    flags = set()
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
     if not flags:
         return None
     return not flags.isdisjoint(BF16_FLAGS)

@@ -157,10 +157,13 @@ class UNetAEDetector(Detector):
         than the group are skipped. Reproducible for a given world size.
         """
         self._check_size(train_images)
-        if not getattr(self, "_member", False):  # an ensemble's members were checked with it
-            self._check_precision()
+        self._check_precision()
         if self.train.members > 1:
             return self._fit_members(train_images, val_images)
+        return self._fit_one(train_images, val_images)
+
+    def _fit_one(self, train_images: np.ndarray, val_images: np.ndarray | None) -> Self:
+        """One training (`fit` with `training.members: 1`, checks done): the contest, then the chosen run."""
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         tp = self.train
@@ -252,8 +255,7 @@ class UNetAEDetector(Detector):
             member = copy.copy(self)
             member.train = dataclasses.replace(self.train, members=1)
             member.seed = self.seed + m * MEMBER_SEED_STEP
-            member._member = True
-            fitted.append(member.fit(train_images, val_images))
+            fitted.append(member._fit_one(train_images, val_images))
         self.model_ = Ensemble([member.model_ for member in fitted])
         first = fitted[0]
         curves = ["train_loss", "val_loss"]  # the others' suffixed, then the first's (DVC charts the last)
